@@ -51,11 +51,13 @@ class DockerTimeout(DockerConnectionError):
 class DockerAPIError(DockerError):
     """The engine answered with an HTTP error status."""
 
-    def __init__(self, status: int, message: str, method: str = "", path: str = ""):
+    def __init__(self, status: int, message: str, method: str = "", path: str = "", explanation: str | None = None):
         self.status = status
         self.message = message
         self.method = method
         self.path = path
+        # The engine's own words, e.g. "Container 4f1c... is not running"
+        self.explanation = explanation if explanation is not None else message
         super().__init__(message)
 
 
@@ -313,7 +315,7 @@ class DockerClient:
         except (ValueError, AttributeError):
             pass
         cls = {404: DockerNotFound, 409: DockerConflict}.get(status, DockerAPIError)
-        raise cls(status, "Docker API %s %s: HTTP %s: %s" % (method, path, status, message), method, path)
+        raise cls(status, "Docker API %s %s: HTTP %s: %s" % (method, path, status, message), method, path, message)
 
     def request(
         self,

@@ -17,12 +17,13 @@ import re
 import shlex
 import socket
 import ssl
+import threading
 import time
 import typing as t
 import urllib.error
 import urllib.request
 from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
@@ -216,12 +217,12 @@ class HealthReport:
         return text
 
     def failure_message(self) -> str:
-        """One line per failing probe: which, what was probed, why it failed."""
-        lines = ["%d of %d probes unhealthy:" % (len(self.failed), len(self.results))]
+        """One line naming every failing probe, what was probed and why it failed."""
+        parts = []
         for result in self.failed:
-            tries = " after %d attempts" % result.attempts if result.attempts > 1 else ""
-            lines.append("- %s (%s %s): %s%s" % (result.name, result.type, result.target, result.error, tries))
-        return "\n".join(lines)
+            tries = " (after %d attempts)" % result.attempts if result.attempts > 1 else ""
+            parts.append("[%s] %s %s: %s%s" % (result.name, result.type, result.target, result.error, tries))
+        return "%d of %d probes unhealthy: %s" % (len(self.failed), len(self.results), " | ".join(parts))
 
     def to_dict(self) -> dict[str, t.Any]:
         return {
@@ -433,16 +434,10 @@ def parse_probes(raw_probes: t.Any) -> list[Probe]:
                     "probes[%d]: name %r is already used by probes[%d]; names must be unique"
                     % (index, probe.name, seen[probe.name])
                 )
-            probe = _renamed(probe, "%s#%d" % (probe.name, index))
+            probe = replace(probe, name="%s#%d" % (probe.name, index))
         seen[probe.name] = index
         probes.append(probe)
     return probes
-
-
-def _renamed(probe: Probe, name: str) -> Probe:
-    values = {key: getattr(probe, key) for key in probe.__dataclass_fields__}
-    values["name"] = name
-    return type(probe)(**values)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -500,14 +495,26 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+_SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+_SSL_LOCK = threading.Lock()
+
+
+def _ssl_context(validate_certs: bool) -> ssl.SSLContext:
+    """Shared per setting: loading the CA store takes tens of ms, too much to repeat for 50 probes."""
+    with _SSL_LOCK:
+        if validate_certs not in _SSL_CONTEXTS:
+            context = ssl.create_default_context()
+            if not validate_certs:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            _SSL_CONTEXTS[validate_certs] = context
+        return _SSL_CONTEXTS[validate_certs]
+
+
 def _http_opener(probe: HttpProbe) -> urllib.request.OpenerDirector:
-    if probe.validate_certs:
-        context = ssl.create_default_context()
-    else:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=context)]
+    handlers: list[urllib.request.BaseHandler] = []
+    if probe.url.lower().startswith("https:") or probe.follow_redirects:
+        handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(probe.validate_certs)))
     if not probe.use_proxy:
         handlers.append(urllib.request.ProxyHandler({}))
     if not probe.follow_redirects:
@@ -724,7 +731,7 @@ def check_exec(probe: ExecProbe, client: DockerClient) -> ProbeResult:
     except DockerNotFound:
         result.error = "no container named %r (docker ps -a; is the compose project up?)" % probe.container
     except DockerConflict as exc:
-        result.error = "cannot exec in container %r: %s" % (probe.container, exc.message.split(": ", 1)[-1])
+        result.error = "cannot exec in container %r: %s" % (probe.container, exc.explanation)
     except DockerTimeout:
         result.error = ("command did not finish within %g s (it may still be running inside the container)"
                         % probe.timeout)

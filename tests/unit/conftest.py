@@ -15,11 +15,17 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -51,3 +57,136 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _TMP is not None:
         shutil.rmtree(_TMP, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# A local HTTP server for probe tests: real sockets on 127.0.0.1, no network.
+# --------------------------------------------------------------------------------------------------------
+
+class _ProbeTargetHandler(BaseHTTPRequestHandler):
+    """Routes that imitate what health checks meet in the field.
+
+    /ok                200 {"status": "ok"}
+    /status/<code>     that status
+    /slow?s=0.5        answers after s seconds
+    /redirect          302 to /ok
+    /echo-host         the Host header in the body
+    /flaky?key=k&n=2   503 the first n times per key, then 200
+    /sse               an event, then the stream stays open (like an SSE endpoint)
+    /trickle           one byte every 0.2 s for ever
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        pass  # keep pytest output clean
+
+    def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        path = parts.path
+        server = self.server
+        if path == "/ok":
+            self._send(200, json.dumps({"status": "ok"}).encode())
+        elif path.startswith("/status/"):
+            self._send(int(path.rsplit("/", 1)[1]), b"status page\n")
+        elif path == "/slow":
+            time.sleep(float(query.get("s", "0.5")))
+            self._send(200, b"slow ok\n")
+        elif path == "/redirect":
+            self._send(302, b"", {"Location": "/ok"})
+        elif path == "/echo-host":
+            self._send(200, ("host=%s" % self.headers.get("Host")).encode())
+        elif path == "/flaky":
+            key = query.get("key", "default")
+            with server.lock:  # type: ignore[attr-defined]
+                seen = server.counters.get(key, 0)  # type: ignore[attr-defined]
+                server.counters[key] = seen + 1  # type: ignore[attr-defined]
+            if seen < int(query.get("n", "2")):
+                self._send(503, b"warming up\n")
+            else:
+                self._send(200, b"ready\n")
+        elif path == "/sse":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b"data: hello\n\n")
+            self.wfile.flush()
+            server.stop.wait(10)  # type: ignore[attr-defined]
+        elif path == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(100):
+                if server.stop.wait(0.2):  # type: ignore[attr-defined]
+                    break
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    break
+        else:
+            self._send(404, b"no such route\n")
+
+
+class LocalHTTPServer:
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeTargetHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.counters = {}  # type: ignore[attr-defined]
+        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
+        self.httpd.stop = threading.Event()  # type: ignore[attr-defined]
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def url(self, path: str) -> str:
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def __enter__(self) -> "LocalHTTPServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.stop.set()  # type: ignore[attr-defined]
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    """One local HTTP server for the whole session (the /flaky counters are keyed per test)."""
+    with LocalHTTPServer() as server:
+        yield server
+
+
+@pytest.fixture
+def tcp_listener():
+    """A listening TCP socket on 127.0.0.1; yields its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def closed_port():
+    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
