@@ -391,6 +391,10 @@ class DockerClient:
             self._api_version = negotiate_api_version(server)
         return self._api_version
 
+    def negotiate(self) -> str:
+        """Settle the API version now (it is otherwise settled by the first request)."""
+        return self.api_version
+
     def version(self) -> dict[str, t.Any]:
         return self.request("GET", "/version", versioned=False).json() or {}
 
@@ -507,7 +511,13 @@ class DockerClient:
         started = time.monotonic()
         exec_id = self.exec_create(container, command, env=env, user=user, workdir=workdir, timeout=total)
         remaining = max(total - (time.monotonic() - started), 0.001)
-        stdout, stderr, truncated = self.exec_start(exec_id, timeout=remaining, limit=limit)
+        try:
+            stdout, stderr, truncated = self.exec_start(exec_id, timeout=remaining, limit=limit)
+        except DockerTimeout as exc:
+            raise DockerTimeout(
+                "%s in container %s did not finish within %g s (the engine cannot stop an exec: it may still run)"
+                % (command, container, total)
+            ) from exc
         # The stream can end a moment before the engine records the exit code.
         info = self.exec_inspect(exec_id, timeout=total)
         settle_deadline = time.monotonic() + 2.0

@@ -371,6 +371,12 @@ def parse_probe(index: int, raw: t.Any) -> Probe:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise f.error("'url' must be an absolute http:// or https:// URL, got %r" % url)
+        try:
+            valid_port = parts.port is None or parts.port > 0
+        except ValueError:  # not a number, or above 65535
+            valid_port = False
+        if not valid_port:
+            raise f.error("'url' has an invalid port: %r" % url)
         statuses = _listify(f.get("status"))
         if not statuses:
             raise f.error("'status' must list at least one expected HTTP status code")
@@ -718,8 +724,8 @@ def check_container(probe: ContainerProbe, client: DockerClient, final: bool = T
             result.evidence["logs"] = _logs_tail(client, probe.container, probe.timeout)
     else:
         result.ok = True
-        result.detail = "running%s, %d restarts" % (", healthy" if result.health else " (no healthcheck)",
-                                                   result.evidence["restart_count"])
+        health_text = ", healthy" if result.health else " (no healthcheck)"
+        result.detail = "running%s, %d restarts" % (health_text, result.evidence["restart_count"])
     return result
 
 
@@ -822,8 +828,7 @@ def run_probes(
     lazy = _LazyDockerClient(docker_host, client_factory)
     if any(isinstance(probe, (ContainerProbe, ExecProbe)) for probe in probes):
         try:
-            client = lazy()
-            _ = client.api_version  # negotiate once, before the threads start
+            lazy().negotiate()  # once, before the threads start
         except DockerError:
             pass  # every Docker probe reports the error itself
 

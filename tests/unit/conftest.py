@@ -140,9 +140,15 @@ class _ProbeTargetHandler(BaseHTTPRequestHandler):
             self._send(404, b"no such route\n")
 
 
+class _BackloggedHTTPServer(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops the SYNs of a burst of concurrent probes, and the kernel
+    # retries them only after a second: that would measure the test server, not the probes.
+    request_queue_size = 128
+
+
 class LocalHTTPServer:
     def __init__(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeTargetHandler)
+        self.httpd = _BackloggedHTTPServer(("127.0.0.1", 0), _ProbeTargetHandler)
         self.httpd.daemon_threads = True
         self.httpd.counters = {}  # type: ignore[attr-defined]
         self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]

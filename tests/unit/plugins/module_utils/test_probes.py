@@ -94,6 +94,7 @@ def test_derived_duplicate_names_are_made_unique():
         ([{"type": "http", "url": "http://x/", "body_pattern": "(unclosed"}],
          "probes[0]: 'body_pattern' is not a valid regular expression"),
         ([{"type": "http", "url": "127.0.0.1/health"}], "probes[0]: 'url' must be an absolute http:// or https://"),
+        ([{"type": "http", "url": "http://x:http/"}], "probes[0]: 'url' has an invalid port"),
         ([{"type": "http", "url": "http://x/", "status": [200, 700]}], "probes[0]: 'status' must be between 100"),
         ([{"type": "http", "url": "http://x/", "timeout": 0}], "probes[0]: 'timeout' must be > 0"),
         ([{"type": "http", "url": "http://x/", "retries": -1}], "probes[0]: 'retries' must be >= 0"),
@@ -277,6 +278,19 @@ def test_probes_run_concurrently(http_server):
     assert report.elapsed_ms < 1500
 
 
+def test_fifty_probes_take_the_time_of_the_slowest(http_server, tcp_listener):
+    # The design's benchmark: 50 probes, wall time near the slowest one (0.5 s here), not the sum (15 s).
+    raw = [{"type": "http", "url": http_server.url("/slow?s=0.5"), "name": "http-%d" % i} for i in range(25)]
+    raw += [{"type": "http", "url": http_server.url("/slow?s=0.2"), "name": "fast-%d" % i} for i in range(20)]
+    raw += [{"type": "tcp", "host": "127.0.0.1", "port": tcp_listener, "name": "tcp-%d" % i} for i in range(5)]
+    started = time.monotonic()
+    report = check(raw, max_workers=len(raw))
+    wall = time.monotonic() - started
+    print("\nbenchmark: 50 probes (slowest 0.5 s) -> %.3f s wall" % wall)
+    assert report.healthy, report.failure_message()
+    assert wall < 1.5
+
+
 def test_max_workers_limits_concurrency(http_server):
     raw = [{"type": "http", "url": http_server.url("/slow?s=0.3")} for _ in range(4)]
     started = time.monotonic()
@@ -315,6 +329,9 @@ class FakeDocker:
         self.execs = execs or {}
         self.exec_calls = []
         self.api_version = "1.41"
+
+    def negotiate(self):
+        return self.api_version
 
     def inspect_container(self, name, timeout=None):
         if name not in self.containers:

@@ -1,0 +1,182 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The health_check module as Ansible runs it: main() with module args, JSON result on stdout."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import contextlib
+import json
+
+import pytest
+import yaml
+
+from ansible.module_utils import basic
+
+from ansible_collections.opsbook.stack.plugins.module_utils.probes import parse_probes
+from ansible_collections.opsbook.stack.plugins.modules import health_check
+
+try:  # ansible-core >= 2.19: sets the args and the serialization profile the module now requires
+    from ansible.module_utils.testing import patch_module_args
+except ImportError:  # older ansible-core: the args buffer alone
+    from unittest import mock
+
+    @contextlib.contextmanager
+    def patch_module_args(args=None):
+        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
+        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
+            yield
+
+
+def run_module(args: dict, capsys) -> dict:
+    """Run main() and return the result the module printed."""
+    with patch_module_args(args), pytest.raises(SystemExit):
+        health_check.main()
+    out = capsys.readouterr().out
+    return json.loads(out)
+
+
+def test_healthy_run(http_server, tcp_listener, capsys):
+    result = run_module({"probes": [
+        {"type": "http", "name": "api", "url": http_server.url("/ok"), "body_pattern": "ok"},
+        {"type": "tcp", "name": "redis", "host": "127.0.0.1", "port": tcp_listener},
+    ]}, capsys)
+    assert result.get("failed") is not True, result
+    assert result["changed"] is False
+    assert result["healthy"] is True
+    assert result["summary"] == "2/2 probes healthy"
+    assert result["failed_probes"] == []
+    assert [(p["name"], p["ok"], p["status"]) for p in result["probes"]] == [("api", True, 200), ("redis", True, "open")]
+
+
+def test_unhealthy_run_fails_with_an_actionable_message(http_server, closed_port, capsys):
+    result = run_module({"probes": [
+        {"type": "http", "name": "api", "url": http_server.url("/ok")},
+        {"type": "http", "name": "frontend", "url": http_server.url("/status/502")},
+        {"type": "tcp", "name": "db", "host": "127.0.0.1", "port": closed_port, "retries": 1, "delay": 0.05},
+    ]}, capsys)
+    assert result["failed"] is True and result["changed"] is False
+    assert result["healthy"] is False
+    assert result["failed_probes"] == ["frontend", "db"]
+    assert result["msg"].startswith("2 of 3 probes unhealthy: ")
+    assert "[frontend] http GET %s: HTTP 502 (expected 200)" % http_server.url("/status/502") in result["msg"]
+    assert "[db] tcp 127.0.0.1:%d: connection refused" % closed_port in result["msg"]
+    assert "(after 2 attempts)" in result["msg"]
+    assert result["probes"][1]["evidence"]["body"] == "status page\n"
+
+
+def test_fail_on_unhealthy_false_reports_without_failing(http_server, capsys):
+    result = run_module({"fail_on_unhealthy": False,
+                         "probes": [{"type": "http", "url": http_server.url("/status/500")}]}, capsys)
+    assert "failed" not in result or result["failed"] is False
+    assert result["healthy"] is False and result["failed_probes"] == [http_server.url("/status/500")]
+    assert result["summary"].startswith("0/1 probes healthy")
+
+
+def test_check_mode_runs_the_probes(http_server, capsys):
+    result = run_module({"_ansible_check_mode": True,
+                         "probes": [{"type": "http", "url": http_server.url("/ok")}]}, capsys)
+    assert result["changed"] is False and result["healthy"] is True
+    assert "skipped" not in result
+
+
+@pytest.mark.parametrize(
+    "probes, message",
+    [
+        ([{"type": "tcp", "host": "h", "port": 1}, {"type": "tcp", "host": "h", "port": 2}, {"type": "http"}],
+         "probes[2]: type 'http' needs 'url'"),
+        ([{"type": "ftp"}], "probes[0]: unknown type 'ftp' (expected one of: http, tcp, container, exec)"),
+        ([{"type": "tcp", "host": "h", "port": 1, "container": "web"}],
+         "probes[0]: field(s) 'container' do not apply to type 'tcp'"),
+        ([{"type": "exec", "container": "db", "command": "mysqladmin ping"}],
+         "probes[0]: 'command' is one argv element with spaces"),
+        ([], "probes is empty"),
+    ],
+)
+def test_argument_errors(probes, message, capsys):
+    result = run_module({"probes": probes}, capsys)
+    assert result["failed"] is True
+    assert message in result["msg"]
+
+
+def test_argument_spec_rejects_typos(capsys):
+    result = run_module({"probes": [{"type": "http", "url": "http://x/", "timout": 3}]}, capsys)
+    assert result["failed"] is True and "timout" in result["msg"]
+
+
+def test_docker_host_falls_back_to_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", "unix://%s/elsewhere.sock" % tmp_path)
+    result = run_module({"probes": [{"type": "container", "container": "web"}]}, capsys)
+    assert result["failed"] is True
+    assert "Docker socket %s/elsewhere.sock does not exist" % tmp_path in result["msg"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Documentation agrees with the code (ansible-test validate-modules checks more; this runs with pytest)
+# --------------------------------------------------------------------------------------------------------
+
+DOC = yaml.safe_load(health_check.DOCUMENTATION)
+
+
+def _spec():
+    # AnsibleModule is built inside main(); capture its argument_spec instead of duplicating it.
+    captured = {}
+
+    class Capture(Exception):
+        pass
+
+    def fake_module(argument_spec, **kwargs):
+        captured.update(argument_spec=argument_spec, kwargs=kwargs)
+        raise Capture()
+
+    original = health_check.AnsibleModule
+    health_check.AnsibleModule = fake_module
+    try:
+        with pytest.raises(Capture):
+            health_check.main()
+    finally:
+        health_check.AnsibleModule = original
+    return captured
+
+
+def _compare(doc_options: dict, spec: dict, where: str) -> None:
+    assert set(doc_options) == set(spec), where
+    for name, spec_option in spec.items():
+        doc_option = doc_options[name]
+        assert doc_option.get("type", "str") == spec_option.get("type", "str"), "%s.%s type" % (where, name)
+        assert doc_option.get("elements") == spec_option.get("elements"), "%s.%s elements" % (where, name)
+        assert doc_option.get("default") == spec_option.get("default"), "%s.%s default" % (where, name)
+        assert bool(doc_option.get("required")) == bool(spec_option.get("required")), "%s.%s required" % (where, name)
+        assert doc_option.get("choices") == spec_option.get("choices"), "%s.%s choices" % (where, name)
+        if "options" in spec_option:
+            _compare(doc_option["suboptions"], spec_option["options"], "%s.%s" % (where, name))
+
+
+def test_documentation_matches_argument_spec():
+    captured = _spec()
+    _compare(DOC["options"], captured["argument_spec"], "options")
+    assert captured["kwargs"]["supports_check_mode"] is True
+    assert DOC["attributes"]["check_mode"]["support"] == "full"
+    assert DOC["attributes"]["diff_mode"]["support"] == "none"
+    assert DOC["version_added"] == "0.1.0"
+    assert DOC["module"] == "health_check"
+
+
+def test_examples_are_valid_probe_lists():
+    tasks = yaml.safe_load(health_check.EXAMPLES)
+    used = [task["opsbook.stack.health_check"] for task in tasks if "opsbook.stack.health_check" in task]
+    assert len(used) == 3
+    for args in used:
+        assert parse_probes(args["probes"])
+    assert all(set(task) - {"name", "register", "when"} <= {"opsbook.stack.health_check", "ansible.builtin.debug"}
+               for task in tasks)
+
+
+def test_return_documents_every_result_key(http_server, capsys):
+    result = run_module({"probes": [{"type": "http", "url": http_server.url("/ok")}]}, capsys)
+    documented = yaml.safe_load(health_check.RETURN)
+    assert set(result) - {"changed", "invocation"} == set(documented)
+    assert set(result["probes"][0]) == set(documented["probes"]["contains"])
