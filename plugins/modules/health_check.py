@@ -160,7 +160,7 @@ options:
     default: unix:///var/run/docker.sock
   max_workers:
     description:
-      - How many probes run at the same time. Defaults to the number of probes, at most 32.
+      - How many probes run at the same time. Defaults to the number of probes, at most 64.
     type: int
   fail_on_unhealthy:
     description:

@@ -128,7 +128,7 @@ class _ProbeTargetHandler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", "100000")
             self.end_headers()
-            for _ in range(100):
+            for _byte in range(100):
                 if server.stop.wait(0.2):  # type: ignore[attr-defined]
                     break
                 try:

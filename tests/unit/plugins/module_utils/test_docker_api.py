@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 import uuid
+import warnings
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
@@ -387,8 +388,9 @@ def engine():
 
     def start(suffix, command, healthcheck=None, wait_running=True):
         name = "opsbook-unit-%s-%s" % (run_id, suffix)
+        # Long-running ones remove themselves when their sleep ends, should the teardown below not happen.
         body = {"Image": image, "Cmd": command, "Labels": {"opsbook.test": "unit", "opsbook.run": run_id},
-                "HostConfig": {"NetworkMode": "none"}}
+                "HostConfig": {"NetworkMode": "none", "AutoRemove": wait_running}}
         if healthcheck:
             body["Healthcheck"] = healthcheck
         client.request("POST", "/containers/create", query={"name": name}, body=body)
@@ -400,10 +402,21 @@ def engine():
 
     yield client, start, run_id
     for name in created:
+        remove_test_container(client, name)
+
+
+def remove_test_container(client, name):
+    """Force-remove, retried: a busy engine can refuse once ("removal already in progress", kill timeout)."""
+    for attempt in range(5):
         try:
             client.remove_container(name, force=True)
-        except docker_api.DockerError:
-            pass
+            return
+        except DockerNotFound:
+            return
+        except docker_api.DockerError as exc:
+            if attempt == 4:
+                warnings.warn("test container %s was not removed: %s (docker rm -f %s)" % (name, exc, name))
+            time.sleep(1)
 
 
 def wait_for(predicate, timeout=20.0):

@@ -292,7 +292,7 @@ def test_fifty_probes_take_the_time_of_the_slowest(http_server, tcp_listener):
 
 
 def test_max_workers_limits_concurrency(http_server):
-    raw = [{"type": "http", "url": http_server.url("/slow?s=0.3")} for _ in range(4)]
+    raw = [{"type": "http", "url": http_server.url("/slow?s=0.3")}] * 4
     started = time.monotonic()
     assert check(raw, max_workers=2).healthy
     assert 0.55 < time.monotonic() - started < 1.5  # two rounds of two

@@ -1,0 +1,250 @@
+# -*- coding: utf-8 -*-
+# Copyright: opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The release journal: one atomic JSON record per release of a Compose project.
+
+Layout: ``<root>/<project>/releases/<id>.json``. A record names every service's image by reference, digest and
+image id, the hash of the rendered compose file, the outcome and timings. Records are written to a temporary
+file in the same directory, fsynced and renamed, so a reader sees a whole record or none. Retention keeps the
+newest ``keep`` records (never fewer than MIN_KEEP); the images they name are what rollback returns to.
+"""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import typing as t
+from dataclasses import asdict, dataclass, field
+
+DEFAULT_ROOT = "/var/lib/opsbook"
+MIN_KEEP = 5
+STATUSES = ("succeeded", "failed", "rolled_back", "in_progress")
+KINDS = ("deploy", "upgrade", "rollback")
+SCHEMA = 1
+
+
+class JournalError(Exception):
+    """The journal cannot be read or written; the message names the path."""
+
+
+@dataclass
+class ServiceImage:
+    image: str
+    image_id: str = ""
+    digest: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, t.Any]) -> "ServiceImage":
+        return cls(image=data.get("image", ""), image_id=data.get("image_id", ""), digest=data.get("digest", ""))
+
+
+@dataclass
+class Release:
+    id: str
+    project: str
+    kind: str
+    status: str
+    created: str
+    created_ts: float
+    services: dict[str, ServiceImage]
+    compose_hash: str = ""
+    duration_s: float | None = None
+    previous: str | None = None
+    detail: str = ""
+    schema: int = SCHEMA
+    extra: dict[str, t.Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, t.Any]:
+        data = asdict(self)
+        data["services"] = {name: asdict(img) for name, img in sorted(self.services.items())}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, t.Any]) -> "Release":
+        return cls(
+            id=data["id"], project=data["project"], kind=data.get("kind", "deploy"), status=data["status"],
+            created=data.get("created", ""), created_ts=float(data.get("created_ts", 0)),
+            services={n: ServiceImage.from_dict(s) for n, s in (data.get("services") or {}).items()},
+            compose_hash=data.get("compose_hash", ""), duration_s=data.get("duration_s"),
+            previous=data.get("previous"), detail=data.get("detail", ""), schema=int(data.get("schema", SCHEMA)),
+            extra=data.get("extra") or {},
+        )
+
+    def same_content(self, other: "Release") -> bool:
+        """Same compose file and the same image for every service (digest when known, else image id)."""
+        if self.compose_hash != other.compose_hash or set(self.services) != set(other.services):
+            return False
+        for name, img in self.services.items():
+            theirs = other.services[name]
+            mine_key = img.digest or img.image_id or img.image
+            their_key = theirs.digest or theirs.image_id or theirs.image
+            if mine_key != their_key:
+                return False
+        return True
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def releases_dir(root: str, project: str) -> str:
+    return os.path.join(root, project, "releases")
+
+
+def new_release_id(now: float, compose_hash: str, existing: t.Iterable[str] = ()) -> str:
+    """Sortable and unique: UTC time to the second, then a short content hash, then a counter on collision."""
+    base = "%s-%s" % (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)), (compose_hash or "0" * 8)[:8])
+    taken = set(existing)
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = "%s.%d" % (base, n)
+    return candidate
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Journal:
+    """The releases of one project on this host."""
+
+    def __init__(self, root: str, project: str):
+        self.root = root
+        self.project = project
+        self.path = releases_dir(root, project)
+
+    def ensure(self) -> None:
+        try:
+            os.makedirs(self.path, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise JournalError("cannot create the release journal %s: %s" % (self.path, exc)) from exc
+
+    def releases(self) -> list[Release]:
+        """All readable records, oldest first. Unreadable files are skipped (see broken())."""
+        out = []
+        for name in self._files():
+            try:
+                out.append(self._load(name))
+            except (OSError, ValueError, KeyError):
+                continue
+        return sorted(out, key=lambda r: (r.created_ts, r.id))
+
+    def broken(self) -> list[str]:
+        bad = []
+        for name in self._files():
+            try:
+                self._load(name)
+            except (OSError, ValueError, KeyError):
+                bad.append(os.path.join(self.path, name))
+        return bad
+
+    def get(self, release_id: str) -> Release:
+        path = os.path.join(self.path, release_id + ".json")
+        if not os.path.isfile(path):
+            known = ", ".join(r.id for r in self.releases()[-10:]) or "none"
+            raise JournalError("release '%s' is not in %s (newest known: %s)" % (release_id, self.path, known))
+        return self._load(release_id + ".json")
+
+    def latest(self, status: str | None = "succeeded") -> Release | None:
+        for release in reversed(self.releases()):
+            if status is None or release.status == status:
+                return release
+        return None
+
+    def record(self, release: Release) -> str:
+        self.ensure()
+        if release.status not in STATUSES:
+            raise JournalError("status '%s' is not one of %s" % (release.status, ", ".join(STATUSES)))
+        path = os.path.join(self.path, release.id + ".json")
+        payload = json.dumps(release.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            write_atomic(path, payload)
+        except OSError as exc:
+            raise JournalError("cannot write release record %s: %s" % (path, exc)) from exc
+        return path
+
+    def prune(self, keep: int) -> list[str]:
+        """Drop the oldest records beyond `keep` (at least MIN_KEEP). The newest succeeded one always stays."""
+        keep = max(int(keep), MIN_KEEP)
+        releases = self.releases()
+        newest_ok = self.latest("succeeded")
+        removed = []
+        for release in releases[:-keep] if len(releases) > keep else []:
+            if newest_ok is not None and release.id == newest_ok.id:
+                continue
+            path = os.path.join(self.path, release.id + ".json")
+            os.unlink(path)
+            removed.append(release.id)
+        return removed
+
+    def _files(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.path) if n.endswith(".json") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def _load(self, name: str) -> Release:
+        with open(os.path.join(self.path, name), "rb") as fh:
+            return Release.from_dict(json.loads(fh.read()))
+
+
+def iso_utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def project_images(client: t.Any, project: str) -> dict[str, ServiceImage]:
+    """Every service of a running Compose project with the image its containers run, from Docker's state.
+
+    Services whose replicas disagree (a rollout in progress) report the image of the newest container.
+    """
+    containers = client.list_containers(labels={"com.docker.compose.project": project}, all=False)
+    by_service: dict[str, tuple[int, ServiceImage]] = {}
+    image_cache: dict[str, dict[str, t.Any]] = {}
+    for summary in containers:
+        labels = summary.get("Labels") or {}
+        service = labels.get("com.docker.compose.service")
+        if not service or labels.get("com.docker.compose.oneoff") == "True":
+            continue
+        image_id = summary.get("ImageID", "")
+        if image_id not in image_cache:
+            image_cache[image_id] = client.request_json("GET", "/images/%s/json" % image_id)
+        info = image_cache[image_id]
+        ref = (summary.get("Image") or "")
+        repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+        digest = ""
+        for repo_digest in info.get("RepoDigests") or []:
+            if repo_digest.split("@", 1)[0] == repo:
+                digest = repo_digest
+                break
+        created = int(summary.get("Created", 0))
+        current = by_service.get(service)
+        if current is None or created > current[0]:
+            by_service[service] = (created, ServiceImage(image=ref, image_id=image_id, digest=digest))
+    return {name: img for name, (_, img) in sorted(by_service.items())}

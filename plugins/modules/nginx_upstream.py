@@ -1,0 +1,333 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+DOCUMENTATION = r"""
+---
+module: nginx_upstream
+short_description: Render the Nginx upstream of a Compose service from its healthy containers, safely
+version_added: 0.1.0
+description:
+  - Asks the Docker Engine for the containers of a Compose service (labels C(com.docker.compose.project) and
+    C(com.docker.compose.service)), keeps the running and healthy ones (a container without a healthcheck
+    counts as healthy while it runs), reads the host port each one publishes on 127.0.0.1 for the service's
+    container port, and writes an Nginx C(upstream) block listing them, with a shared zone and a keepalive pool.
+  - Or writes the servers given in O(servers) as they are, for example weights during a canary, or the app
+    hosts behind an edge Nginx.
+  - The file is written atomically beside the old one, then C(nginx -t) checks the whole configuration. When
+    the check passes Nginx is reloaded gracefully (C(systemctl reload nginx), or C(nginx -s reload) without
+    systemd). When it fails the previous file is put back, Nginx keeps serving the last good configuration,
+    and the task fails with Nginx's own error line.
+  - When no container is healthy the module refuses to write an upstream without servers; the existing file
+    stays and the task fails naming each container and why it was left out.
+  - The nginx role and the upgrade and rollback modules render upstreams with the same code
+    (C(plugins/module_utils/upstream.py)), so they always agree on the file.
+author:
+  # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
+  - opsbook.stack maintainers (!UNKNOWN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Docker is asked for real; nothing is written, tested or reloaded.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: full
+    details: The same containers on the same ports render the same bytes (servers sorted by address, no
+      timestamps), so the second run neither writes nor reloads.
+options:
+  project:
+    description:
+      - Compose project name of the service (the C(com.docker.compose.project) label).
+      - Required unless O(name) and O(servers) are given.
+    type: str
+  service:
+    description:
+      - Compose service name (the C(com.docker.compose.service) label).
+      - Required unless O(name) and O(servers) are given.
+    type: str
+  name:
+    description:
+      - Name of the upstream block and of its file C(<directory>/<name>.conf).
+      - Defaults to C(<project>_<service>), the name the nginx role's site uses in C(proxy_pass).
+    type: str
+  port:
+    description:
+      - The container port of the service, for example V(8000).
+      - May be left out when each container publishes exactly one TCP port.
+    type: int
+  servers:
+    description:
+      - Explicit servers instead of the containers Docker reports.
+    type: list
+    elements: dict
+    suboptions:
+      address:
+        description: V(host:port), V([ipv6]:port) or V(unix:/path).
+        type: str
+        required: true
+      weight:
+        description: Relative weight (1 or more) in the round robin.
+        type: int
+      max_fails:
+        description: Failed attempts within O(servers[].fail_timeout) after which the server is left out.
+        type: int
+      fail_timeout:
+        description: Nginx time such as V(10s).
+        type: str
+      backup:
+        description: Only used when every other server is unavailable.
+        type: bool
+        default: false
+      comment:
+        description: A note written after the server line, for example the container name.
+        type: str
+        default: ""
+  weights:
+    description:
+      - Weights of discovered containers by container name, for example V({"demo-backend-3": 1}).
+      - Containers not named keep the default weight of 1.
+    type: dict
+  state:
+    description:
+      - V(present) writes the upstream, V(absent) removes its file (with the same check and restore).
+    type: str
+    choices: [present, absent]
+    default: present
+  directory:
+    description: Directory of the upstream files; the nginx role's C(nginx.conf) includes C(upstreams.d/*.conf).
+    type: path
+    default: /etc/nginx/upstreams.d
+  keepalive:
+    description: Idle keepalive connections to the servers kept per worker; V(0) turns the pool off.
+    type: int
+    default: 32
+  zone_size:
+    description: Size of the shared memory zone of the upstream.
+    type: str
+    default: 64k
+  host_ip:
+    description: The host address the containers publish their port on.
+    type: str
+    default: 127.0.0.1
+  reload:
+    description: Reload Nginx gracefully after a change that passed C(nginx -t). A stopped Nginx is not started.
+    type: bool
+    default: true
+  nginx_binary:
+    description: The nginx executable used for C(nginx -t) (and C(nginx -s reload) without systemd).
+    type: path
+    default: nginx
+  nginx_config:
+    description: Main configuration file to test; by default the one nginx was built with.
+    type: path
+  reload_command:
+    description: The reload command as an argv list, instead of C(systemctl reload nginx) or C(nginx -s reload).
+    type: list
+    elements: str
+  lock_path:
+    description: Lock file that serializes every writer of this host's Nginx configuration.
+    type: path
+    default: /run/lock/opsbook-nginx.lock
+  docker_host:
+    description:
+      - Docker Engine API endpoint, as V(unix:///path/to/docker.sock) or V(tcp://host:port) (plain HTTP).
+      - Falls back to the E(DOCKER_HOST) environment variable of the target when not set.
+    type: str
+    default: unix:///var/run/docker.sock
+notes:
+  - Published ports are read from C(docker inspect); a container publishing its port on every interface
+    (V(0.0.0.0)) is reached on 127.0.0.1 as well.
+  - Containers created by C(docker compose run) are never part of the upstream.
+seealso:
+  - name: ngx_http_upstream_module
+    description: The upstream, server, zone and keepalive directives.
+    link: https://nginx.org/en/docs/http/ngx_http_upstream_module.html
+"""
+
+EXAMPLES = r"""
+- name: Point the backend upstream at the healthy containers of the service
+  opsbook.stack.nginx_upstream:
+    project: demo
+    service: backend
+    port: 8000
+  register: backend_upstream
+
+- name: Run it again; the containers did not change, so neither does the file (changed=false, no reload)
+  opsbook.stack.nginx_upstream:
+    project: demo
+    service: backend
+    port: 8000
+
+- name: Canary, one new container takes one request in ten
+  opsbook.stack.nginx_upstream:
+    project: demo
+    service: backend
+    servers:
+      - {address: "127.0.0.1:49153", weight: 9, comment: demo-backend-1}
+      - {address: "127.0.0.1:49170", weight: 1, comment: demo-backend-3}
+
+- name: Edge Nginx, the app hosts' local Nginx on a fixed port
+  opsbook.stack.nginx_upstream:
+    name: app_hosts
+    servers:
+      - address: 10.0.0.11:8080
+        max_fails: 2
+        fail_timeout: 10s
+      - address: 10.0.0.12:8080
+        max_fails: 2
+        fail_timeout: 10s
+
+- name: Drop the upstream of a service that is gone
+  opsbook.stack.nginx_upstream:
+    project: demo
+    service: legacy
+    state: absent
+"""
+
+RETURN = r"""
+upstream:
+  description: Name of the upstream block.
+  returned: always
+  type: str
+  sample: demo_backend
+path:
+  description: Path of the upstream file.
+  returned: always
+  type: str
+  sample: /etc/nginx/upstreams.d/demo_backend.conf
+content:
+  description: The file as rendered (empty when O(state=absent)).
+  returned: always
+  type: str
+  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;  # demo-backend-1\n    keepalive 32;\n}\n"
+servers:
+  description: The servers of the upstream, in file order.
+  returned: when O(state=present)
+  type: list
+  elements: dict
+  sample: [{"address": "127.0.0.1:49153", "weight": null, "max_fails": null, "fail_timeout": null,
+            "backup": false, "comment": "demo-backend-1"}]
+skipped:
+  description: Containers of the service left out of the upstream, with the reason.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting"}]
+reloaded:
+  description: Whether Nginx was reloaded.
+  returned: always
+  type: bool
+  sample: true
+note:
+  description: Why a changed file was not reloaded (check mode, Nginx not running, O(reload=false)).
+  returned: always
+  type: str
+  sample: ""
+nginx_error:
+  description: Nginx's own error line when C(nginx -t) rejected the file (the previous file was put back).
+  returned: failure
+  type: str
+  sample: 'nginx: [emerg] invalid parameter "weight=0" in /etc/nginx/upstreams.d/demo_backend.conf:5'
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DEFAULT_DOCKER_HOST
+from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
+    DEFAULT_HOST_IP,
+    DEFAULT_KEEPALIVE,
+    DEFAULT_LOCK_PATH,
+    DEFAULT_NGINX_BINARY,
+    DEFAULT_UPSTREAM_DIR,
+    DEFAULT_ZONE_SIZE,
+    NginxConfigRejected,
+    NginxControl,
+    Server,
+    UpstreamError,
+    remove_upstream,
+    sync_upstream,
+    upstream_name,
+)
+
+SERVER_OPTIONS = dict(
+    address=dict(type="str", required=True),
+    weight=dict(type="int"),
+    max_fails=dict(type="int"),
+    fail_timeout=dict(type="str"),
+    backup=dict(type="bool", default=False),
+    comment=dict(type="str", default=""),
+)
+
+
+def _diff(path: str, before: str | None, after: str) -> dict:
+    return {"before": before or "", "after": after, "before_header": path, "after_header": path}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            project=dict(type="str"),
+            service=dict(type="str"),
+            name=dict(type="str"),
+            port=dict(type="int"),
+            servers=dict(type="list", elements="dict", options=SERVER_OPTIONS),
+            weights=dict(type="dict"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            directory=dict(type="path", default=DEFAULT_UPSTREAM_DIR),
+            keepalive=dict(type="int", default=DEFAULT_KEEPALIVE),
+            zone_size=dict(type="str", default=DEFAULT_ZONE_SIZE),
+            host_ip=dict(type="str", default=DEFAULT_HOST_IP),
+            reload=dict(type="bool", default=True),
+            nginx_binary=dict(type="path", default=DEFAULT_NGINX_BINARY),
+            nginx_config=dict(type="path"),
+            reload_command=dict(type="list", elements="str"),
+            lock_path=dict(type="path", default=DEFAULT_LOCK_PATH),
+            docker_host=dict(type="str", default=DEFAULT_DOCKER_HOST, fallback=(env_fallback, ["DOCKER_HOST"])),
+        ),
+        required_together=[("project", "service")],
+        required_one_of=[("name", "service")],
+        mutually_exclusive=[("servers", "weights")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    nginx = NginxControl(binary=p["nginx_binary"], config=p["nginx_config"], reload_command=p["reload_command"])
+    common = dict(nginx=nginx, check_mode=module.check_mode, reload=p["reload"], lock_path=p["lock_path"])
+    try:
+        if p["state"] == "absent":
+            name = p["name"] or upstream_name(p["project"], p["service"])
+            done = remove_upstream(name, p["directory"], **common)
+            result = dict(changed=done.changed, upstream=name, path=done.path, content="", skipped=[],
+                          reloaded=done.reloaded, note=done.note)
+            if done.changed and module._diff:
+                result["diff"] = _diff(done.path, done.previous, "")
+            module.exit_json(**result)
+        servers = None
+        if p["servers"] is not None:
+            servers = [Server(**{k: v for k, v in item.items() if k in SERVER_OPTIONS}) for item in p["servers"]]
+        synced = sync_upstream(
+            p["project"], p["service"], name=p["name"], port=p["port"], servers=servers, weights=p["weights"],
+            directory=p["directory"], keepalive=p["keepalive"], zone_size=p["zone_size"], host_ip=p["host_ip"],
+            docker_host=p["docker_host"], **common,
+        )
+    except NginxConfigRejected as exc:
+        module.fail_json(msg=str(exc), changed=False, nginx_error=exc.nginx_error, **exc.evidence)
+    except UpstreamError as exc:
+        module.fail_json(msg=str(exc), changed=False, **exc.evidence)
+    result = synced.to_dict()
+    if synced.changed and module._diff:
+        result["diff"] = _diff(synced.path, synced.previous, synced.content)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

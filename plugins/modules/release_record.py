@@ -1,0 +1,174 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+DOCUMENTATION = r"""
+---
+module: release_record
+short_description: Record the running release of a Compose project in the release journal
+version_added: 0.1.0
+description:
+  - Reads which image every service of a running Compose project runs, from Docker's state, resolves each to its
+    registry digest and image id, hashes the rendered compose file, and writes one JSON record to the project's
+    release journal under O(journal_root) atomically (temporary file, fsync, rename).
+  - A succeeded record whose compose file and images equal the newest succeeded record is not written again, so
+    a re-run of an unchanged deploy reports no change.
+  - Keeps the newest O(keep) records (at least 5) and never drops the newest succeeded one.
+author:
+  - opsbook.stack maintainers (!UNKNOWN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: full
+options:
+  project:
+    description: Compose project name (the C(com.docker.compose.project) label).
+    type: str
+    required: true
+  compose_file:
+    description: The rendered compose file whose sha256 goes into the record.
+    type: path
+    required: true
+  journal_root:
+    description: Directory that holds one journal per project.
+    type: path
+    default: /var/lib/opsbook
+  kind:
+    description: What produced this release.
+    type: str
+    choices: [deploy, upgrade, rollback]
+    default: deploy
+  status:
+    description: Outcome to record.
+    type: str
+    choices: [succeeded, failed, rolled_back, in_progress]
+    default: succeeded
+  started:
+    description: Unix time the operation started; the record gets its duration from it.
+    type: float
+  detail:
+    description: Free text stored with the record, for example why a deploy failed.
+    type: str
+    default: ""
+  keep:
+    description: Number of records kept; values under 5 count as 5.
+    type: int
+    default: 10
+  docker_host:
+    description: Docker Engine API address.
+    type: str
+    default: unix:///var/run/docker.sock
+"""
+
+EXAMPLES = r"""
+- name: Record the release after a deploy
+  opsbook.stack.release_record:
+    project: agentchat
+    compose_file: /opt/agentchat/compose.yaml
+    started: "{{ deploy_started }}"
+  register: release
+
+# Run again with nothing changed: changed=false, release.id is the same record.
+"""
+
+RETURN = r"""
+release:
+  description: The record written, or the existing record when nothing changed.
+  returned: success
+  type: dict
+  sample:
+    id: 20261122T101500Z-3f9c2b1a
+    project: agentchat
+    kind: deploy
+    status: succeeded
+    compose_hash: 3f9c2b1a...
+    services:
+      backend:
+        image: registry:5000/demo-backend:1.0
+        digest: registry:5000/demo-backend@sha256:...
+        image_id: sha256:...
+path:
+  description: Path of the record file.
+  returned: success
+  type: str
+pruned:
+  description: Ids of the records removed by retention.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
+    Journal, JournalError, Release, file_sha256, iso_utc, new_release_id, project_images,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            project=dict(type="str", required=True),
+            compose_file=dict(type="path", required=True),
+            journal_root=dict(type="path", default="/var/lib/opsbook"),
+            kind=dict(type="str", choices=["deploy", "upgrade", "rollback"], default="deploy"),
+            status=dict(type="str", choices=["succeeded", "failed", "rolled_back", "in_progress"], default="succeeded"),
+            started=dict(type="float"),
+            detail=dict(type="str", default=""),
+            keep=dict(type="int", default=10),
+            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not os.path.isfile(p["compose_file"]):
+        module.fail_json(msg="compose_file %s does not exist; deploy the project before recording it" % p["compose_file"])
+    try:
+        services = project_images(DockerClient(p["docker_host"]), p["project"])
+    except DockerError as exc:
+        module.fail_json(msg="cannot read the containers of project %s: %s" % (p["project"], exc))
+    if not services and p["status"] == "succeeded":
+        module.fail_json(msg="project %s has no running containers; nothing to record as succeeded" % p["project"])
+
+    journal = Journal(p["journal_root"], p["project"])
+    now = time.time()
+    compose_hash = file_sha256(p["compose_file"])
+    previous = journal.latest("succeeded")
+    release = Release(
+        id=new_release_id(now, compose_hash, (r.id for r in journal.releases())),
+        project=p["project"], kind=p["kind"], status=p["status"], created=iso_utc(now), created_ts=now,
+        services=services, compose_hash=compose_hash,
+        duration_s=round(now - p["started"], 3) if p["started"] else None,
+        previous=previous.id if previous else None, detail=p["detail"],
+    )
+    if p["status"] == "succeeded" and previous is not None and previous.same_content(release):
+        module.exit_json(changed=False, release=previous.to_dict(),
+                         path=os.path.join(journal.path, previous.id + ".json"), pruned=[])
+    if module.check_mode:
+        module.exit_json(changed=True, release=release.to_dict(), path=os.path.join(journal.path, release.id + ".json"),
+                         pruned=[])
+    try:
+        path = journal.record(release)
+        pruned = journal.prune(p["keep"])
+    except (JournalError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=True, release=release.to_dict(), path=path, pruned=pruned)
+
+
+if __name__ == "__main__":
+    main()
