@@ -328,7 +328,7 @@ def validate_address(address: str) -> None:
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError as exc:
-            raise UpstreamConfigError("server address %r: %s" % (address, exc)) from exc
+            raise UpstreamConfigError("server address %r: not an IPv6 address (%s)" % (address, exc)) from exc
         return
     try:
         ipaddress.IPv4Address(host)
