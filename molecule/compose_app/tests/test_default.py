@@ -1,0 +1,162 @@
+"""compose_app on the four stack profiles: healthy, secret-safe, journaled, clear on failure, data kept on stop."""
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
+SCENARIO_DIR = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.dirname(os.path.dirname(__file__)))
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
+PROFILES = {
+    "opsbook-ca-agentchat": "agentchat",
+    "opsbook-ca-astron-agent": "astron-agent",
+    "opsbook-ca-helloagents": "helloagents",
+    "opsbook-ca-heartrule": "heartrule",
+}
+
+
+def profile_vars(profile):
+    out = {}
+    base = os.path.join(PROJECT_DIR, "inventories", profile, "group_vars", "all")
+    for name in sorted(os.listdir(base)):
+        with open(os.path.join(base, name)) as fh:
+            out.update(yaml.safe_load(fh) or {})
+    return out
+
+
+def playbook(path, limit, *extra, expect_rc=0):
+    argv = ["ansible-playbook", "-i", INVENTORY, "--limit", limit, path, *extra]
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_DIR, timeout=900)
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    if expect_rc is not None:
+        assert proc.returncode == expect_rc, f"{' '.join(argv)} exited {proc.returncode}:\n{output[-4000:]}"
+    return output, elapsed
+
+
+@pytest.fixture(scope="module")
+def profile(host):
+    return PROFILES[host.backend.get_hostname()]
+
+
+@pytest.fixture(scope="module")
+def cfg(profile):
+    return profile_vars(profile)
+
+
+def containers(host, project):
+    out = host.check_output(
+        "docker ps -a --filter label=com.docker.compose.project=%s --format '{{.Names}}'" % project)
+    return [line for line in out.splitlines() if line]
+
+
+def test_every_container_is_running_and_healthy(host, cfg):
+    project = cfg["compose_app_project"]
+    names = containers(host, project)
+    expected = sum(int(s.get("replicas", 1)) for s in cfg["compose_app_services"].values())
+    assert len(names) == expected
+    for name in names:
+        state = json.loads(host.check_output("docker inspect -f '{{json .State}}' %s" % name))
+        assert state["Status"] == "running", name
+        assert state["Health"]["Status"] == "healthy", name
+
+
+def test_web_replicas_are_published_on_loopback_only(host, cfg):
+    project = cfg["compose_app_project"]
+    for name in containers(host, project):
+        ports = json.loads(host.check_output("docker inspect -f '{{json .NetworkSettings.Ports}}' %s" % name))
+        for bindings in ports.values():
+            for binding in bindings or []:
+                assert binding["HostIp"] == "127.0.0.1", (name, binding)
+
+
+def test_env_file_is_private_and_compose_file_holds_no_secret(host, cfg):
+    project_dir = "/opt/%s" % cfg["compose_app_project"]
+    env = host.file(project_dir + "/.env")
+    assert env.mode == 0o600 and env.user == "root" and env.group == "root"
+    compose = host.file(project_dir + "/compose.yaml").content_string
+    for value in cfg["compose_app_secrets"].values():
+        assert value not in compose
+        assert value in env.content_string
+
+
+def test_release_journal_names_images_by_digest(host, cfg):
+    project = cfg["compose_app_project"]
+    releases = host.file("/var/lib/opsbook/%s/releases" % project)
+    assert releases.is_directory
+    records = [json.loads(host.file(f"{releases.path}/{n}").content_string) for n in releases.listdir()]
+    ok = [r for r in records if r["status"] == "succeeded"]
+    assert ok, records
+    newest = max(ok, key=lambda r: r["created_ts"])
+    assert set(newest["services"]) == set(cfg["compose_app_services"])
+    for svc in newest["services"].values():
+        assert re.match(r"^registry:5000/[a-z-]+@sha256:[0-9a-f]{64}$", svc["digest"]), svc
+
+
+def test_second_converge_changes_nothing_and_prints_no_secret(host, cfg):
+    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(), "-vvv")
+    assert re.search(r"changed=0\s", output), output[-3000:]
+    for value in cfg["compose_app_secrets"].values():
+        assert value not in output
+
+
+def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
+    if host.backend.get_hostname() != "opsbook-ca-helloagents":
+        pytest.skip("run once")
+    before = host.file("/opt/helloagents/.env").content_string
+    name = next(iter(cfg["compose_app_secrets"]))
+    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+                         "-e", json.dumps({"compose_app_secrets": {name: "changeme"}}), expect_rc=2)
+    assert f"compose_app_secrets {name}: empty, shorter than" in output
+    assert host.file("/opt/helloagents/.env").content_string == before
+
+
+def test_unhealthy_service_fails_fast_naming_it_with_logs(host, cfg):
+    if host.backend.get_hostname() != "opsbook-ca-helloagents":
+        pytest.skip("run once")
+    broken = {
+        "compose_app_project": "brokenapp",
+        "compose_app_wait_timeout": 90,
+        "compose_app_secrets": {},
+        "compose_app_services": {"api": {"image": "registry:5000/demo-backend", "tag": "3.0", "preset": "web"}},
+    }
+    try:
+        output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+                                   "-e", json.dumps(broken), expect_rc=2)
+        assert "brokenapp: not healthy within 90 s" in output
+        assert "unhealthy: api" in output
+        assert "service api, container brokenapp-api-1" in output
+        assert "last log lines:" in output and "GET /health" in output
+        assert elapsed < 90 + 60, elapsed
+        records = host.check_output("cat /var/lib/opsbook/brokenapp/releases/*.json")
+        assert '"status": "failed"' in records
+    finally:
+        host.run("cd /opt/brokenapp && docker compose down -v")
+
+
+def test_stop_keeps_data_and_start_finds_it(host, cfg):
+    if host.backend.get_hostname() != "opsbook-ca-agentchat":
+        pytest.skip("agentchat has MariaDB")
+    limit = host.backend.get_hostname()
+    secret = cfg["compose_app_secrets"]["MARIADB_ROOT_PASSWORD"]
+    sql = "docker exec -e MYSQL_PWD=%s agentchat-mysql-1 mariadb -uroot agentchat -e %%s" % secret
+    host.check_output(sql % "'CREATE TABLE IF NOT EXISTS kept (id INT PRIMARY KEY); REPLACE INTO kept VALUES (1),(2),(3)'")
+
+    output, _ = playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit,
+                         "-e", "opsbook_purge_volumes=true", expect_rc=2)
+    assert "also set opsbook_purge_confirm=agentchat" in output
+    assert len(containers(host, "agentchat")) == 5
+
+    playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit)
+    assert containers(host, "agentchat") == []
+    assert "agentchat_mysql-data" in host.check_output("docker volume ls -q")
+
+    _, elapsed = playbook(os.path.join(PROJECT_DIR, "playbooks/start.yml"), limit)
+    rows = host.check_output(sql % "'SELECT COUNT(*) FROM kept'")
+    assert rows.split()[-1] == "3"
+    print(f"start.yml to healthy: {elapsed:.1f} s")
