@@ -117,7 +117,7 @@ class Server:
         """Numeric order of address, then port: 127.0.0.1:9000 before 127.0.0.1:10000."""
         if self.address.startswith("unix:"):
             return (2, self.address, 0)
-        host, _, port = self.address.rpartition(":")
+        host, _sep, port = self.address.rpartition(":")
         host = host.strip("[]")
         try:
             ip = ipaddress.ip_address(host)

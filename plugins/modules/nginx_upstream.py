@@ -94,7 +94,7 @@ options:
         default: ""
   weights:
     description:
-      - Weights of discovered containers by container name, for example V({"demo-backend-3": 1}).
+      - 'Weights of discovered containers by container name, for example V({"demo-backend-3": 1}).'
       - Containers not named keep the default weight of 1.
     type: dict
   state:

@@ -98,11 +98,15 @@ def test_release_journal_names_images_by_digest(host, cfg):
         assert re.match(r"^registry:5000/[a-z-]+@sha256:[0-9a-f]{64}$", svc["digest"]), svc
 
 
-def test_second_converge_changes_nothing_and_prints_no_secret(host, cfg):
-    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(), "-vvv")
-    assert re.search(r"changed=0\s", output), output[-3000:]
-    for value in cfg["compose_app_secrets"].values():
-        assert value not in output
+def test_second_converge_changes_nothing_and_prints_no_secret(host):
+    if host.backend.get_hostname() != "opsbook-ca-agentchat":
+        pytest.skip("one run covers every host")
+    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), "all", "-vvv")
+    recap = re.findall(r"^(opsbook-ca-\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
+    assert sorted(recap) == sorted((h, "0") for h in PROFILES), recap
+    for profile in PROFILES.values():
+        for value in profile_vars(profile)["compose_app_secrets"].values():
+            assert value not in output, f"a secret of {profile} appears in the -vvv output"
 
 
 def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
@@ -147,16 +151,17 @@ def test_stop_keeps_data_and_start_finds_it(host, cfg):
     sql = "docker exec -e MYSQL_PWD=%s agentchat-mysql-1 mariadb -uroot agentchat -e %%s" % secret
     host.check_output(sql % "'CREATE TABLE IF NOT EXISTS kept (id INT PRIMARY KEY); REPLACE INTO kept VALUES (1),(2),(3)'")
 
-    output, _ = playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit,
+    project = ("-e", "compose_app_project=agentchat")
+    output, _ = playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit, *project,
                          "-e", "opsbook_purge_volumes=true", expect_rc=2)
     assert "also set opsbook_purge_confirm=agentchat" in output
     assert len(containers(host, "agentchat")) == 5
 
-    playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit)
+    playbook(os.path.join(PROJECT_DIR, "playbooks/stop.yml"), limit, *project)
     assert containers(host, "agentchat") == []
     assert "agentchat_mysql-data" in host.check_output("docker volume ls -q")
 
-    _, elapsed = playbook(os.path.join(PROJECT_DIR, "playbooks/start.yml"), limit)
+    _, elapsed = playbook(os.path.join(PROJECT_DIR, "playbooks/start.yml"), limit, *project)
     rows = host.check_output(sql % "'SELECT COUNT(*) FROM kept'")
     assert rows.split()[-1] == "3"
     print(f"start.yml to healthy: {elapsed:.1f} s")

@@ -279,9 +279,8 @@ def test_discovery_keeps_running_healthy_containers_with_a_loopback_port():
 
 
 def test_discovery_port_on_every_interface_and_implicit_container_port():
-    engine = FakeEngine(container("c1", "demo-web-1", 1, ports=published(32768, host_ip="0.0.0.0",
-                                                                           container_port="8080/tcp"),
-                                  service="web"))
+    ports = published(32768, host_ip="0.0.0.0", container_port="8080/tcp")
+    engine = FakeEngine(container("c1", "demo-web-1", 1, ports=ports, service="web"))
     found = discover_servers(engine, "demo", "web")  # one published TCP port: no need to name it
     assert [s.address for s in found.servers] == ["127.0.0.1:32768"]
 
@@ -424,8 +423,8 @@ def test_sync_refuses_an_upstream_without_servers(tmp_path):
 
 def test_sync_with_explicit_weighted_servers_for_a_canary(tmp_path):
     runner = RecordingRunner()
-    result = sync_upstream("demo", "backend", servers=[Server("127.0.0.1:40003", weight=1, comment="new"),
-                                                         Server("127.0.0.1:40001", weight=9, comment="old")],
+    servers = [Server("127.0.0.1:40003", weight=1, comment="new"), Server("127.0.0.1:40001", weight=9, comment="old")]
+    result = sync_upstream("demo", "backend", servers=servers,
                            directory=str(tmp_path), nginx=systemd_nginx(runner, tmp_path), lock_path=None)
     assert [s.address for s in result.servers] == ["127.0.0.1:40001", "127.0.0.1:40003"]
     assert "server 127.0.0.1:40001 weight=9;  # old\n    server 127.0.0.1:40003 weight=1;  # new\n" in result.content

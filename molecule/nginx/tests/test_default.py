@@ -1,0 +1,382 @@
+"""nginx on a sandbox host in front of the demo Compose project: the acceptance points of issue 3.
+
+Requests go from the controller to the sandbox host's own address (or to 127.0.0.1 inside it), through the
+real Nginx to the real backend and frontend containers. Figures (SSE latency, requests during the broken
+converge) are printed and written to build/molecule-nginx-figures.json.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+SITE = "/etc/nginx/conf.d/opsbook-site.conf"
+UPSTREAMS = "/etc/nginx/upstreams.d"
+ACCESS_LOG = "/var/log/nginx/access.log"
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+FIGURES = PROJECT_DIR / "build" / "molecule-nginx-figures.json"
+
+
+def record(name: str, value) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data[name] = value
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print("FIGURE %s = %s" % (name, json.dumps(value)))
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    """The sandbox host's own (non-loopback) IPv4 address on the sandbox network."""
+    # The interface of the default route (eth0 on the sandbox network), not the nested engine's bridges.
+    device = host.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
+    out = host.check_output("ip -4 -o addr show dev %s scope global" % device)
+    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    assert match, out
+    return match.group(1)
+
+
+def get(address: str, path: str, headers: dict | None = None, port: int = 80, timeout: float = 5.0,
+        tls: bool = False):
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.headers, body
+    finally:
+        conn.close()
+
+
+def sha256(host, path: str) -> str:
+    return host.check_output("sha256sum %s" % path).split()[0]
+
+
+def master_pid(host) -> str:
+    return host.check_output("cat /run/nginx.pid").strip()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Installed, configured, running
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_nginx_enabled_running_default_site_gone(host):
+    svc = host.service("nginx")
+    assert svc.is_running and svc.is_enabled
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+    assert host.run("nginx -t").rc == 0
+
+
+def test_upstreams_list_the_healthy_containers(host):
+    ports = {}
+    for service in ("backend", "frontend"):
+        ids = host.check_output("docker ps -q --filter label=com.docker.compose.project=demo "
+                                "--filter label=com.docker.compose.service=%s" % service).split()
+        ports[service] = sorted(host.check_output("docker port %s" % cid).split(":")[-1] for cid in ids)
+    backend = host.file(UPSTREAMS + "/demo_backend.conf").content_string
+    assert len(ports["backend"]) == 2
+    for port in ports["backend"]:
+        assert "server 127.0.0.1:%s;" % port in backend
+    assert "keepalive 32;" in backend and "zone demo_backend 64k;" in backend
+    frontend = host.file(UPSTREAMS + "/demo_frontend.conf").content_string
+    assert "server 127.0.0.1:%s;" % ports["frontend"][0] in frontend
+
+
+def test_staged_files_match_the_live_ones(host):
+    for rel in ("nginx.conf", "conf.d/opsbook-site.conf"):
+        assert sha256(host, "/etc/nginx/" + rel) == sha256(host, "/var/lib/opsbook/nginx/staged/" + rel)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Through Nginx
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_nginx_health(address):
+    status, headers, body = get(address, "/nginx-health")
+    assert status == 200 and body == b"ok\n"
+    assert headers["Server"] == "nginx"  # server_tokens off: no version
+
+
+def test_api_call_gets_a_generated_request_id(address, host):
+    status, headers, body = get(address, "/api/echo")
+    assert status == 200
+    sent = json.loads(body)
+    rid = headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert sent["request_id"] == rid  # the backend received the id Nginx made
+    assert len(headers.get_all("X-Request-ID")) == 1
+    time.sleep(0.2)
+    assert "rid=%s" % rid in host.check_output("grep -F %s %s" % (rid, ACCESS_LOG))
+
+
+def test_api_call_keeps_the_request_id_given(address, host):
+    given = "req-%s" % uuid.uuid4().hex[:12]
+    status, headers, body = get(address, "/api/echo", {"X-Request-ID": given})
+    assert status == 200
+    assert json.loads(body)["request_id"] == given
+    assert headers["X-Request-ID"] == given
+    time.sleep(0.2)
+    line = host.check_output("grep -F %s %s" % (given, ACCESS_LOG))
+    assert '"GET /api/echo HTTP/1.1" 200' in line and 'ua="127.0.0.1:' in line and "rt=" in line
+    json_line = json.loads(host.check_output("grep -F %s /var/log/nginx/access.json.log" % given).splitlines()[-1])
+    assert json_line["request_id"] == given and json_line["status"] == 200
+
+
+def test_a_malformed_request_id_is_replaced(address):
+    status, headers, body = get(address, "/api/echo", {"X-Request-ID": "bad id{}" + "x" * 200})
+    assert status == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])
+
+
+def test_both_replicas_take_requests(address):
+    hostnames = {json.loads(get(address, "/api/version")[2])["hostname"] for _ in range(20)}
+    assert len(hostnames) == 2
+
+
+def test_security_headers(address):
+    _, headers, _ = get(address, "/api/version")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+
+
+def read_sse(address: str, path: str, events: int, interval: float) -> tuple[float, float, bytes, str]:
+    """(seconds to the first event, seconds to the end of the stream, body, response head)."""
+    sock = socket.create_connection((address, 80), timeout=10)
+    try:
+        start = time.monotonic()
+        sock.sendall(("GET %s?events=%d&interval=%s HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n"
+                      "Connection: close\r\n\r\n" % (path, events, interval)).encode())
+        data = b""
+        first = None
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if first is None and b"data: " in data.split(b"\r\n\r\n", 1)[-1]:
+                first = time.monotonic() - start
+        total = time.monotonic() - start
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return first if first is not None else total, total, body, head.decode("latin-1")
+
+
+@pytest.mark.parametrize("path", ["/sse", "/workflow/v1/chat/completions", "/console-api/chat-message/"])
+def test_sse_first_event_arrives_before_the_stream_ends(address, path):
+    first, total, body, head = read_sse(address, path, events=6, interval=0.5)
+    assert "text/event-stream" in head
+    assert re.search(r"(?im)^X-Accel-Buffering: no\s*$", head)
+    assert body.count(b"data: ") >= 7 and b"event: end" in body
+    assert total >= 2.4  # 6 events 0.5 s apart: the stream lasts 2.5 s
+    assert first < 0.5, "first event after %.3f s of a %.3f s stream: Nginx buffered it" % (first, total)
+    record("sse_first_event_s%s" % path.replace("/", "_").rstrip("_"), round(first, 4))
+    record("sse_stream_total_s%s" % path.replace("/", "_").rstrip("_"), round(total, 3))
+
+
+def test_static_asset_cache_headers(address):
+    status, headers, body = get(address, "/assets/app.3f9c2b.js")
+    assert status == 200 and body
+    cache = ", ".join(headers.get_all("Cache-Control"))
+    assert "max-age=31536000" in cache and "public, immutable" in cache
+    expires = time.mktime(time.strptime(headers["Expires"], "%a, %d %b %Y %H:%M:%S GMT"))
+    assert expires - time.mktime(time.gmtime()) > 364 * 86400
+    # The frontend's own Cache-Control is replaced, not doubled
+    assert len(headers.get_all("Cache-Control")) == 2
+
+
+def test_tls_listener_with_hsts(address):
+    status, headers, body = get(address, "/nginx-health", port=443, tls=True)
+    assert status == 200 and body == b"ok\n"
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_admin_paths_only_for_the_allow_list(address, host):
+    status, _, _ = get(address, "/admin/")
+    assert status == 403  # the controller is not 127.0.0.1
+    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/admin/") != "403"
+
+
+def test_stub_status_on_loopback_only(host, address):
+    assert "Active connections" in host.check_output("curl -fsS http://127.0.0.1:8081/stub_status")
+    assert host.run("curl -sS -m 3 http://%s:8081/stub_status" % address).rc != 0  # nothing listens there
+    with pytest.raises(OSError):
+        get(address, "/stub_status", port=8081)
+    listeners = host.check_output("ss -Hltn")
+    assert "127.0.0.1:8081" in listeners and "0.0.0.0:8081" not in listeners and "*:8081" not in listeners
+    # Only the loopback server has stub_status (the public site's /stub_status is the frontend's business).
+    assert host.check_output("nginx -T 2>/dev/null | grep -c '^ *stub_status;'") == "1"
+
+
+# --------------------------------------------------------------------------------------------------------
+# logrotate
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_logrotate_twice_compresses_and_nginx_keeps_writing(host, address):
+    pid = master_pid(host)
+    host.check_output("mkdir -p /var/log/demo && echo app line > /var/log/demo/app.log")
+    get(address, "/api/echo", {"X-Request-ID": "before-rotation-1"})
+    host.check_output("logrotate -f /etc/logrotate.d/nginx")
+    get(address, "/api/echo", {"X-Request-ID": "before-rotation-2"})
+    host.check_output("echo app line 2 >> /var/log/demo/app.log")
+    host.check_output("logrotate -f /etc/logrotate.d/nginx")
+    rotated = host.file(ACCESS_LOG + ".2.gz")
+    assert rotated.exists
+    assert host.run("gzip -t %s.2.gz" % ACCESS_LOG).rc == 0
+    assert "before-rotation-1" in host.check_output("zcat %s.2.gz" % ACCESS_LOG)
+    assert "before-rotation-2" in host.file(ACCESS_LOG + ".1").content_string  # delaycompress
+    marker = "after-rotation-%s" % uuid.uuid4().hex[:8]
+    get(address, "/api/echo", {"X-Request-ID": marker})
+    time.sleep(0.3)
+    log = host.file(ACCESS_LOG)
+    assert marker in log.content_string  # USR1 made nginx reopen: it writes to the new file
+    assert log.user == "www-data" and log.group == "adm" and log.mode == 0o640
+    assert master_pid(host) == pid  # no restart
+    assert host.file("/var/log/demo/app.log.2.gz").exists  # application logs rotated too (copytruncate)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The upstream function against the real engine
+# --------------------------------------------------------------------------------------------------------
+
+
+def run_upstream_module(host, args: str) -> dict:
+    return host.ansible("opsbook.stack.nginx_upstream", args, check=False, become=False)
+
+
+def test_upstream_follows_a_scale_out_and_back_without_errors(host, address):
+    host.check_output("docker compose --project-directory /opt/demo up -d --wait --no-recreate --scale backend=3")
+    try:
+        result = run_upstream_module(host, "project=demo service=backend port=8000")
+        assert result["changed"] is True and result["reloaded"] is True
+        assert len(result["servers"]) == 3
+        assert run_upstream_module(host, "project=demo service=backend port=8000")["changed"] is False
+        hostnames = {json.loads(get(address, "/api/version")[2])["hostname"] for _ in range(30)}
+        assert len(hostnames) == 3
+    finally:
+        host.check_output("docker compose --project-directory /opt/demo up -d --wait --scale backend=2")
+        result = run_upstream_module(host, "project=demo service=backend port=8000")
+    assert len(result["servers"]) == 2
+    assert get(address, "/api/version")[0] == 200
+
+
+def test_upstream_refuses_a_service_without_healthy_containers(host):
+    result = run_upstream_module(host, "project=demo service=nosuch port=8000")
+    assert "servers" not in result
+    assert "no healthy container for upstream demo_nosuch" in result["msg"]
+    assert not host.file(UPSTREAMS + "/demo_nosuch.conf").exists
+
+
+# --------------------------------------------------------------------------------------------------------
+# A broken variable: the play fails with nginx's error, requests keep succeeding during and after
+# --------------------------------------------------------------------------------------------------------
+
+
+class Load:
+    """Requests through Nginx from the controller, in threads, until stopped."""
+
+    def __init__(self, address: str, workers: int = 4):
+        self.address = address
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.total = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+
+    def _run(self, index: int) -> None:
+        paths = ["/api/echo", "/nginx-health", "/assets/app.3f9c2b.js", "/api/version"]
+        n = 0
+        while not self.stop.is_set():
+            path = paths[(index + n) % len(paths)]
+            n += 1
+            try:
+                status, _, _ = get(self.address, path, timeout=5)
+                ok = status == 200
+                error = "" if ok else "HTTP %d on %s" % (status, path)
+            except OSError as exc:
+                ok, error = False, "%s on %s" % (exc, path)
+            with self.lock:
+                self.total += 1
+                if not ok:
+                    self.failed += 1
+                    self.errors.append(error)
+            time.sleep(0.01)
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def converge(*extra: str) -> subprocess.CompletedProcess:
+    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+    return subprocess.run(["ansible-playbook", "--inventory", str(inventory), str(scenario / "converge.yml"), *extra],
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_broken_extra_config_fails_with_nginx_error_and_keeps_serving(host, address):
+    site_before = sha256(host, SITE)
+    pid = master_pid(host)
+    broken = json.dumps({"nginx_extra_config": "location /x {\n    this_is_not_a_directive on;\n}"})
+    started = time.monotonic()
+    with Load(address) as load:
+        time.sleep(1)
+        run = converge("--extra-vars", broken)
+        during = (load.total, load.failed)
+        time.sleep(2)  # and after
+    output = run.stdout + run.stderr
+    record("broken_converge", {"seconds": round(time.monotonic() - started, 1), "requests_total": load.total,
+                               "requests_failed": load.failed, "requests_during_playbook": during[0],
+                               "errors": load.errors[:5]})
+    assert run.returncode != 0, output[-3000:]
+    assert 'unknown directive "this_is_not_a_directive" in /etc/nginx/conf.d/opsbook-site.conf:' in output
+    assert "The line comes from nginx_extra_config" in output
+    assert load.failed == 0, load.errors[:10]
+    assert load.total > 50
+    # Nothing live changed, the master was not restarted, the staged copy was reset to the live one
+    assert sha256(host, SITE) == site_before
+    assert master_pid(host) == pid
+    assert host.run("nginx -t").rc == 0
+    assert sha256(host, "/var/lib/opsbook/nginx/staged/conf.d/opsbook-site.conf") == site_before
+    # After the failed run, a run with the good variables is quiet
+    again = converge()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert re.search(r"opsbook-nginx\s+: ok=\d+\s+changed=0 ", again.stdout), again.stdout[-1500:]
+
+
+def test_broken_scalar_names_its_variable(host, address):
+    site_before = sha256(host, SITE)
+    run = converge("--tags", "nginx_configure", "--extra-vars", json.dumps({"nginx_client_max_body_size": "20 MB"}))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "/etc/nginx/nginx.conf:" in output and "The line comes from nginx_client_max_body_size" in output
+    assert sha256(host, SITE) == site_before
+    assert get(address, "/nginx-health")[0] == 200
+

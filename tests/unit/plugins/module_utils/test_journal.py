@@ -1,0 +1,104 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The release journal: atomic records, ordering, idempotence key, retention."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import json
+import os
+
+import pytest
+from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
+    MIN_KEEP, Journal, JournalError, Release, ServiceImage, new_release_id, project_images,
+)
+
+
+def release(n, status="succeeded", digest="sha256:aa", compose_hash="h1"):
+    return Release(id="r%02d" % n, project="demo", kind="deploy", status=status, created="", created_ts=1000.0 + n,
+                   services={"web": ServiceImage(image="reg/web:1", image_id="sha256:id", digest="reg/web@" + digest)},
+                   compose_hash=compose_hash)
+
+
+def test_record_is_whole_json_and_leaves_no_temporary_file(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    path = journal.record(release(1))
+    assert json.loads(open(path).read())["services"]["web"]["digest"] == "reg/web@sha256:aa"
+    assert os.listdir(journal.path) == ["r01.json"]
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+
+
+def test_latest_picks_newest_with_status(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    for n, status in [(1, "succeeded"), (2, "succeeded"), (3, "failed")]:
+        journal.record(release(n, status))
+    assert journal.latest().id == "r02"
+    assert journal.latest(None).id == "r03"
+
+
+def test_same_content_compares_digests_and_compose_hash():
+    assert release(1).same_content(release(2))
+    assert not release(1).same_content(release(2, digest="sha256:bb"))
+    assert not release(1).same_content(release(2, compose_hash="h2"))
+
+
+def test_prune_keeps_at_least_five_and_the_newest_succeeded(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    journal.record(release(1, "succeeded"))
+    for n in range(2, 10):
+        journal.record(release(n, "failed"))
+    removed = journal.prune(keep=2)
+    kept = [r.id for r in journal.releases()]
+    assert len(kept) == MIN_KEEP + 1
+    assert "r01" in kept  # the only succeeded release survives retention
+    assert removed == ["r02", "r03", "r04"]
+
+
+def test_broken_records_are_reported_not_fatal(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    journal.record(release(1))
+    with open(os.path.join(journal.path, "r02.json"), "w") as fh:
+        fh.write("{half")
+    assert [r.id for r in journal.releases()] == ["r01"]
+    assert journal.broken() == [os.path.join(journal.path, "r02.json")]
+
+
+def test_unknown_release_names_recent_ones(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    journal.record(release(1))
+    with pytest.raises(JournalError, match=r"release .nope. is not in .*newest known: r01"):
+        journal.get("nope")
+
+
+def test_release_ids_sort_by_time_and_never_collide():
+    first = new_release_id(0, "abcdef1234")
+    assert first == "19700101T000000Z-abcdef12"
+    assert new_release_id(0, "abcdef1234", [first]) == first + ".2"
+
+
+class FakeClient:
+    def __init__(self, containers, images):
+        self.containers, self.images = containers, images
+
+    def list_containers(self, labels=None, all=False):  # pylint: disable=redefined-builtin
+        return self.containers
+
+    def request_json(self, method, path):
+        return self.images[path.split("/")[2]]
+
+
+def test_project_images_resolve_digests_and_prefer_the_newest_replica():
+    containers = [
+        {"Labels": {"com.docker.compose.service": "web"}, "Image": "reg:5000/web:1", "ImageID": "old", "Created": 1},
+        {"Labels": {"com.docker.compose.service": "web"}, "Image": "reg:5000/web:2", "ImageID": "new", "Created": 2},
+        {"Labels": {"com.docker.compose.service": "job", "com.docker.compose.oneoff": "True"}, "Image": "x",
+         "ImageID": "x", "Created": 3},
+    ]
+    images = {"old": {"RepoDigests": ["reg:5000/web@sha256:01"]},
+              "new": {"RepoDigests": ["other/web@sha256:ff", "reg:5000/web@sha256:02"]}}
+    found = project_images(FakeClient(containers, images), "demo")
+    assert list(found) == ["web"]
+    assert found["web"].digest == "reg:5000/web@sha256:02"
+    assert found["web"].image == "reg:5000/web:2"
