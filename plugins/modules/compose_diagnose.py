@@ -69,7 +69,7 @@ unhealthy:
   type: list
   elements: str
 summary:
-  description: One line, for example C(2/3 services healthy; unhealthy: backend).
+  description: "One line, for example C(2/3 services healthy; unhealthy: backend)."
   returned: always
   type: str
 report:

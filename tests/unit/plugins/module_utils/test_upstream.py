@@ -466,6 +466,18 @@ def test_module_fails_with_nginx_error_and_keeps_the_old_file(fake_nginx, capsys
     assert not (conf_dir / "app_hosts.conf").exists()
 
 
+def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
+    conf_dir, nginx = fake_nginx
+    (conf_dir / "demo_legacy.conf").write_text("upstream demo_legacy { server 127.0.0.1:1; }\n")
+    args = {"project": "demo", "service": "legacy", "state": "absent", "directory": str(conf_dir),
+            "nginx_binary": nginx.binary, "reload": False, "lock_path": str(conf_dir.parent / "lock")}
+    removed = run_module(args, capsys)
+    assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
+    assert not (conf_dir / "demo_legacy.conf").exists()
+    assert calls_of(conf_dir) == ["-t"]
+    assert run_module(args, capsys)["changed"] is False
+
+
 def test_module_needs_a_service_or_a_name(capsys):
     result = run_module({"servers": [{"address": "10.0.0.11:8080"}]}, capsys)
     assert result["failed"] is True and "one of the following is required: name, service" in result["msg"]
