@@ -95,7 +95,7 @@ def _service(name, spec, presets, services, settings):
     if spec.get("sentry", preset.get("sentry", False)) and "SENTRY_DSN" in known_secrets:
         secret_env.append("SENTRY_DSN")
     for secret in secret_env:
-        target, _, source = str(secret).partition("=")
+        target, dummy, source = str(secret).partition("=")
         source = source or target
         if not ENV_NAME_RE.match(target) or not ENV_NAME_RE.match(source):
             _fail(name, "secret_env entry '%s' is not NAME or NAME=SECRET_NAME" % secret)

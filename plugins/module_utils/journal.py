@@ -247,4 +247,4 @@ def project_images(client: t.Any, project: str) -> dict[str, ServiceImage]:
         current = by_service.get(service)
         if current is None or created > current[0]:
             by_service[service] = (created, ServiceImage(image=ref, image_id=image_id, digest=digest))
-    return {name: img for name, (_, img) in sorted(by_service.items())}
+    return {name: entry[1] for name, entry in sorted(by_service.items())}

@@ -380,3 +380,25 @@ def test_broken_scalar_names_its_variable(host, address):
     assert sha256(host, SITE) == site_before
     assert get(address, "/nginx-health")[0] == 200
 
+
+
+def test_live_check_failure_after_promotion_puts_the_previous_files_back(host, address):
+    """The second line of defence: the staged copy passes but the live tree does not (here because a relative
+    include resolves to a different file from the scratch copy than from /etc/nginx), so the promoted files must
+    be put back. Real nginx, no fake."""
+    conf_before = sha256(host, "/etc/nginx/nginx.conf")
+    host.check_output("echo '# harmless' > /tmp/opsbook-probe.conf && echo 'this_breaks_live on;' > /etc/opsbook-probe.conf")
+    try:
+        run = converge("--tags", "nginx_configure", "--extra-vars",
+                       json.dumps({"nginx_extra_http_config": "include ../opsbook-probe.conf;"}))
+    finally:
+        host.check_output("rm -f /tmp/opsbook-probe.conf /etc/opsbook-probe.conf")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "rejected the live configuration right after the promotion" in output
+    assert 'unknown directive "this_breaks_live" in /etc/opsbook-probe.conf:1' in output
+    assert sha256(host, "/etc/nginx/nginx.conf") == conf_before
+    assert host.run("nginx -t").rc == 0
+    assert host.run("ls /etc/nginx/*~ /etc/nginx/conf.d/*~").rc != 0  # no backup files left behind
+    assert sha256(host, "/var/lib/opsbook/nginx/staged/nginx.conf") == conf_before
+    assert get(address, "/api/version")[0] == 200
