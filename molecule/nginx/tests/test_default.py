@@ -334,6 +334,11 @@ class Load:
             thread.join(10)
 
 
+def flat(text: str) -> str:
+    """Ansible's yaml callback wraps long messages; compare with whitespace runs collapsed."""
+    return " ".join(text.split())
+
+
 def converge(*extra: str) -> subprocess.CompletedProcess:
     scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
     inventory = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
@@ -351,7 +356,7 @@ def test_broken_extra_config_fails_with_nginx_error_and_keeps_serving(host, addr
         run = converge("--extra-vars", broken)
         during = (load.total, load.failed)
         time.sleep(2)  # and after
-    output = run.stdout + run.stderr
+    output = flat(run.stdout + run.stderr)
     record("broken_converge", {"seconds": round(time.monotonic() - started, 1), "requests_total": load.total,
                                "requests_failed": load.failed, "requests_during_playbook": during[0],
                                "errors": load.errors[:5]})
@@ -374,7 +379,7 @@ def test_broken_extra_config_fails_with_nginx_error_and_keeps_serving(host, addr
 def test_broken_scalar_names_its_variable(host, address):
     site_before = sha256(host, SITE)
     run = converge("--tags", "nginx_configure", "--extra-vars", json.dumps({"nginx_client_max_body_size": "20 MB"}))
-    output = run.stdout + run.stderr
+    output = flat(run.stdout + run.stderr)
     assert run.returncode != 0
     assert "/etc/nginx/nginx.conf:" in output and "The line comes from nginx_client_max_body_size" in output
     assert sha256(host, SITE) == site_before
@@ -393,10 +398,10 @@ def test_live_check_failure_after_promotion_puts_the_previous_files_back(host, a
                        json.dumps({"nginx_extra_http_config": "include ../opsbook-probe.conf;"}))
     finally:
         host.check_output("rm -f /tmp/opsbook-probe.conf /etc/opsbook-probe.conf")
-    output = run.stdout + run.stderr
+    output = flat(run.stdout + run.stderr)
     assert run.returncode != 0
     assert "rejected the live configuration right after the promotion" in output
-    assert 'unknown directive "this_breaks_live" in /etc/opsbook-probe.conf:1' in output
+    assert '"this_breaks_live" in /etc/nginx/../opsbook-probe.conf:1' in output
     assert sha256(host, "/etc/nginx/nginx.conf") == conf_before
     assert host.run("nginx -t").rc == 0
     assert host.run("ls /etc/nginx/*~ /etc/nginx/conf.d/*~").rc != 0  # no backup files left behind
