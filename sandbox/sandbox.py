@@ -62,10 +62,11 @@ class ImageSpec:
     tag: str
     build_args: dict[str, str] = field(default_factory=dict)
     push: bool = True
+    context_name: str = ""  # build context folder when it is not the image name (shared contexts)
 
     @property
     def context(self) -> Path:
-        return HERE / "images" / self.name
+        return HERE / "images" / (self.context_name or self.name)
 
     @property
     def local_ref(self) -> str:
@@ -83,11 +84,18 @@ STACK_IMAGES = [
     ImageSpec("redis", "7.0"),
     ImageSpec("prometheus", "2.42"),
     ImageSpec("alertmanager", "0.25"),
-    ImageSpec("node-exporter", "1.5"),
+    ImageSpec("node-exporter", "1.5", context_name="exporter", build_args={
+        "PACKAGE": "prometheus-node-exporter", "UPSTREAM_NAME": "node_exporter", "PORT": "9100",
+        # Debian turns the systemd collector on; in a container it has no D-Bus and fails every scrape.
+        "FIXED_ARGS": "--no-collector.systemd"}),
     ImageSpec("nginx-exporter", "0.11"),
-    ImageSpec("mysqld-exporter", "0.14"),
-    ImageSpec("postgres-exporter", "0.11"),
-    ImageSpec("redis-exporter", "1.45"),
+    ImageSpec("mysqld-exporter", "0.14", context_name="exporter", build_args={
+        "PACKAGE": "prometheus-mysqld-exporter", "UPSTREAM_NAME": "mysqld_exporter", "PORT": "9104"}),
+    ImageSpec("postgres-exporter", "0.11", context_name="exporter", build_args={
+        "PACKAGE": "prometheus-postgres-exporter", "UPSTREAM_NAME": "postgres_exporter", "PORT": "9187"}),
+    ImageSpec("redis-exporter", "1.45", context_name="exporter", build_args={
+        "PACKAGE": "prometheus-redis-exporter", "UPSTREAM_NAME": "redis_exporter", "PORT": "9121",
+        "LISTEN_FLAG": "-web.listen-address"}),
     ImageSpec("blackbox-exporter", "0.23"),
 ]
 
@@ -389,11 +397,11 @@ def ensure_images(names: list[str] | None = None, jobs: int = 2) -> None:
         raise SandboxError(f"unknown image(s) {sorted(unknown)}; known: {sorted({s.name for s in STACK_IMAGES})}")
     started = time.monotonic()
     errors: list[str] = []
-    # Builds of one context share layers; build the first tag of each context before its siblings.
-    first_of = {}
+    # Builds of one context share layers; build the first image of each context before its siblings.
+    first_of: dict[Path, ImageSpec] = {}
     for spec in specs:
-        first_of.setdefault(spec.name, spec)
-    waves = [list(first_of.values()), [s for s in specs if first_of[s.name] is not s]]
+        first_of.setdefault(spec.context, spec)
+    waves = [list(first_of.values()), [s for s in specs if first_of[s.context] is not s]]
     built = pushed = 0
     for wave in waves:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
