@@ -1,0 +1,414 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Backups: pure logic first (retention, manifests, metrics, locks), then real MariaDB/PostgreSQL/Redis
+containers from the sandbox registry: back up, change, restore, the data is exactly as before."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ansible_collections.opsbook.stack.plugins.module_utils import backup as bk
+from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+
+SOCKET = "/var/run/docker.sock"
+IMAGES = {
+    "mariadb": "127.0.0.1:5000/mariadb:10.11",
+    "postgres": "127.0.0.1:5000/postgres:15",
+    "redis": "127.0.0.1:5000/redis:7.0",
+}
+PREFIX = "opsbook-bkp-test-"
+MIB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pure logic
+# ------------------------------------------------------------------------------------------------------------
+
+def _fake_backup(store: bk.Store, backup_id: str, created: float, payload: bytes = b"data") -> bk.Manifest:
+    directory = store.path(backup_id)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "a.zst"), "wb") as handle:
+        handle.write(payload)
+    art = bk.Artifact("a.zst", "sql", len(payload), hashlib.sha256(payload).hexdigest(), len(payload), "app")
+    manifest = bk.Manifest(backup_id, "c", "mariadb", created, 0.1, [art])
+    bk.write_json_atomic(os.path.join(directory, bk.MANIFEST), manifest.to_dict())
+    return manifest
+
+
+def _spec(**kw):
+    base = {"name": "c", "type": "mariadb", "container": "x", "keep_last": 2, "keep_daily": 0, "keep_weekly": 0}
+    base.update(kw)
+    return bk.ComponentSpec(**base)
+
+
+def test_select_keep_last_daily_weekly():
+    day = 86400.0
+    start = 1_700_000_000.0  # a Tuesday
+    manifests = [bk.Manifest("b%02d" % i, "c", "mariadb", start + i * day / 2, 0, []) for i in range(30)]
+    keep = bk.select_keep(manifests, keep_last=3, keep_daily=4, keep_weekly=2, newest_verified=None)
+    newest = sorted(manifests, key=lambda m: m.created)[-3:]
+    assert {m.id for m in newest} <= keep
+    # Every 12 h from Tue 2023-11-14 22:13 UTC: the 3 last; the newest of Nov 29, 28, 27, 26; the newest of
+    # ISO weeks 48 and 47 (b24, Sun Nov 26, already kept as a daily).
+    assert keep == {"b29", "b28", "b27", "b26", "b24"}
+    assert bk.select_keep(manifests, 1, 0, 0, newest_verified="b00") == {"b29", "b00"}
+
+
+def test_prune_deletes_only_listed_files_and_never_the_newest_verified(tmp_path):
+    store = bk.Store(str(tmp_path), "c")
+    for i in range(4):
+        _fake_backup(store, "b%d" % i, 1000.0 + i)
+    # The two newest are corrupt: the newest verified one is b1, and retention must keep it.
+    for bid in ("b2", "b3"):
+        with open(os.path.join(store.path(bid), "a.zst"), "r+b") as handle:
+            handle.write(b"X")
+    stranger = os.path.join(store.path("b0"), "notes.txt")
+    with open(stranger, "w", encoding="utf-8") as handle:
+        handle.write("not ours")
+    verified = bk.newest_verified(store)
+    assert verified is not None and verified.id == "b1"
+    removed = bk.prune(store, _spec(keep_last=2), verified.id)
+    assert removed == ["b0"]
+    assert sorted(m.id for m in store.manifests()) == ["b1", "b2", "b3"]
+    assert os.listdir(store.path("b0")) == ["notes.txt"]  # a file no manifest lists stays
+
+
+def test_prune_finishes_an_interrupted_prune(tmp_path):
+    store = bk.Store(str(tmp_path), "c")
+    _fake_backup(store, "b0", 1000.0)
+    _fake_backup(store, "b1", 1001.0)
+    os.rename(os.path.join(store.path("b0"), bk.MANIFEST), os.path.join(store.path("b0"), bk.PRUNING))
+    assert bk.prune(store, _spec(keep_last=5), "b1") == []
+    assert not os.path.exists(store.path("b0"))
+
+
+def test_verify_names_file_and_both_hashes(tmp_path):
+    store = bk.Store(str(tmp_path), "c")
+    m = _fake_backup(store, "b0", 1000.0, b"payload")
+    assert store.verify(m) == []
+    path = os.path.join(store.path("b0"), "a.zst")
+    with open(path, "r+b") as handle:
+        handle.write(b"q")
+    with pytest.raises(bk.BackupError) as err:
+        store.require_verified(m)
+    assert err.value.exit_code == bk.EXIT_VERIFY
+    assert path in err.value.message and m.artifacts[0].sha256 in err.value.message
+    assert hashlib.sha256(b"qayload").hexdigest() in err.value.message
+
+
+def test_no_backup_is_a_verify_failure(tmp_path):
+    with pytest.raises(bk.BackupError) as err:
+        bk.Store(str(tmp_path), "c").get()
+    assert err.value.exit_code == bk.EXIT_VERIFY and "no committed backup" in err.value.message
+
+
+def test_metrics_are_written_atomically_in_textfile_format(tmp_path):
+    settings = bk.Settings(dest=str(tmp_path / "d"), metrics_dir=str(tmp_path / "m"))
+    path = bk.write_metrics(settings, _spec(), {"last_attempt": 5.5, "last_success": 5.0, "verify_ok": 1,
+                                                "last_exit_code": 0, "drill_duration": None})
+    text = open(path, encoding="utf-8").read()
+    assert 'opsbook_backup_last_success_timestamp_seconds{component="c",type="mariadb"} 5.0' in text
+    assert "drill_duration" not in text and "# TYPE opsbook_backup_verify_ok gauge" in text
+    assert os.listdir(tmp_path / "m") == ["opsbook_backup_c.prom"]
+
+
+def test_lock_is_exclusive_per_job(tmp_path):
+    path = str(tmp_path / "c" / ".lock")
+    with bk.JobLock(path):
+        with pytest.raises(bk.BackupError) as err:
+            with bk.JobLock(path):
+                pass
+        assert err.value.exit_code == bk.EXIT_LOCKED and str(os.getpid()) in err.value.message
+    with bk.JobLock(path):
+        pass
+
+
+def test_preflight_refuses_when_the_last_size_does_not_fit(tmp_path):
+    store = bk.Store(str(tmp_path), "c")
+    settings = bk.Settings(dest=str(tmp_path))
+    with pytest.raises(bk.BackupError) as err:
+        bk.preflight_space(store, settings, {"last_size": 10 ** 15})
+    assert err.value.exit_code == bk.EXIT_DISK and store.root in err.value.message
+    assert err.value.evidence["needed_bytes"] > err.value.evidence["free_bytes"]
+
+
+@pytest.mark.parametrize("kind,head,tail,ok", [
+    ("sql", b"-- MariaDB dump", b"\n-- Dump completed on 2026-11-22\n", True),
+    ("sql", b"-- MariaDB dump", b"INSERT INTO t VALUES (1", False),
+    ("pg_custom", b"PGDMP\x01", b"", True),
+    ("pg_custom", b"pg_dump: error", b"", False),
+    ("rdb", b"REDIS0010", b"\xff" + b"\0" * 8, True),
+    ("tar", b"", b"\0" * 1024, True),
+    ("tar", b"", b"x" * 1024, False),
+])
+def test_plausibility(kind, head, tail, ok):
+    assert (bk._plausibility(kind, head, tail) == "") is ok  # pylint: disable=protected-access
+
+
+def test_spec_validation_and_cli_usage_errors(tmp_path, capsys):
+    with pytest.raises(bk.BackupError):
+        bk.ComponentSpec(name="x", type="oracle", container="c")
+    with pytest.raises(bk.BackupError):
+        bk.ComponentSpec(name="../x", type="redis", container="c")
+    config = tmp_path / "backup.json"
+    config.write_text(json.dumps({"dest": str(tmp_path), "components": {"r": {"type": "redis", "container": "c"}}}))
+    assert bk.main(["--config", str(config), "backup", "nope"]) == bk.EXIT_USAGE
+    assert bk.main(["--config", str(tmp_path / "missing.json"), "backup", "r"]) == bk.EXIT_USAGE
+    assert bk.main(["--config", str(config), "verify", "r"]) == bk.EXIT_VERIFY
+    assert "verify_failed" in capsys.readouterr().err
+
+
+def test_zstd_missing_fails_clearly(tmp_path):
+    with pytest.raises(bk.BackupError) as err:
+        bk.ArtifactWriter(str(tmp_path / "x.zst"), zstd="zstd-not-installed")
+    assert err.value.exit_code == bk.EXIT_COMPRESS and "zstd" in err.value.message
+
+
+def test_runs_standalone_without_ansible(tmp_path):
+    """The role copies backup.py and docker_api.py to /usr/local/lib/opsbook/ and cron runs the file."""
+    here = os.path.dirname(bk.__file__)
+    for name in ("backup.py", "docker_api.py"):
+        shutil.copy(os.path.join(here, name), tmp_path / name)
+    proc = subprocess.run(["python3", "-S", str(tmp_path / "backup.py"), "--config", str(tmp_path / "none.json"),
+                           "list", "x"], capture_output=True, text=True, check=False, timeout=30)
+    assert proc.returncode == bk.EXIT_USAGE, proc.stderr
+    assert "cannot read config" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real containers
+# ------------------------------------------------------------------------------------------------------------
+
+def _docker_ready() -> str:
+    if not os.path.exists(SOCKET):
+        return "no Docker Engine socket at %s" % SOCKET
+    client = DockerClient()
+    try:
+        for image in IMAGES.values():
+            client.request_json("GET", "/images/%s/json" % image)
+    except DockerError as exc:
+        return "sandbox image missing or engine unusable: %s" % exc
+    return ""
+
+
+@pytest.fixture(scope="module")
+def dbs():
+    reason = _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    client = DockerClient()
+    run = secrets.token_hex(3)
+    names = {kind: "%s%s-%s" % (PREFIX, kind, run) for kind in IMAGES}
+    env = {"mariadb": ["MARIADB_ROOT_PASSWORD=root-%s" % run, "MARIADB_DATABASE=app"],
+           "postgres": ["POSTGRES_PASSWORD=pg-%s" % run], "redis": []}
+    try:
+        for kind, image in IMAGES.items():
+            client.request_json("POST", "/containers/create", query={"name": names[kind]},
+                                body={"Image": image, "Env": env[kind], "HostConfig": {"NetworkMode": "none"}})
+            client.request("POST", "/containers/%s/start" % names[kind])
+        settings = bk.Settings(dest="/nonexistent")
+        specs = {kind: bk.ComponentSpec(name=kind, type=kind, container=names[kind]) for kind in IMAGES}
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda k: bk.Engine(specs[k], settings, client).wait_ready(names[k], 90, 1), IMAGES))
+        yield names
+    finally:
+        for name in names.values():
+            try:
+                client.remove_container(name, force=True, volumes=True)
+            except DockerError:
+                pass
+
+
+def _sh(container, *argv, env=None):
+    cmd = ["docker", "exec"] + ["-e%s" % e for e in (env or [])] + [container] + list(argv)
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _maria(dbs, sql):
+    return _sh(dbs["mariadb"], "mariadb", "-uroot", "-N", "-B", "-D", "app", "-e", sql, env=["MYSQL_PWD=root-%s" % dbs["mariadb"][-6:]])
+
+
+def _pg(dbs, sql, db="app"):
+    return _sh(dbs["postgres"], "psql", "-U", "postgres", "-X", "-A", "-t", "-d", db, "-c", sql)
+
+
+def _redis(dbs, *args):
+    return _sh(dbs["redis"], "redis-cli", *args)
+
+
+def _settings(tmp_path, **kw):
+    base = {"dest": str(tmp_path / "backups"), "metrics_dir": str(tmp_path / "metrics"),
+            "drill_prefix": PREFIX + "drill-", "min_free_bytes": 0}
+    base.update(kw)
+    return bk.Settings(**base)
+
+
+@pytest.mark.docker
+def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
+    _maria(dbs, "CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40), data BLOB);"
+                "INSERT INTO app.items SELECT seq, CONCAT('item-', seq), RANDOM_BYTES(16) FROM seq_1_to_500;"
+                "CREATE TABLE app.empty (x INT)")
+    before = _maria(dbs, "CHECKSUM TABLE app.items, app.empty")
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="mariadb", type="mariadb", container=dbs["mariadb"])
+    result = bk.run_backup(spec, settings)
+    assert result.size > 0 and result.raw_size > 500 * 16
+    assert os.listdir(result.path) == sorted(["app.sql.zst", "manifest.json"]) or \
+        sorted(os.listdir(result.path)) == ["app.sql.zst", "manifest.json"]
+    metrics = open(result.metrics_file, encoding="utf-8").read()
+    assert 'opsbook_backup_last_exit_code{component="mariadb",type="mariadb"} 0' in metrics
+
+    _maria(dbs, "DELETE FROM app.items WHERE id <= 100; UPDATE app.items SET name = 'changed'; DROP TABLE app.empty;"
+                "CREATE TABLE app.later (x INT)")
+    restored = bk.run_restore(spec, settings)
+    assert restored["restored"] == ["app.sql.zst"]
+    assert _maria(dbs, "CHECKSUM TABLE app.items, app.empty") == before
+    assert _maria(dbs, "SHOW TABLES FROM app").split() == ["empty", "items"]
+
+    drill = bk.run_drill(spec, settings)
+    assert drill["matches_source"] is True and drill["tables"]["app"]["counts"] == {"empty": 0, "items": 500}
+    assert drill["duration_s"] > 0
+    assert "opsbook_backup_restore_drill_duration_seconds" in open(result.metrics_file, encoding="utf-8").read()
+
+
+@pytest.mark.docker
+def test_postgres_backup_modify_restore_drill(dbs, tmp_path):
+    _pg(dbs, "CREATE DATABASE app", db="postgres")
+    _pg(dbs, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
+             "generate_series(1, 1000) g; CREATE SCHEMA s; CREATE TABLE s.u (x int); INSERT INTO s.u VALUES (1)")
+    before = _pg(dbs, "SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM t")
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="postgres", type="postgres", container=dbs["postgres"])
+    result = bk.run_backup(spec, settings)
+    assert [a["name"] for a in result.artifacts] == ["globals.sql.zst", "app.pgdump.zst"]
+    _pg(dbs, "DELETE FROM t WHERE id % 2 = 0; DROP TABLE s.u; CREATE TABLE later (x int)")
+    bk.run_restore(spec, settings)
+    assert _pg(dbs, "SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM t") == before
+    assert _pg(dbs, "SELECT count(*) FROM s.u").strip() == "1"
+    assert _pg(dbs, "SELECT to_regclass('public.later') IS NULL").strip() == "t"
+    drill = bk.run_drill(spec, settings)
+    assert drill["tables"]["app"]["counts"] == {"public.t": 1000, "s.u": 1} and drill["matches_source"]
+
+
+@pytest.mark.docker
+def test_redis_backup_modify_restore_drill(dbs, tmp_path):
+    pairs = []
+    for i in range(300):
+        pairs += ["key:%d" % i, "value-%d" % i]
+    _redis(dbs, "MSET", *pairs)
+    keys_before = sorted(_redis(dbs, "KEYS", "*").split())
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="redis", type="redis", container=dbs["redis"])
+    bk.run_backup(spec, settings)
+    _redis(dbs, "FLUSHALL")
+    _redis(dbs, "SET", "after", "1")
+    bk.run_restore(spec, settings)
+    assert sorted(_redis(dbs, "KEYS", "*").split()) == keys_before
+    assert _redis(dbs, "GET", "key:50").strip() == "value-50"
+    drill = bk.run_drill(spec, settings)
+    assert drill["dbsize"] == len(keys_before) and drill["matches_source"]
+
+
+@pytest.mark.docker
+def test_flipped_byte_makes_restore_refuse(dbs, tmp_path):
+    _redis(dbs, "SET", "flip", "before")
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="redis", type="redis", container=dbs["redis"])
+    result = bk.run_backup(spec, settings)
+    path = os.path.join(result.path, "dump.rdb.zst")
+    with open(path, "r+b") as handle:
+        handle.seek(result.size // 2)
+        byte = handle.read(1)
+        handle.seek(result.size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    _redis(dbs, "SET", "flip", "after")
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_restore(spec, settings)
+    assert err.value.exit_code == bk.EXIT_VERIFY
+    assert path in err.value.message and result.artifacts[0]["sha256"] in err.value.message
+    assert _redis(dbs, "GET", "flip").strip() == "after"  # nothing was touched
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_drill(spec, settings)
+    assert err.value.exit_code == bk.EXIT_VERIFY
+
+
+@pytest.mark.docker
+def test_failed_dump_is_a_failure_and_leaves_nothing(dbs, tmp_path):
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="broken", type="mariadb", container=dbs["mariadb"], databases=["no_such_db"])
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_backup(spec, settings)
+    assert err.value.exit_code == bk.EXIT_DUMP and "no_such_db" in err.value.message
+    root = os.path.join(settings.dest, "broken")
+    assert sorted(os.listdir(root)) == [".lock", "state.json"]
+    state = json.load(open(os.path.join(root, "state.json"), encoding="utf-8"))
+    assert state["last_exit_code"] == bk.EXIT_DUMP and "last_success" not in state
+    missing = bk.ComponentSpec(name="gone", type="redis", container=PREFIX + "does-not-exist")
+    assert pytest.raises(bk.BackupError, bk.run_backup, missing, settings).value.exit_code == bk.EXIT_DOCKER
+
+
+@pytest.mark.docker
+def test_disk_full_removes_partial_and_keeps_older_backups(dbs, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    target = tmp_path / "small"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
+    try:
+        _maria(dbs, "CREATE DATABASE IF NOT EXISTS fill; CREATE TABLE IF NOT EXISTS fill.t (id INT, b BLOB);"
+                    "TRUNCATE fill.t; INSERT INTO fill.t VALUES (1, 'small')")
+        settings = _settings(tmp_path, dest=str(target))
+        spec = bk.ComponentSpec(name="fill", type="mariadb", container=dbs["mariadb"], databases=["fill"])
+        first = bk.run_backup(spec, settings)
+        # ~2 MiB of random bytes: incompressible, larger than the whole tmpfs.
+        _maria(dbs, "INSERT INTO fill.t SELECT seq, RANDOM_BYTES(1024) FROM seq_1_to_2048")
+        with pytest.raises(bk.BackupError) as err:
+            bk.run_backup(spec, settings)
+        assert err.value.exit_code == bk.EXIT_DISK
+        assert str(target) in err.value.message and "bytes" in err.value.message
+        assert err.value.evidence["needed_bytes"] > 0
+        leftovers = [os.path.join(d, f) for d, _s, fs in os.walk(target) for f in fs if f.endswith(".partial")]
+        assert leftovers == []
+        store = bk.Store(str(target), "fill")
+        assert [m.id for m in store.manifests()] == [first.id]
+        assert store.verify(store.get()) == []
+        assert os.listdir(store.root).count(first.id) == 1 and len([e for e in os.listdir(store.root)
+                                                                    if e[0].isdigit()]) == 1
+        state = json.load(open(os.path.join(store.root, "state.json"), encoding="utf-8"))
+        assert state["last_exit_code"] == bk.EXIT_DISK
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.docker
+def test_retention_keeps_newest_verified_with_real_backups(dbs, tmp_path):
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="ret", type="redis", container=dbs["redis"], keep_last=2, keep_daily=0,
+                            keep_weekly=0)
+    ids = []
+    for _i in range(3):
+        ids.append(bk.run_backup(spec, settings).id)
+        time.sleep(1.05)  # ids have one-second resolution
+    store = bk.Store(settings.dest, "ret")
+    assert [m.id for m in store.manifests()] == ids[1:]
+    # Corrupt the newest: the next run's retention must still keep the newest *verified* one (its own).
+    newest = store.get()
+    with open(os.path.join(store.path(newest.id), "dump.rdb.zst"), "ab") as handle:
+        handle.write(b"junk")
+    fourth = bk.run_backup(spec, settings)
+    kept = [m.id for m in store.manifests()]
+    assert fourth.id in kept and len(kept) == 2
+    assert bk.newest_verified(store).id == fourth.id
