@@ -258,6 +258,14 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
+class _NoLock:
+    def __enter__(self) -> "_NoLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class JobLock:
     """One flock per job (component), held for the whole backup, restore or drill; never waits."""
 
@@ -496,13 +504,13 @@ class DockerStreams:
         url = "/v%s/containers/%s/archive?%s" % (self.client.api_version, quote(container, safe=""),
                                                  urlencode({"path": path}))
         try:
-            conn.request("PUT", url, body=chunks, headers={"Content-Type": "application/x-tar",
-                                                            "Content-Length": str(length)})
+            headers = {"Content-Type": "application/x-tar", "Content-Length": str(length)}
+            conn.request("PUT", url, body=chunks, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             if resp.status >= 400:
-                raise BackupError(EXIT_RESTORE, "copy into %s:%s failed: HTTP %s %s" % (container, path, resp.status,
-                                                                                      body[:500]))
+                raise BackupError(EXIT_RESTORE, "copy into %s:%s failed: HTTP %s %s"
+                                  % (container, path, resp.status, body[:500]))
         finally:
             conn.close()
 
@@ -544,7 +552,8 @@ class ArtifactWriter:
 
     def _drain(self) -> None:
         out = self.proc.stdout
-        assert out is not None
+        if out is None:  # Popen was given stdout=PIPE; this only narrows the type
+            raise RuntimeError("zstd has no stdout pipe")
         try:
             while True:
                 block = out.read(CHUNK)
@@ -861,6 +870,12 @@ class Engine:
 
     def _dump_redis(self, directory: str, c: str, env: dict[str, str], facts: dict[str, t.Any]) -> Artifact:
         before = self._unquote(self._redis(c, env, "LASTSAVE"))
+        saves_before = self.redis_info(c, env, "persistence").get("rdb_saves")  # Redis >= 7.0
+        if saves_before is None:
+            # LASTSAVE has one-second resolution: a save finishing within the second of the previous one would
+            # look like no save at all.
+            while str(int(time.time())) == before:
+                time.sleep(0.05)
         started = time.monotonic()
         out = self._redis(c, env, "BGSAVE")
         if "ERR" in out and "in progress" not in out:
@@ -868,7 +883,8 @@ class Engine:
         while True:
             info = self.redis_info(c, env, "persistence")
             now = self._unquote(self._redis(c, env, "LASTSAVE"))
-            if now != before and info.get("rdb_bgsave_in_progress") == "0":
+            saved = (info.get("rdb_saves") != saves_before) if saves_before is not None else now != before
+            if saved and info.get("rdb_bgsave_in_progress") == "0":
                 if info.get("rdb_last_bgsave_status") != "ok":
                     raise BackupError(EXIT_DUMP, "BGSAVE in %s failed (rdb_last_bgsave_status:%s): see the Redis log"
                                       % (c, info.get("rdb_last_bgsave_status")))
@@ -1022,9 +1038,11 @@ class Engine:
         if stop_start:
             # Stopped first: a running Redis would overwrite the file on shutdown (SAVE) or the next BGSAVE.
             self.client.stop_container(container, grace_s=30)
-        self.streams.put_archive(container, rdir, chunks, length)
-        if stop_start:
-            self.client.request("POST", "/containers/%s/start" % quote(container, safe=""))
+        try:
+            self.streams.put_archive(container, rdir, chunks, length)
+        finally:
+            if stop_start:  # started again even when the copy failed: the old data is better than none
+                self.client.request("POST", "/containers/%s/start" % quote(container, safe=""))
         self.wait_ready(container, 60, code)
 
     def restore_volume(self, directory: str, art: Artifact, code: int = EXIT_RESTORE) -> dict[str, t.Any]:
@@ -1338,6 +1356,8 @@ def run_backup(spec: ComponentSpec, settings: Settings, client: DockerClient | N
                          last_duration=round(result.duration_s, 3), verify_ok=1, last_id=result.id)
         except BackupError as exc:
             state["last_exit_code"] = exc.exit_code
+            if exc.exit_code == EXIT_VERIFY:
+                state["verify_ok"] = 0
             if exc.exit_code == EXIT_RETENTION:
                 state.update(last_success=round(time.time(), 3), last_size=result.size,
                              last_duration=round(result.duration_s, 3), verify_ok=1, last_id=result.id)
@@ -1436,11 +1456,15 @@ def _restore_steps(spec: ComponentSpec, m: Manifest) -> list[str]:
 
 
 def run_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None = None,
-                client: DockerClient | None = None, databases: list[str] | None = None) -> dict[str, t.Any]:
-    """Verify first (refuse on any mismatch), then restore every artifact into the component's container."""
+                client: DockerClient | None = None, databases: list[str] | None = None,
+                project_lock: str | None = None) -> dict[str, t.Any]:
+    """Verify first (refuse on any mismatch), then restore every artifact into the component's container.
+
+    project_lock: the project's lock file (the one upgrade and rollback take), held as well when given.
+    """
     store = Store(settings.dest, spec.name)
     os.makedirs(store.root, exist_ok=True)
-    with JobLock(os.path.join(store.root, ".lock")):
+    with JobLock(project_lock) if project_lock else _NoLock(), JobLock(os.path.join(store.root, ".lock")):
         m = store.get(backup_id)
         store.require_verified(m)
         started = time.monotonic()
@@ -1605,6 +1629,11 @@ def main(argv: list[str] | None = None) -> int:
             out: t.Any = run_backup(spec, settings).to_dict()
         elif args.action == "verify":
             m = store.get(args.backup_id)
+            problems = store.verify(m)
+            state = load_state(store)
+            state["verify_ok"] = 0 if problems else 1
+            save_state(store, state)
+            write_metrics(settings, spec, state)
             store.require_verified(m)
             out = {"backup_id": m.id, "verified": True}
         elif args.action == "restore":
@@ -1615,13 +1644,13 @@ def main(argv: list[str] | None = None) -> int:
             out = {"metrics_file": write_metrics(settings, spec, load_state(store))}
         else:
             out = [{"id": m.id, "size": m.size, "problems": store.verify(m)} for m in store.manifests()]
-        print(json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True))
+        sys.stdout.write((json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True)) + "\n")
         return EXIT_OK
     except BackupError as exc:
-        print("opsbook-backup: %s: %s" % (exc.failure_class, exc.message), file=sys.stderr)
+        sys.stderr.write("opsbook-backup: %s: %s\n" % (exc.failure_class, exc.message))
         return exc.exit_code
     except DockerError as exc:
-        print("opsbook-backup: docker: %s" % exc, file=sys.stderr)
+        sys.stderr.write("opsbook-backup: docker: %s\n" % exc)
         return EXIT_DOCKER
     except Exception:  # pylint: disable=broad-except
         traceback.print_exc()
@@ -1629,4 +1658,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -94,6 +94,9 @@ options:
     description: Name prefix of the throwaway drill containers.
     type: str
     default: opsbook-drill-
+  project_lock:
+    description: The project's lock file (the one upgrade and rollback take); held during the restore when set.
+    type: path
   docker_host:
     description: Docker Engine API address.
     type: str
@@ -171,6 +174,7 @@ def main() -> None:
             metrics_dir=dict(type="path", default=""),
             helper_image=dict(type="str", default=""),
             drill_prefix=dict(type="str", default="opsbook-drill-"),
+            project_lock=dict(type="path"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
         required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
@@ -203,7 +207,8 @@ def main() -> None:
         if p["state"] == "drilled":
             result["drill"] = run_drill(spec, settings, plan["backup_id"])
         else:
-            done = run_restore(spec, settings, plan["backup_id"], databases=p["databases"] or None)
+            done = run_restore(spec, settings, plan["backup_id"], databases=p["databases"] or None,
+                               project_lock=p["project_lock"])
             result.update(changed=True, restored=done["restored"], duration_s=done["duration_s"])
     except BackupError as exc:
         module.fail_json(msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code,

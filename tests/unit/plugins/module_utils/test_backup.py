@@ -412,3 +412,52 @@ def test_retention_keeps_newest_verified_with_real_backups(dbs, tmp_path):
     kept = [m.id for m in store.manifests()]
     assert fourth.id in kept and len(kept) == 2
     assert bk.newest_verified(store).id == fourth.id
+
+
+@pytest.mark.docker
+def test_volume_backup_and_restore(dbs, tmp_path):
+    client = DockerClient()
+    volume = "%svol-%s" % (PREFIX, secrets.token_hex(3))
+    owner = "%svol-owner-%s" % (PREFIX, secrets.token_hex(3))
+    client.request_json("POST", "/volumes/create", body={"Name": volume})
+    try:
+        client.request_json("POST", "/containers/create", query={"name": owner}, body={
+            "Image": IMAGES["redis"], "Labels": {"opsbook.backup.stop": "true"},
+            "HostConfig": {"Binds": ["%s:/data" % volume], "NetworkMode": "none"}})
+        client.request("POST", "/containers/%s/start" % owner)
+        _sh(owner, "sh", "-c", "mkdir -p /data/sub && seq 1 5000 > /data/sub/numbers && echo one > /data/a.txt")
+        settings = _settings(tmp_path)
+        spec = bk.ComponentSpec(name="vol", type="volume", volume=volume)
+        result = bk.run_backup(spec, settings)
+        assert result.artifacts[0]["kind"] == "tar" and result.raw_size > 10 * 1024
+        assert client.inspect_container(owner)["State"]["Running"]  # labelled owner restarted after the archive
+        _sh(owner, "sh", "-c", "echo two > /data/a.txt && rm /data/sub/numbers")
+        restored = bk.run_restore(spec, settings)
+        assert restored["restored"] == ["volume.tar.zst"]
+        assert _sh(owner, "cat", "/data/a.txt") == "one\n"
+        assert _sh(owner, "wc", "-l", "/data/sub/numbers").split()[0] == "5000"
+    finally:
+        client.remove_container(owner, force=True)
+        client.request("DELETE", "/volumes/%s" % volume)
+
+
+@pytest.mark.docker
+def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
+    """What the role's cron line runs: the copied file, a JSON config, exit code 0 and a metrics file."""
+    here = os.path.dirname(bk.__file__)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("backup.py", "docker_api.py"):
+        shutil.copy(os.path.join(here, name), lib / name)
+    config = tmp_path / "backup.json"
+    config.write_text(json.dumps({"dest": str(tmp_path / "b"), "metrics_dir": str(tmp_path / "m"),
+                                  "components": {"cache": {"type": "redis", "container": dbs["redis"]}}}))
+    proc = subprocess.run(["python3", str(lib / "backup.py"), "--config", str(config), "--jitter", "0.2",
+                           "backup", "cache"], capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["component"] == "cache"
+    metrics = (tmp_path / "m" / "opsbook_backup_cache.prom").read_text()
+    assert 'opsbook_backup_last_exit_code{component="cache",type="redis"} 0' in metrics
+    proc = subprocess.run(["python3", str(lib / "backup.py"), "--config", str(config), "verify", "cache"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
