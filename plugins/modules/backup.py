@@ -108,6 +108,16 @@ options:
     description: Stop the running containers that use O(volume) during the archive; by default only those
       labelled C(opsbook.backup.stop=true) are stopped.
     type: bool
+  source_counts:
+    description: Record the exact row count of every table in the manifest before the dump (MariaDB/MySQL and
+      PostgreSQL); the restore drill compares against them. Costs a scan of every table.
+    type: bool
+    default: true
+  source_checksums:
+    description: Also record C(CHECKSUM TABLE) of every MariaDB/MySQL table (a second full scan); the drill
+      compares against them.
+    type: bool
+    default: false
   drill:
     description: After the backup, restore it into a throwaway container of the same image and check it.
     type: bool
@@ -207,6 +217,8 @@ def main() -> None:
             min_bytes=dict(type="int"),
             helper_image=dict(type="str", default=""),
             stop_owners=dict(type="bool"),
+            source_counts=dict(type="bool", default=True),
+            source_checksums=dict(type="bool", default=False),
             drill=dict(type="bool", default=False),
             drill_prefix=dict(type="str", default="opsbook-drill-"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
@@ -223,6 +235,7 @@ def main() -> None:
             databases=p["databases"], user=p["user"], password=p["password"], zstd_level=p["zstd_level"],
             min_bytes=p["min_bytes"], keep_last=p["keep_last"], keep_daily=p["keep_daily"],
             keep_weekly=p["keep_weekly"], helper_image=p["helper_image"], stop_owners=p["stop_owners"],
+            source_counts=p["source_counts"], source_checksums=p["source_checksums"],
         )
         settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
                             drill_prefix=p["drill_prefix"])

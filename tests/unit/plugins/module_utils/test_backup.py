@@ -263,7 +263,7 @@ def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
                 "CREATE TABLE app.empty (x INT)")
     before = _maria(dbs, "CHECKSUM TABLE app.items, app.empty")
     settings = _settings(tmp_path)
-    spec = bk.ComponentSpec(name="mariadb", type="mariadb", container=dbs["mariadb"])
+    spec = bk.ComponentSpec(name="mariadb", type="mariadb", container=dbs["mariadb"], source_checksums=True)
     result = bk.run_backup(spec, settings)
     assert result.size > 0 and result.raw_size > 500 * 16
     assert os.listdir(result.path) == sorted(["app.sql.zst", "manifest.json"]) or \
