@@ -29,18 +29,16 @@ description:
     never their command line.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - opsbook.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Check mode returns the plan (target directory, existing backups, last size, free space) and
       writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: none
     details: Every run takes a new backup and reports a change.
 options:

@@ -25,18 +25,16 @@ description:
 author:
   # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
   - opsbook.stack maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - opsbook.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Probes only read, so they run in check mode too. Exec probes run their command in check mode as
       well; give them read-only commands.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
 options:
   probes:

@@ -30,17 +30,15 @@ description:
 author:
   # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
   - opsbook.stack maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - opsbook.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Docker is asked for real; nothing is written, tested or reloaded.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: The same containers on the same ports render the same bytes (servers sorted by address, no
       timestamps), so the second run neither writes nor reloads.

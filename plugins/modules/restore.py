@@ -27,17 +27,15 @@ description:
   - Takes the component's lock, so a restore never runs beside a backup of the same component.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - opsbook.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Check mode verifies the checksums and returns the plan of the restore; it restores nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: none
     details: A restore always reports a change; O(state=verified) and O(state=drilled) never change the target.
 options:
