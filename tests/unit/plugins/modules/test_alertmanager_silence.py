@@ -1,0 +1,99 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The alertmanager_silence module as Ansible runs it, against a real Alertmanager (sandbox image).
+
+Each step runs four times as the house style asks: check mode, real, check again, real again.
+"""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import contextlib
+import json
+import secrets
+import urllib.request
+
+import pytest
+
+from ansible.module_utils import basic
+
+from ansible_collections.opsbook.stack.plugins.modules import alertmanager_silence
+from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
+
+try:
+    from ansible.module_utils.testing import patch_module_args
+except ImportError:
+    from unittest import mock
+
+    @contextlib.contextmanager
+    def patch_module_args(args=None):
+        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
+        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
+            yield
+
+pytestmark = pytest.mark.docker
+
+
+def run(args: dict, capsys, check: bool = False) -> dict:
+    if check:
+        args = dict(args, _ansible_check_mode=True)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        alertmanager_silence.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def live(url: str, project: str) -> list:
+    with urllib.request.urlopen(url + "/api/v2/silences", timeout=5) as resp:
+        silences = json.loads(resp.read())
+    return [s for s in silences if s["status"]["state"] == "active"
+            and any(m["name"] == "project" and m["value"] == project for m in s["matchers"])]
+
+
+def test_create_reuse_expire_four_times_each(monitoring, capsys):  # noqa: F811
+    project = "p" + secrets.token_hex(3)
+    args = {"url": monitoring.alertmanager_url, "duration": "30m", "comment": "upgrade", "created_by": "pytest",
+            "matchers": [{"name": "project", "value": project},
+                         {"name": "severity", "value": "warning|critical", "is_regex": True}]}
+
+    assert run(args, capsys, check=True)["changed"] is True
+    assert live(monitoring.alertmanager_url, project) == []
+    created = run(args, capsys)
+    assert created["changed"] is True and created["silence"]["state"] == "active"
+    assert run(args, capsys, check=True)["changed"] is False
+    again = run(args, capsys)
+    assert again["changed"] is False and again["silence_id"] == created["silence_id"]
+    [silence] = live(monitoring.alertmanager_url, project)
+    assert silence["createdBy"] == "pytest" and silence["comment"] == "upgrade"
+    assert {m["name"]: m["isRegex"] for m in silence["matchers"]} == {"project": False, "severity": True}
+
+    expire = {"url": monitoring.alertmanager_url, "state": "absent", "silence_id": created["silence_id"]}
+    assert run(expire, capsys, check=True)["expired"] == [created["silence_id"]]
+    assert len(live(monitoring.alertmanager_url, project)) == 1
+    assert run(expire, capsys)["changed"] is True
+    assert run(expire, capsys, check=True)["changed"] is False
+    assert run(expire, capsys)["changed"] is False
+    assert live(monitoring.alertmanager_url, project) == []
+
+
+def test_expire_by_matchers_whoever_made_it(monitoring, capsys):  # noqa: F811
+    project = "p" + secrets.token_hex(3)
+    base = {"url": monitoring.alertmanager_url, "matchers": [{"name": "project", "value": project}]}
+    first = run(dict(base, created_by="alice"), capsys)
+    second = run(dict(base, created_by="bob"), capsys)
+    assert first["silence_id"] != second["silence_id"]
+    gone = run(dict(base, state="absent"), capsys)
+    assert sorted(gone["expired"]) == sorted([first["silence_id"], second["silence_id"]])
+    assert live(monitoring.alertmanager_url, project) == []
+
+
+def test_bad_input_is_refused_before_any_change(monitoring, capsys):  # noqa: F811
+    bad = run({"url": monitoring.alertmanager_url, "duration": "soon",
+               "matchers": [{"name": "project", "value": "x"}]}, capsys)
+    assert bad["failed"] is True and bad["msg"].startswith("duration: 'soon' is not a duration")
+    missing = run({"url": monitoring.alertmanager_url, "state": "absent"}, capsys)
+    assert missing["failed"] is True and "silence_id or matchers" in missing["msg"]
+    down = run({"url": "http://127.0.0.1:1", "matchers": [{"name": "a", "value": "b"}], "timeout": 2}, capsys)
+    assert down["failed"] is True and "cannot connect" in down["msg"]
