@@ -78,6 +78,8 @@ STACK_IMAGES = [
     ImageSpec("demo-backend", "1.0", {"VERSION": "1.0"}),
     ImageSpec("demo-backend", "2.0", {"VERSION": "2.0"}),
     ImageSpec("demo-backend", "3.0", {"VERSION": "3.0", "BROKEN": "1"}),
+    # Healthy (/health 200) but half of the /api/* answers are 500: passes a health gate, fails a bake.
+    ImageSpec("demo-backend", "4.0", {"VERSION": "4.0", "FAIL_RATIO": "0.5"}),
     ImageSpec("demo-frontend", "1.0"),
     ImageSpec("mariadb", "10.11"),
     ImageSpec("postgres", "15"),
