@@ -10,9 +10,10 @@ Starts a MariaDB container from the sandbox registry (name prefix opsbook-bkp-te
   bare:  docker exec -e MYSQL_PWD mariadb-dump --single-transaction ... app | zstd -3 -T1 > file
   tool:  backup.run_backup() (the same dump flags, plus manifest, fsync, read-back verification, retention)
 
-and finally the restore drill of the tool's backup. Prints a table; the container is removed at the end.
+alternately, --rounds times each (the median counts: this machine runs other work too), and finally the
+restore drill of the tool's backup. Prints a table; the container is removed at the end.
 
-    .venv/bin/python bench/backup_bench.py --mb 400
+    .venv/bin/python bench/backup_bench.py --mb 400 --rounds 3
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -23,6 +24,7 @@ import argparse
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=400, help="approximate uncompressed dump size to generate")
     parser.add_argument("--dir", default="", help="where to write the dumps (default: a temp dir on /var/tmp)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each pipeline (median reported)")
     args = parser.parse_args()
     client = DockerClient()
     password = secrets.token_hex(8)
@@ -65,7 +68,7 @@ def main() -> int:
         t0 = time.monotonic()
         sh(mysql + ["CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
                     "payload VARCHAR(400), created DATETIME, KEY (user_id))"])
-        rows = args.mb * 1024 * 1024 // 330
+        rows = args.mb * 1000 * 1000 // 243  # one row is about 243 bytes of SQL dump
         batch = 200_000
         for start in range(0, rows, batch):
             sh(mysql + ["INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
@@ -81,21 +84,26 @@ def main() -> int:
         pipeline = "set -o pipefail; %s | zstd -q -c -3 -T1 > %s" % (" ".join(dump), bare_file)
         subprocess.run(["bash", "-c", pipeline.replace(bare_file, "/dev/null")], check=True)  # warm-up, untimed
 
-        t0 = time.monotonic()
-        subprocess.run(["bash", "-c", pipeline], check=True)
-        bare_s = time.monotonic() - t0
+        bare_times, tool_times = [], []
+        for _round in range(args.rounds):
+            t0 = time.monotonic()
+            subprocess.run(["bash", "-c", pipeline], check=True)
+            bare_times.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            result = bk.run_backup(spec, settings, client)
+            tool_times.append(time.monotonic() - t0)
+        bare_s, tool_s = statistics.median(bare_times), statistics.median(tool_times)
         raw = int(sh(["bash", "-c", "zstd -q -d -c %s | wc -c" % bare_file]).strip())
         bare_size = os.path.getsize(bare_file)
-
-        t0 = time.monotonic()
-        result = bk.run_backup(spec, settings, client)
-        tool_s = time.monotonic() - t0
 
         t0 = time.monotonic()
         drill = bk.run_drill(spec, settings, client=client)
         drill_s = time.monotonic() - t0
 
         mb = raw / 1e6
+        print()
+        print("%d rounds each, alternating; seconds are medians (bare %s, tool %s)" % (
+            args.rounds, " ".join("%.2f" % x for x in bare_times), " ".join("%.2f" % x for x in tool_times)))
         print()
         print("| pipeline | dump MB (raw) | file MB | seconds | MB/s | ratio vs bare |")
         print("|---|---:|---:|---:|---:|---:|")
@@ -107,7 +115,8 @@ def main() -> int:
         print("| restore drill (new container, import, counts, CHECKSUM TABLE) | %.1f | | %.2f | %.1f | |"
               % (result.raw_size / 1e6, drill_s, result.raw_size / 1e6 / drill_s))
         facts_s = bk.Store(settings.dest, "bench").get(result.id).facts.get("facts_s", 0)
-        print("(tool time includes %.2f s of exact row counts recorded for the drill before the dump)" % facts_s)
+        print("(tool time includes %.2f s of exact row counts recorded for the drill before the dump and %.2f s "
+              "reading the artifacts back to verify their sha256)" % (facts_s, result.verify_s))
         print()
         print("drill matches source: %s; counts %s" % (drill["matches_source"], drill["tables"]["app"]["counts"]))
         return 0

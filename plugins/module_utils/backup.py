@@ -95,6 +95,7 @@ PRUNING = "manifest.pruning.json"
 STATE = "state.json"
 SCHEMA = 1
 CHUNK = 1024 * 1024
+FLUSH_EVERY = 32 * CHUNK
 # Below this many uncompressed bytes a dump is not a dump but an error message or a header.
 DEFAULT_MIN_BYTES = {"mariadb": 512, "mysql": 512, "postgres": 64, "redis": 18, "volume": 1024}
 MARIADB_SYSTEM_DBS = ("information_schema", "performance_schema", "sys", "mysql")
@@ -184,6 +185,11 @@ class Settings:
     drill_timeout: float = 120.0
     timeout: float = 3600.0  # per exec stream: no byte for this long is a hang
     zstd: str = "zstd"
+    # Encrypt every artifact to these age public keys (age1...); empty: not encrypted.
+    age_recipients: list[str] = field(default_factory=list)
+    # An age identity file (private key) that restores and drills decrypt with; kept off the host when possible.
+    age_identity: str = ""
+    age: str = "age"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -532,18 +538,30 @@ class Artifact:
     raw_bytes: int = 0
     database: str = ""
     info: dict[str, t.Any] = field(default_factory=dict)
+    encrypted: bool = False  # zstd, then age to the recipients: restoring needs an identity (Settings.age_identity)
 
 
 class ArtifactWriter:
-    """A zstd process whose stdin takes the raw dump and whose stdout goes, hashed, into <path>.partial."""
+    """zstd (and, with recipients, age) processes: the raw dump goes into zstd's stdin, the last stage's stdout
+    goes, hashed, into <path>.partial. Every stage's exit status counts."""
 
-    def __init__(self, path: str, zstd: str = "zstd", level: int = 3, threads: int = 1):
+    def __init__(self, path: str, zstd: str = "zstd", level: int = 3, threads: int = 1,
+                 age_recipients: t.Sequence[str] = (), age: str = "age"):
         self.path = path
         self.partial = path + ".partial"
         binary = shutil.which(zstd)
         if not binary:
             raise BackupError(EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % zstd)
         self.argv = [binary, "-q", "-c", "-%d" % level, "-T%d" % threads]
+        age_argv: list[str] = []
+        if age_recipients:
+            age_binary = shutil.which(age)
+            if not age_binary:
+                raise BackupError(EXIT_COMPRESS, "age not found (%s): install the age package on this host or "
+                                                 "remove the age recipients" % age)
+            age_argv = [age_binary]
+            for recipient in age_recipients:
+                age_argv += ["-r", recipient]
         self.digest = hashlib.sha256()
         self.written = 0
         self.raw = 0
@@ -551,13 +569,42 @@ class ArtifactWriter:
         self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
                                      stderr=subprocess.PIPE, bufsize=0)
+        self.procs = [self.proc]
+        if age_argv:
+            self.procs.append(subprocess.Popen(age_argv, stdin=self.proc.stdout, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+                                               stderr=subprocess.PIPE, bufsize=0))
+            self.proc.stdout.close()  # type: ignore[union-attr]  # age holds it now; zstd sees EPIPE if age dies
+        # Write-back starts while the dump still runs (a flusher thread fdatasyncs every FLUSH_EVERY bytes), so
+        # the final fsync has little left to do.
+        self.flush_wanted = threading.Event()
+        self.flush_done = False
+        self.flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self.flusher.start()
         self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()
 
+    def _flush_loop(self) -> None:
+        while True:
+            self.flush_wanted.wait()
+            self.flush_wanted.clear()
+            if self.flush_done:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                if self.error is None:
+                    self.error = exc
+                return
+
+    def _stop_flusher(self) -> None:
+        self.flush_done = True
+        self.flush_wanted.set()
+        self.flusher.join()
+
     def _drain(self) -> None:
-        out = self.proc.stdout
+        out = self.procs[-1].stdout
         if out is None:  # Popen was given stdout=PIPE; this only narrows the type
-            raise RuntimeError("zstd has no stdout pipe")
+            raise RuntimeError("the last stage has no stdout pipe")
         try:
             while True:
                 block = out.read(CHUNK)
@@ -567,10 +614,14 @@ class ArtifactWriter:
                 view = memoryview(block)
                 while view:
                     view = view[os.write(self.fd, view):]
+                before = self.written
                 self.written += len(block)
+                if self.written // FLUSH_EVERY != before // FLUSH_EVERY:
+                    self.flush_wanted.set()
         except BaseException as exc:  # pylint: disable=broad-except
             self.error = exc
-            self.proc.kill()  # unblocks the feeder: its next write fails
+            for proc in self.procs:
+                proc.kill()  # unblocks the feeder: its next write fails
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
@@ -591,29 +642,35 @@ class ArtifactWriter:
         if err is not None:
             return BackupError(EXIT_DISK if isinstance(err, OSError) else EXIT_INTERNAL,
                                "writing %s failed: %s" % (self.partial, err))
-        rc = self.proc.poll()
-        return BackupError(EXIT_COMPRESS, "zstd exited with %s while compressing into %s: %s"
-                           % (rc, self.partial, self._stderr()))
+        return BackupError(EXIT_COMPRESS, "%s while compressing into %s" % (self._statuses(), self.partial))
 
-    def _stderr(self) -> str:
-        try:
-            return (self.proc.stderr.read(4096) or b"").decode(errors="replace").strip()  # type: ignore[union-attr]
-        except (OSError, ValueError):
-            return ""
+    def _statuses(self) -> str:
+        parts = []
+        for proc in self.procs:
+            rc = proc.poll()
+            err = ""
+            if rc not in (None, 0):
+                try:
+                    err = (proc.stderr.read(4096) or b"").decode(errors="replace").strip()  # type: ignore[union-attr]
+                except (OSError, ValueError):
+                    pass
+            parts.append("%s exited with %s%s" % (os.path.basename(str(proc.args[0])), rc,  # type: ignore[index]
+                                                  (": " + err) if err else ""))
+        return ", ".join(parts)
 
     def finish(self) -> tuple[int, str]:
-        """Close zstd's input, wait for everything, fsync and rename; returns (size, sha256)."""
+        """Close zstd's input, wait for every stage, fsync and rename; returns (size, sha256)."""
         try:
             self.proc.stdin.close()  # type: ignore[union-attr]
         except OSError:
             pass
         self.thread.join()
-        rc = self.proc.wait()
+        codes = [proc.wait() for proc in self.procs]
+        self._stop_flusher()
         if self.error is not None:
             raise self._failure()
-        if rc != 0:
-            raise BackupError(EXIT_COMPRESS, "zstd exited with %s compressing into %s: %s"
-                              % (rc, self.partial, self._stderr()))
+        if any(codes):
+            raise BackupError(EXIT_COMPRESS, "%s compressing into %s" % (self._statuses(), self.partial))
         try:
             os.fsync(self.fd)
         except OSError as exc:
@@ -627,21 +684,44 @@ class ArtifactWriter:
         return self.written, self.digest.hexdigest()
 
     def abort(self) -> None:
-        """Kill zstd, close and remove the partial file."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
-        self.proc.wait()
+        """Kill every stage, close and remove the partial file."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    if pipe is not None:
+                        pipe.close()
+                except OSError:
+                    pass
+            proc.wait()
         self.thread.join(5)
+        self._stop_flusher()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         _unlink_quiet(self.partial)
+
+
+class _Pipeline:
+    """age -d | zstd -d, looking like one Popen to the code that reads it: the first failing stage's status."""
+
+    def __init__(self, first: subprocess.Popen, last: subprocess.Popen):
+        self.first, self.last = first, last
+        self.stdout = last.stdout
+        self.stderr = self
+
+    def poll(self) -> int | None:
+        return self.last.poll()
+
+    def wait(self) -> int:
+        codes = [self.first.wait(), self.last.wait()]
+        return next((c for c in codes if c), 0)
+
+    def read(self, size: int = -1) -> bytes:
+        """stderr of both stages (age's first: a wrong identity is the likely story)."""
+        return b" ".join((p.stderr.read(size) or b"") for p in (self.first, self.last) if p.stderr)  # type: ignore[union-attr]
 
 
 def _plausibility(kind: str, head: bytes, tail: bytes) -> str:
@@ -796,10 +876,17 @@ class Engine:
 
     # -- dumps -----------------------------------------------------------------------------------------
 
+    def _writer(self, path: str) -> ArtifactWriter:
+        return ArtifactWriter(path, self.settings.zstd, self.spec.zstd_level, self.spec.zstd_threads,
+                              self.settings.age_recipients, self.settings.age)
+
     def _dump_to(self, directory: str, artifact: Artifact, container: str, argv: list[str],
                  env: dict[str, str]) -> Artifact:
+        if self.settings.age_recipients:
+            artifact.name += ".age"
+            artifact.encrypted = True
         path = os.path.join(directory, artifact.name)
-        writer = ArtifactWriter(path, self.settings.zstd, self.spec.zstd_level, self.spec.zstd_threads)
+        writer = self._writer(path)
         try:
             res = self.streams.exec_stream(container, argv, env=env, stdout_sink=writer.write)
             self._check(res, argv[0], EXIT_DUMP, container)
@@ -949,8 +1036,9 @@ class Engine:
         helper = self._helper(read_only=True)
         stopped = self._stoppable_owners()
         facts: dict[str, t.Any] = {"volume": self.spec.volume, "stopped": stopped}
-        path = os.path.join(directory, "volume.tar.zst")
-        writer = ArtifactWriter(path, self.settings.zstd, self.spec.zstd_level, self.spec.zstd_threads)
+        name = "volume.tar.zst" + (".age" if self.settings.age_recipients else "")
+        path = os.path.join(directory, name)
+        writer = self._writer(path)
         tail = [b""]
 
         def sink(data: bytes) -> None:
@@ -963,7 +1051,7 @@ class Engine:
             if raw < self.spec.plausible_bytes or _plausibility("tar", b"", tail[0]):
                 raise BackupError(EXIT_IMPLAUSIBLE, "archive of volume %s is %d bytes or cut off" % (self.spec.volume, raw))
             size, digest = writer.finish()
-            return [Artifact("volume.tar.zst", "tar", size, digest, raw)], facts
+            return [Artifact(name, "tar", size, digest, raw, encrypted=bool(self.settings.age_recipients))], facts
         except BaseException:
             writer.abort()
             raise
@@ -974,16 +1062,31 @@ class Engine:
 
     # -- restore -----------------------------------------------------------------------------------------
 
-    def _decompressor(self, path: str) -> tuple[subprocess.Popen, t.Callable[[], bytes]]:
+    def _decompressor(self, path: str, encrypted: bool = False) -> tuple[t.Any, t.Callable[[], bytes]]:
+        """zstd -d (after age -d for an encrypted artifact); returns the last process and a chunk reader."""
         binary = shutil.which(self.settings.zstd)
         if not binary:
             raise BackupError(EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % self.settings.zstd)
-        proc = subprocess.Popen([binary, "-q", "-d", "-c", path], stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+        if not encrypted:
+            proc = subprocess.Popen([binary, "-q", "-d", "-c", path], stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+                                    stderr=subprocess.PIPE, bufsize=0)
+            return proc, lambda: proc.stdout.read(CHUNK)  # type: ignore[union-attr]
+        age = shutil.which(self.settings.age)
+        if not age:
+            raise BackupError(EXIT_COMPRESS, "%s is encrypted and age is not installed on this host" % path)
+        if not self.settings.age_identity or not os.path.isfile(self.settings.age_identity):
+            raise BackupError(EXIT_USAGE, "%s is encrypted: set age_identity to the age identity (private key) file "
+                                          "of one of its recipients (have: %r)" % (path, self.settings.age_identity))
+        decrypt = subprocess.Popen([age, "-d", "-i", self.settings.age_identity, path],  # pylint: disable=consider-using-with
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        proc = subprocess.Popen([binary, "-q", "-d", "-c"], stdin=decrypt.stdout, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
                                 stderr=subprocess.PIPE, bufsize=0)
-        return proc, lambda: proc.stdout.read(CHUNK)  # type: ignore[union-attr]
+        decrypt.stdout.close()  # type: ignore[union-attr]
+        return _Pipeline(decrypt, proc), lambda: proc.stdout.read(CHUNK)  # type: ignore[union-attr]
 
-    def _feed(self, container: str, path: str, argv: list[str], env: dict[str, str], code: int) -> StreamResult:
-        proc, source = self._decompressor(path)
+    def _feed(self, container: str, path: str, argv: list[str], env: dict[str, str], code: int,
+              encrypted: bool = False) -> StreamResult:
+        proc, source = self._decompressor(path, encrypted)
         try:
             res = self.streams.exec_stream(container, argv, env=env, stdin_source=source, keep_stdout=64 * 1024)
         finally:
@@ -992,7 +1095,7 @@ class Engine:
             rc = proc.wait()
         self._check(res, " ".join(argv[:2]), code, container)
         if rc != 0:
-            raise BackupError(EXIT_COMPRESS, "zstd -d %s exited with %s: %s" % (
+            raise BackupError(EXIT_COMPRESS, "decompressing %s exited with %s: %s" % (
                 path, rc, proc.stderr.read(2000).decode(errors="replace")))  # type: ignore[union-attr]
         return res
 
@@ -1000,17 +1103,19 @@ class Engine:
                          code: int = EXIT_RESTORE) -> None:
         path = os.path.join(directory, art.name)
         if art.kind == "sql":
-            self._feed(container, path, [self.mariadb_client(container), "-u", user, "--binary-mode"], env, code)
+            self._feed(container, path, [self.mariadb_client(container), "-u", user, "--binary-mode"], env, code,
+                       art.encrypted)
         elif art.kind == "pg_globals":
             # Roles that exist already fail harmlessly; everything else must apply.
-            res = self._feed(container, path, ["psql", "-U", user, "-X", "-q", "-d", "postgres"], env, code)
+            res = self._feed(container, path, ["psql", "-U", user, "-X", "-q", "-d", "postgres"], env, code,
+                             art.encrypted)
             if res.stderr and b"already exists" not in res.stderr:
                 raise BackupError(code, "globals in %s: %s" % (container, res.stderr.decode(errors="replace")[-2000:]))
         elif art.kind == "pg_custom":
             ident = '"%s"' % art.database.replace('"', '""')
             self.sql(container, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % ident, "postgres", env, user, code)
             self._feed(container, path, ["pg_restore", "-U", user, "--exit-on-error", "--create", "-d", "postgres"],
-                       env, code)
+                       env, code, art.encrypted)
         else:
             raise BackupError(code, "artifact kind %s is restored by its component, not here" % art.kind)
 
@@ -1025,7 +1130,7 @@ class Engine:
 
         def chunks() -> t.Iterator[bytes]:
             yield header
-            proc, source = self._decompressor(path)
+            proc, source = self._decompressor(path, art.encrypted)
             sent = 0
             for block in iter(source, b""):
                 sent += len(block)
@@ -1063,7 +1168,7 @@ class Engine:
         try:
             for cid in stopped:
                 self.client.stop_container(cid)
-            proc, source = self._decompressor(path)
+            proc, source = self._decompressor(path, art.encrypted)
 
             def strip_prefix() -> t.Iterator[bytes]:
                 # The archive's top directory is opsbook-volume/: extract it at / of the helper.
@@ -1314,6 +1419,7 @@ class BackupResult:
     size: int = 0
     raw_size: int = 0
     duration_s: float = 0.0
+    verify_s: float = 0.0  # reading every artifact back and hashing it
     artifacts: list[dict[str, t.Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
@@ -1423,7 +1529,9 @@ def _do_backup(spec: ComponentSpec, settings: Settings, store: Store, state: dic
     result.duration_s = manifest.duration_s
     result.artifacts = [asdict(a) for a in artifacts]
     # Read back what was written: the newest *verified* backup is what retention protects.
+    t0 = time.monotonic()
     problems = store.verify(manifest)
+    result.verify_s = round(time.monotonic() - t0, 3)
     if problems:
         raise BackupError(EXIT_VERIFY, "backup %s does not verify right after writing: %s" % (backup_id, "; ".join(problems)))
     try:
@@ -1438,6 +1546,18 @@ def newest_verified(store: Store) -> Manifest | None:
         if not store.verify(m):
             return m
     return None
+
+
+def require_decryptable(settings: Settings, m: Manifest) -> None:
+    """Refuse before anything is stopped when an encrypted backup cannot be decrypted here."""
+    if not any(a.encrypted for a in m.artifacts):
+        return
+    if not settings.age_identity or not os.path.isfile(settings.age_identity):
+        raise BackupError(EXIT_USAGE, "backup %s of %s is encrypted to age recipients: set age_identity to an "
+                                      "identity file of one of them (have: %r); nothing was touched"
+                          % (m.id, m.component, settings.age_identity))
+    if not shutil.which(settings.age):
+        raise BackupError(EXIT_COMPRESS, "backup %s is encrypted and age is not installed on this host" % m.id)
 
 
 def plan_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None = None) -> dict[str, t.Any]:
@@ -1478,6 +1598,7 @@ def run_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None =
     with JobLock(project_lock) if project_lock else _NoLock(), JobLock(os.path.join(store.root, ".lock")):
         m = store.get(backup_id)
         store.require_verified(m)
+        require_decryptable(settings, m)
         started = time.monotonic()
         engine = Engine(spec, settings, client)
         directory = store.path(m.id)
@@ -1513,6 +1634,7 @@ def run_drill(spec: ComponentSpec, settings: Settings, backup_id: str | None = N
             m = store.get(backup_id)
             result["backup_id"] = m.id
             store.require_verified(m)
+            require_decryptable(settings, m)
             if spec.type == "volume":
                 raise BackupError(EXIT_USAGE, "restore drills exist for mariadb, mysql, postgres and redis; "
                                               "a volume backup is checked by verify")
@@ -1624,17 +1746,38 @@ def main(argv: list[str] | None = None) -> int:
                                      "databases and volumes (exit codes: see the module docstring).")
     parser.add_argument("--config", default="/etc/opsbook/backup.json")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--jitter", type=float, default=0.0, help="sleep a random 0..N seconds first (cron)")
+    parser.add_argument("--jitter", type=float, default=0.0, help="sleep a random 0..N seconds first")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="sleep exactly N seconds first (cron: the role's stable per-host jitter)")
+    parser.add_argument("--log", default="", help="append one line per run (time, action, exit code, result) here")
     parser.add_argument("action", choices=("backup", "verify", "restore", "drill", "list", "metrics"))
     parser.add_argument("component")
     parser.add_argument("--backup-id", default=None)
     args = parser.parse_args(argv)
+    code, summary = _run_cli(args)
+    if args.log:
+        _log_line(args.log, "%s %s %s exit=%d %s" % (utc_id(), args.action, args.component, code, summary))
+    return code
+
+
+def _log_line(path: str, line: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line.replace("\n", " ") + "\n")
+    except OSError as exc:
+        sys.stderr.write("opsbook-backup: cannot append to log %s: %s\n" % (path, exc))
+
+
+def _run_cli(args: argparse.Namespace) -> tuple[int, str]:
+    """Run one action; returns the exit code and a one-line summary for the log."""
     try:
         settings, components = load_config(args.config)
         if args.component not in components:
             raise BackupError(EXIT_USAGE, "component %s is not in %s (have: %s)" % (
                 args.component, args.config, ", ".join(sorted(components)) or "none"))
         spec = components[args.component]
+        if args.delay > 0:
+            time.sleep(args.delay)
         if args.jitter > 0:
             time.sleep(secrets.randbelow(int(args.jitter * 1000) + 1) / 1000.0)
         store = Store(settings.dest, spec.name)
@@ -1658,16 +1801,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = [{"id": m.id, "size": m.size, "problems": store.verify(m)} for m in store.manifests()]
         sys.stdout.write((json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True)) + "\n")
-        return EXIT_OK
+        if isinstance(out, dict) and out.get("id"):
+            return EXIT_OK, "ok id=%s size=%s duration_s=%s pruned=%s" % (
+                out["id"], out.get("size"), out.get("duration_s"), ",".join(out.get("pruned") or []) or "-")
+        return EXIT_OK, "ok " + json.dumps(out, sort_keys=True)[:300]
     except BackupError as exc:
         sys.stderr.write("opsbook-backup: %s: %s\n" % (exc.failure_class, exc.message))
-        return exc.exit_code
+        return exc.exit_code, "%s: %s" % (exc.failure_class, exc.message)
     except DockerError as exc:
         sys.stderr.write("opsbook-backup: docker: %s\n" % exc)
-        return EXIT_DOCKER
-    except Exception:  # pylint: disable=broad-except
+        return EXIT_DOCKER, "docker: %s" % exc
+    except Exception as exc:  # pylint: disable=broad-except
         traceback.print_exc()
-        return EXIT_INTERNAL
+        return EXIT_INTERNAL, "internal: %r" % exc
 
 
 if __name__ == "__main__":

@@ -46,10 +46,15 @@ options:
     description: Name of the backup job; backups go to O(dest)/<component>/ and it labels the metrics.
     type: str
     required: true
+  config:
+    description:
+      - The JSON job file the C(backup) role writes (for example C(/etc/opsbook/backup/<component>.json)). The
+        component and every setting (destination, metrics, retention, encryption) come from it, so a backup
+        taken now is the same as the one cron takes. Mutually exclusive with O(type).
+    type: path
   type:
-    description: What to back up.
+    description: What to back up. Required unless O(config) is given.
     type: str
-    required: true
     choices: [mariadb, mysql, postgres, redis, volume]
   container:
     description: The running database container (required unless O(type=volume)).
@@ -116,6 +121,16 @@ options:
       compares against them.
     type: bool
     default: false
+  age_recipients:
+    description: Encrypt every artifact (after zstd) to these age public keys (C(age1...)); needs C(age) on the
+      host. Restores and drills then need an identity file (M(opsbook.stack.restore) O(opsbook.stack.restore#module:age_identity)).
+    type: list
+    elements: str
+    default: []
+  age_identity:
+    description: age identity (private key) file used by the restore drill of an encrypted backup.
+    type: path
+    default: ""
   drill:
     description: After the backup, restore it into a throwaway container of the same image and check it.
     type: bool
@@ -130,7 +145,7 @@ options:
     default: unix:///var/run/docker.sock
 notes:
   - Needs the C(zstd) binary on the managed host.
-  - Encryption to age recipients is not implemented yet.
+  - Needs the C(age) binary when O(age_recipients) is set.
 seealso:
   - module: opsbook.stack.restore
 """
@@ -145,11 +160,17 @@ EXAMPLES = r"""
     drill: true
   register: bkp
 
-- name: Archive the Grafana volume
+- name: Archive the Grafana volume (Grafana stopped meanwhile, its SQLite file consistent)
   opsbook.stack.backup:
     component: grafana
     type: volume
     volume: monitoring_grafana_data
+    stop_owners: true
+
+- name: Back up a job exactly as its cron line does, from the file the backup role wrote
+  opsbook.stack.backup:
+    component: mysql
+    config: /etc/opsbook/backup/mysql.json
 
 # Every run takes a new backup: changed is always true, and bkp.backup.pruned lists what retention removed.
 """
@@ -191,16 +212,34 @@ exit_code:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.opsbook.stack.plugins.module_utils.backup import (
-    BackupError, ComponentSpec, Settings, plan_backup, run_backup, run_drill,
+    BackupError, ComponentSpec, Settings, load_config, plan_backup, run_backup, run_drill,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerError
+
+TYPES = ["mariadb", "mysql", "postgres", "redis", "volume"]
+
+
+def spec_from_params(p: dict) -> tuple[ComponentSpec, Settings]:
+    """The job from the module's own options (no config file)."""
+    spec = ComponentSpec(
+        name=p["component"], type=p["type"], container=p["container"] or "", volume=p["volume"] or "",
+        databases=p["databases"], user=p["user"], password=p["password"], zstd_level=p["zstd_level"],
+        min_bytes=p["min_bytes"], keep_last=p["keep_last"], keep_daily=p["keep_daily"],
+        keep_weekly=p["keep_weekly"], helper_image=p["helper_image"], stop_owners=p["stop_owners"],
+        source_counts=p["source_counts"], source_checksums=p["source_checksums"],
+    )
+    settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
+                        drill_prefix=p["drill_prefix"], age_recipients=p["age_recipients"],
+                        age_identity=p["age_identity"])
+    return spec, settings
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             component=dict(type="str", required=True),
-            type=dict(type="str", required=True, choices=["mariadb", "mysql", "postgres", "redis", "volume"]),
+            config=dict(type="path"),
+            type=dict(type="str", choices=TYPES),
             container=dict(type="str"),
             volume=dict(type="str"),
             databases=dict(type="list", elements="str", default=[]),
@@ -217,6 +256,8 @@ def main() -> None:
             stop_owners=dict(type="bool"),
             source_counts=dict(type="bool", default=True),
             source_checksums=dict(type="bool", default=False),
+            age_recipients=dict(type="list", elements="str", default=[]),
+            age_identity=dict(type="path", default=""),
             drill=dict(type="bool", default=False),
             drill_prefix=dict(type="str", default="opsbook-drill-"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
@@ -224,19 +265,20 @@ def main() -> None:
         required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
                      ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
                      ("type", "redis", ["container"])],
+        required_one_of=[("config", "type")],
+        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
     )
     p = module.params
     try:
-        spec = ComponentSpec(
-            name=p["component"], type=p["type"], container=p["container"] or "", volume=p["volume"] or "",
-            databases=p["databases"], user=p["user"], password=p["password"], zstd_level=p["zstd_level"],
-            min_bytes=p["min_bytes"], keep_last=p["keep_last"], keep_daily=p["keep_daily"],
-            keep_weekly=p["keep_weekly"], helper_image=p["helper_image"], stop_owners=p["stop_owners"],
-            source_counts=p["source_counts"], source_checksums=p["source_checksums"],
-        )
-        settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
-                            drill_prefix=p["drill_prefix"])
+        if p["config"]:
+            settings, components = load_config(p["config"])
+            if p["component"] not in components:
+                raise BackupError(2, "component %s is not in %s (have: %s)" % (
+                    p["component"], p["config"], ", ".join(sorted(components)) or "none"))
+            spec = components[p["component"]]
+        else:
+            spec, settings = spec_from_params(p)
         if module.check_mode:
             module.exit_json(changed=True, plan=plan_backup(spec, settings))
         result = {"changed": True, "backup": run_backup(spec, settings).to_dict()}

@@ -43,10 +43,15 @@ options:
     description: Name of the backup job (the directory under O(dest)).
     type: str
     required: true
+  config:
+    description:
+      - The JSON job file the C(backup) role writes (for example C(/etc/opsbook/backup/<component>.json)); the
+        component's type, container, destination and encryption settings come from it. Mutually exclusive with
+        O(type).
+    type: path
   type:
-    description: What the backup holds.
+    description: What the backup holds. Required unless O(config) is given.
     type: str
-    required: true
     choices: [mariadb, mysql, postgres, redis, volume]
   container:
     description: The container to restore into (required unless O(type=volume)).
@@ -92,6 +97,9 @@ options:
     description: Name prefix of the throwaway drill containers.
     type: str
     default: opsbook-drill-
+  age_identity:
+    description: age identity (private key) file that decrypts an encrypted backup; overrides the one in O(config).
+    type: path
   project_lock:
     description: The project's lock file (the one upgrade and rollback take); held during the restore when set.
     type: path
@@ -111,6 +119,12 @@ EXAMPLES = r"""
     container: agentchat-mysql-1
     state: drilled
     metrics_dir: /var/lib/prometheus/node-exporter
+
+- name: Refuse early when the newest backup of a role-managed job does not verify
+  opsbook.stack.restore:
+    component: mysql
+    config: /etc/opsbook/backup/mysql.json
+    state: verified
 
 - name: Restore a given backup into the running database (writers stopped before)
   opsbook.stack.restore:
@@ -151,7 +165,7 @@ exit_code:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.opsbook.stack.plugins.module_utils.backup import (
-    BackupError, ComponentSpec, Settings, plan_restore, run_drill, run_restore,
+    BackupError, ComponentSpec, Settings, load_config, plan_restore, run_drill, run_restore,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerError
 
@@ -160,7 +174,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             component=dict(type="str", required=True),
-            type=dict(type="str", required=True, choices=["mariadb", "mysql", "postgres", "redis", "volume"]),
+            config=dict(type="path"),
+            type=dict(type="str", choices=["mariadb", "mysql", "postgres", "redis", "volume"]),
             container=dict(type="str"),
             volume=dict(type="str"),
             backup_id=dict(type="str", default="latest"),
@@ -172,22 +187,34 @@ def main() -> None:
             metrics_dir=dict(type="path", default=""),
             helper_image=dict(type="str", default=""),
             drill_prefix=dict(type="str", default="opsbook-drill-"),
+            age_identity=dict(type="path"),
             project_lock=dict(type="path"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
         required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
                      ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
                      ("type", "redis", ["container"])],
+        required_one_of=[("config", "type")],
+        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
     )
     p = module.params
     result: dict = {"changed": False}
     try:
-        spec = ComponentSpec(name=p["component"], type=p["type"], container=p["container"] or "",
-                             volume=p["volume"] or "", user=p["user"], password=p["password"],
-                             helper_image=p["helper_image"])
-        settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
-                            drill_prefix=p["drill_prefix"])
+        if p["config"]:
+            settings, components = load_config(p["config"])
+            if p["component"] not in components:
+                raise BackupError(2, "component %s is not in %s (have: %s)" % (
+                    p["component"], p["config"], ", ".join(sorted(components)) or "none"))
+            spec = components[p["component"]]
+        else:
+            spec = ComponentSpec(name=p["component"], type=p["type"], container=p["container"] or "",
+                                 volume=p["volume"] or "", user=p["user"], password=p["password"],
+                                 helper_image=p["helper_image"])
+            settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
+                                drill_prefix=p["drill_prefix"])
+        if p["age_identity"]:
+            settings.age_identity = p["age_identity"]
         plan = plan_restore(spec, settings, p["backup_id"])
         result.update(plan=plan, backup_id=plan["backup_id"])
         if not plan["verified"]:

@@ -188,6 +188,61 @@ def test_runs_standalone_without_ansible(tmp_path):
     assert "cannot read config" in proc.stderr
 
 
+def _age_key(tmp_path):
+    if not shutil.which("age") or not shutil.which("age-keygen"):
+        pytest.skip("age is not installed (apt-get install age)")
+    key = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    return str(key), recipient
+
+
+def test_age_encryption_round_trip_and_missing_identity(tmp_path):
+    identity, recipient = _age_key(tmp_path)
+    payload = os.urandom(300_000) + b"-- Dump completed\n" * 1000
+    path = str(tmp_path / "app.sql.zst.age")
+    writer = bk.ArtifactWriter(path, age_recipients=[recipient])
+    for i in range(0, len(payload), 65536):
+        writer.write(payload[i:i + 65536])
+    size, digest = writer.finish()
+    data = open(path, "rb").read()
+    assert data.startswith(b"age-encryption.org/v1") and len(data) == size
+    assert hashlib.sha256(data).hexdigest() == digest and payload[:64] not in data
+    engine = bk.Engine(_spec(), bk.Settings(age_identity=identity), client=object())  # no Docker needed here
+    proc, source = engine._decompressor(path, encrypted=True)  # pylint: disable=protected-access
+    assert b"".join(iter(source, b"")) == payload and proc.wait() == 0
+    nokey = bk.Engine(_spec(), bk.Settings(), client=object())
+    with pytest.raises(bk.BackupError) as err:
+        nokey._decompressor(path, encrypted=True)  # pylint: disable=protected-access
+    assert err.value.exit_code == bk.EXIT_USAGE and "age_identity" in err.value.message
+
+
+def test_a_failing_encryption_stage_fails_the_artifact_and_leaves_no_partial(tmp_path):
+    _age_key(tmp_path)
+    path = str(tmp_path / "x.zst.age")
+    writer = bk.ArtifactWriter(path, age_recipients=["age1notakey"])
+    with pytest.raises(bk.BackupError) as err:
+        try:
+            writer.write(b"x" * 100_000)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    assert err.value.exit_code == bk.EXIT_COMPRESS and "age exited with 1" in err.value.message
+    assert os.listdir(tmp_path) == ["identity.txt"]
+
+
+def test_cli_log_line_and_fixed_delay(tmp_path):
+    config = tmp_path / "backup.json"
+    config.write_text(json.dumps({"dest": str(tmp_path), "components": {"r": {"type": "redis", "container": "c"}}}))
+    log = tmp_path / "backup-r.log"
+    started = time.monotonic()
+    assert bk.main(["--config", str(config), "--delay", "0.3", "--log", str(log), "verify", "r"]) == bk.EXIT_VERIFY
+    assert time.monotonic() - started >= 0.3
+    line = log.read_text().splitlines()[-1]
+    assert " verify r exit=9 verify_failed: no committed backup" in line and line[:8].isdigit()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Real containers
 # ------------------------------------------------------------------------------------------------------------
@@ -461,3 +516,22 @@ def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
     proc = subprocess.run(["python3", str(lib / "backup.py"), "--config", str(config), "verify", "cache"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.docker
+def test_encrypted_backup_restores_and_drills_with_the_identity_only(dbs, tmp_path):
+    identity, recipient = _age_key(tmp_path)
+    _redis(dbs, "SET", "secret:1", "plain-value-%s" % secrets.token_hex(4))
+    expected = _redis(dbs, "GET", "secret:1")
+    spec = bk.ComponentSpec(name="enc", type="redis", container=dbs["redis"])
+    result = bk.run_backup(spec, _settings(tmp_path, age_recipients=[recipient]))
+    art = result.artifacts[0]
+    assert art["name"] == "dump.rdb.zst.age" and art["encrypted"] is True
+    assert expected.strip().encode() not in open(os.path.join(result.path, art["name"]), "rb").read()
+    _redis(dbs, "DEL", "secret:1")
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_restore(spec, _settings(tmp_path))  # no identity: refused before Redis is stopped
+    assert err.value.exit_code == bk.EXIT_USAGE
+    bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
+    assert _redis(dbs, "GET", "secret:1") == expected
+    assert bk.run_drill(spec, _settings(tmp_path, age_identity=identity))["matches_source"]
