@@ -1189,7 +1189,6 @@ def intact(host: Host, release: Release) -> bool:
 
 def choose_release(host: Host, journal: Journal, wanted: str | None) -> Release:
     releases = journal.releases()
-    current = project_images(host.client, host.s.project)
     if wanted:
         try:
             release = journal.get(wanted)
@@ -1202,6 +1201,7 @@ def choose_release(host: Host, journal: Journal, wanted: str | None) -> Release:
             raise BadRequest("release %s is not intact on this host (one of its images is gone); pick another "
                              "with release_info" % wanted)
         return release
+    current = project_images(host.client, host.s.project)
     for release in reversed(releases):
         if release.status != "succeeded" or not release.services:
             continue

@@ -54,8 +54,8 @@ attributes:
 options:
   services:
     description:
-      - Service name to new image tag, for example V({"backend": "2.0"}). A value with a C(/) or C(@) is taken
-        as a full image reference.
+      - 'Service name to new image tag, for example V({"backend": "2.0"}). A value with a C(/) or C(@) is taken
+        as a full image reference.'
       - An unknown service or an empty tag fails before anything changes.
     type: dict
     required: true

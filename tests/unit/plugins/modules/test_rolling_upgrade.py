@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""rolling_upgrade and rollback as Ansible runs them: bad arguments fail before anything is touched, and the
+documentation matches the argument spec. The upgrades themselves run against the real engine in molecule/upgrade."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import contextlib
+import json
+
+import pytest
+import yaml
+
+from ansible.module_utils import basic
+
+from ansible_collections.opsbook.stack.plugins.doc_fragments.upgrade import ModuleDocFragment
+from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import COMMON_OPTIONS
+from ansible_collections.opsbook.stack.plugins.modules import rollback, rolling_upgrade
+
+try:  # ansible-core >= 2.19
+    from ansible.module_utils.testing import patch_module_args
+except ImportError:
+    from unittest import mock
+
+    @contextlib.contextmanager
+    def patch_module_args(args=None):
+        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
+        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
+            yield
+
+
+def run_module(module, args: dict, capsys) -> dict:
+    with patch_module_args(args), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("services, message", [
+    ({}, "services is empty"),
+    ({"backend": ""}, "no tag given for backend"),
+    ({"backend": "2.0", "frontend": "  "}, "no tag given for frontend"),
+])
+def test_missing_tags_fail_before_anything(tmp_path, capsys, services, message):
+    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "services": services,
+                                          "journal_root": str(tmp_path / "j")}, capsys)
+    assert result["failed"] is True and result["changed"] is False
+    assert message in result["msg"]
+    assert not (tmp_path / "j").exists()  # not even the lock was taken
+
+
+def test_a_project_without_compose_file_is_refused(tmp_path, capsys):
+    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path),
+                                          "services": {"backend": "2.0"}}, capsys)
+    assert result["failed"] is True and "compose.yaml does not exist" in result["msg"]
+
+
+def test_canary_weight_out_of_range(tmp_path, capsys):
+    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "canary_weight": 100,
+                                          "services": {"backend": "2.0"}}, capsys)
+    assert result["failed"] is True and "canary_weight" in result["msg"]
+
+
+def test_rollback_to_an_unknown_release_fails_naming_it(tmp_path, capsys):
+    (tmp_path / "compose.yaml").write_text("name: demo\nservices: {}\n")
+    result = run_module(rollback, {"project": "demo", "project_dir": str(tmp_path), "release": "r-nosuch",
+                                   "journal_root": str(tmp_path / "j")}, capsys)
+    assert result["failed"] is True and result["changed"] is False
+    assert "release 'r-nosuch' is not in" in result["msg"]
+
+
+@pytest.mark.parametrize("module", [rolling_upgrade, rollback])
+def test_documentation_matches_the_argument_spec(module):
+    documented = dict(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
+    documented.update(yaml.safe_load(module.DOCUMENTATION).get("options") or {})
+    for name, spec in COMMON_OPTIONS.items():
+        assert name in documented, name
+        assert documented[name]["type"] == spec["type"], name
+        assert documented[name].get("default") == spec.get("default"), name
