@@ -1,0 +1,119 @@
+"""Helpers for the monitoring role's offline tests: render its templates, run promtool and amtool.
+
+promtool and amtool come from the host when they are on PATH, otherwise from the sandbox's Prometheus and
+Alertmanager images with `docker run --rm` (no daemon is started on this machine, nothing binds 9090/9093).
+When neither exists the tests fail: a checker that is missing proves nothing, so nothing is skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[4]
+ROLE = ROOT / "roles" / "monitoring"
+RULE_FILES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["monitoring_rule_files"]
+IMAGES = {
+    "promtool": os.environ.get("OPSBOOK_PROMETHEUS_IMAGE", "127.0.0.1:5000/prometheus:2.42"),
+    "amtool": os.environ.get("OPSBOOK_ALERTMANAGER_IMAGE", "127.0.0.1:5000/alertmanager:0.25"),
+}
+
+
+def defaults() -> dict:
+    return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+
+
+def _contains(seq, item) -> bool:
+    return item in (seq or [])
+
+
+def render(template: str, variables: dict | None = None) -> str:
+    """Render a role template with the role defaults (plus `variables`) and the few Ansible filters it uses."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["bool"] = bool
+    env.filters["to_nice_yaml"] = lambda v, indent=2: yaml.safe_dump(v, indent=indent, default_flow_style=False)
+    env.tests["contains"] = _contains
+    context = {**defaults(), "inventory_hostname": "opsbook-test", **(variables or {})}
+    return env.get_template(template).render(**context)
+
+
+def render_rules(dest: Path, variables: dict | None = None) -> list[Path]:
+    """Rule templates rendered with plain jinja2 (the contract with the runbooks) into dest/<name>.yml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in RULE_FILES:
+        path = dest / f"{name}.yml"
+        path.write_text(render(f"rules/{name}.yml.j2", variables))
+        out.append(path)
+    return out
+
+
+def alert_rules(variables: dict | None = None) -> list[dict]:
+    """Every alerting rule of the role, with its group name."""
+    rules = []
+    for name in RULE_FILES:
+        doc = yaml.safe_load(render(f"rules/{name}.yml.j2", variables))
+        for group in doc["groups"]:
+            rules += [{**rule, "group": group["name"]} for rule in group["rules"] if "alert" in rule]
+    return rules
+
+
+class Tool:
+    """promtool or amtool, run in `workdir` (mounted at the same path when the tool runs in a container)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.local = shutil.which(name)
+        self.docker = shutil.which("docker")
+
+    def available(self) -> str | None:
+        if self.local:
+            return None
+        if not self.docker:
+            return f"{self.name} is not on PATH and docker is missing"
+        probe = subprocess.run([self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True)
+        if probe.returncode != 0:
+            return (f"{self.name} is not on PATH and the image {IMAGES[self.name]} is missing: run `./dev sandbox` "
+                    f"(or install the Debian package prometheus / prometheus-alertmanager)")
+        return None
+
+    def run(self, args: list[str], workdir: Path) -> subprocess.CompletedProcess:
+        if self.local:
+            argv = [self.local, *args]
+        else:
+            argv = [self.docker, "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{workdir}:{workdir}",
+                    "-w", str(workdir), "--entrypoint", self.name, IMAGES[self.name], *args]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Tool:
+    tool = Tool("promtool")
+    problem = tool.available()
+    assert problem is None, problem
+    return tool
+
+
+@pytest.fixture(scope="session")
+def amtool() -> Tool:
+    tool = Tool("amtool")
+    problem = tool.available()
+    assert problem is None, problem
+    return tool
+
+
+LABEL_REF = re.compile(r"\{\{ \$labels\.(\w+) \}\}")
+
+
+def expand_annotations(annotations: dict, labels: dict) -> dict:
+    """What Prometheus makes of annotations that use only {{ $labels.x }} (the role's rules use nothing else)."""
+    return {k: LABEL_REF.sub(lambda m: str(labels.get(m.group(1), "")), v) for k, v in annotations.items()}

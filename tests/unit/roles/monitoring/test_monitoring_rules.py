@@ -1,0 +1,192 @@
+"""The monitoring role's alert and recording rules: valid, complete, per the runbook contract, and each one proven by
+`promtool test rules` to fire on a bad series and stay quiet on a good one."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import RULE_FILES, ROLE, ROOT, alert_rules, defaults, expand_annotations, render, render_rules
+
+CASES = yaml.safe_load((Path(__file__).parent / "alert_cases.yml").read_text())
+
+# The contract with the runbooks (notes/contract.md): alert name -> runbook_id, exactly.
+CONTRACT = {
+    "EndpointDown": "service-down", "BackendDown": "service-down", "ContainerRestarting": "service-down",
+    "NginxDown": "service-down", "TargetDown": "monitoring-broken",
+    "HighErrorRateWarning": "high-error-rate", "HighErrorRateCritical": "high-error-rate",
+    "SLOErrorBudgetBurnFast": "high-error-rate", "SLOErrorBudgetBurnSlow": "high-error-rate",
+    "HighLatencyWarning": "high-latency", "HighLatencyCritical": "high-latency",
+    "MysqlDown": "database-connection", "MysqlTooManyConnections": "database-connection",
+    "PostgresDown": "database-connection", "PostgresTooManyConnections": "database-connection",
+    "RedisDown": "redis-problems", "RedisMemoryHigh": "redis-problems",
+    "HostHighCpu": "host-resources", "HostHighMemory": "host-resources", "HostDiskAlmostFull": "host-resources",
+    "HostDiskFillingUp": "host-resources", "HostOomKill": "host-resources",
+    "TlsCertificateExpiringSoon": "tls-certificate-expiry", "TlsCertificateExpiryCritical": "tls-certificate-expiry",
+    "BackupStale": "backup-failed", "BackupFailed": "backup-failed",
+    "PrometheusRuleFailures": "monitoring-broken", "PrometheusConfigReloadFailed": "monitoring-broken",
+    "PrometheusNotificationsFailing": "monitoring-broken", "AlertmanagerNotificationsFailing": "monitoring-broken",
+    "Watchdog": "monitoring-broken",
+}
+# The Watchdog fires always, by design: it has no quiet case.
+ALWAYS_FIRING = {"Watchdog"}
+
+
+def test_alert_names_and_runbook_ids_are_the_contract():
+    got = {rule["alert"]: rule["labels"]["runbook_id"] for rule in alert_rules()}
+    assert got == CONTRACT
+
+
+@pytest.mark.parametrize("name", RULE_FILES)
+def test_alert_names_and_runbook_ids_are_literal_in_the_templates(name):
+    text = (ROLE / "templates" / "rules" / f"{name}.yml.j2").read_text()
+    for line in text.splitlines():
+        if re.match(r"\s*- alert:|\s*runbook_id:", line):
+            assert "{" not in line, f"{name}: templated alert name or runbook_id: {line.strip()}"
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_every_alert_is_actionable(rule):
+    labels, annotations = rule["labels"], rule["annotations"]
+    assert labels["severity"] in {"critical", "warning", "info", "none"}
+    assert annotations.get("summary") and annotations.get("description")
+    base = defaults()["monitoring_runbook_base_url"]
+    assert annotations["runbook_url"] == f"{base}/{labels['runbook_id']}.md"
+    # The offline tests expand only {{ $labels.x }}; anything else would make their expectations guesses.
+    for text in annotations.values():
+        assert re.sub(r"\{\{ \$labels\.\w+ \}\}", "", text).count("{{") == 0, text
+
+
+def test_thresholds_follow_the_variables():
+    rules = {r["alert"]: r for r in alert_rules({"monitoring_alert_cpu_percent": 93,
+                                                 "monitoring_alert_error_ratio_critical": 0.2,
+                                                 "monitoring_alert_latency_critical_for": "7m"})}
+    assert rules["HostHighCpu"]["expr"].endswith("> 93")
+    assert "> 0.2" in rules["HighErrorRateCritical"]["expr"]
+    assert rules["HighLatencyCritical"]["for"] == "7m"
+
+
+def test_seed_defaults():
+    d = defaults()
+    assert (d["monitoring_alert_error_ratio_critical"], d["monitoring_alert_error_ratio_critical_for"]) == (0.05, "5m")
+    assert (d["monitoring_alert_error_ratio_warning"], d["monitoring_alert_error_ratio_warning_for"]) == (0.01, "10m")
+    assert (d["monitoring_alert_latency_p95_warning"], d["monitoring_alert_latency_warning_for"]) == (0.5, "10m")
+    assert (d["monitoring_alert_latency_p95_critical"], d["monitoring_alert_latency_critical_for"]) == (2, "5m")
+    assert (d["monitoring_alert_cpu_percent"], d["monitoring_alert_cpu_for"]) == (80, "10m")
+    assert (d["monitoring_alert_memory_percent"], d["monitoring_alert_memory_for"]) == (85, "5m")
+    assert (d["monitoring_alert_disk_percent"], d["monitoring_alert_disk_fill_hours"]) == (90, 24)
+    assert d["monitoring_slo_target"] == 0.995
+    assert d["monitoring_prometheus_retention"] == "30d"
+    assert d["monitoring_prometheus_scrape_interval"] == "15s"
+
+
+def test_slo_burn_rates_are_the_workbook_pairs():
+    doc = yaml.safe_load(render("rules/http.yml.j2"))
+    slo = {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    fast, slow = slo["SLOErrorBudgetBurnFast"], slo["SLOErrorBudgetBurnSlow"]
+    for window in ("ratio_rate1h > (14.4 * 0.005)", "ratio_rate5m > (14.4 * 0.005)",
+                   "ratio_rate6h > (6 * 0.005)", "ratio_rate30m > (6 * 0.005)"):
+        assert window in fast
+    for window in ("ratio_rate1d > (3 * 0.005)", "ratio_rate2h > (3 * 0.005)",
+                   "ratio_rate3d > (1 * 0.005)", "ratio_rate6h > (1 * 0.005)"):
+        assert window in slow
+    records = {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
+        assert f"job:slo_errors_per_request:ratio_rate{window}" in records
+
+
+def test_promtool_accepts_the_rules(promtool, tmp_path):
+    files = render_rules(tmp_path / "rules")
+    proc = promtool.run(["check", "rules", *[str(f) for f in files]], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case():
+    names = {r["alert"] for r in alert_rules()}
+    assert set(CASES) == names, f"cases without an alert: {set(CASES) - names}; alerts without a case: {names - set(CASES)}"
+    for name, case in CASES.items():
+        assert case["bad"]["fires"], f"{name}: the bad case expects no alert"
+        if name not in ALWAYS_FIRING:
+            assert "good" in case, f"{name}: no quiet case"
+
+
+def promtool_tests() -> dict[str, dict]:
+    """The cases as promtool test files, one per evaluation interval (long cases evaluate every 5m to stay fast);
+    expected labels and annotations come from the rendered rule."""
+    rules = {r["alert"]: r for r in alert_rules()}
+    files: dict[str, dict] = {}
+    for name, case in sorted(CASES.items()):
+        every = case.get("evaluation_interval", "1m")
+        doc = files.setdefault(every, {"rule_files": [f"rules/{n}.yml" for n in RULE_FILES],
+                                       "evaluation_interval": every, "tests": []})
+        rule = rules[name]
+        for kind in ("bad", "good"):
+            if kind not in case:
+                continue
+            part = case[kind]
+            expected = []
+            for labels in part.get("fires", []) if kind == "bad" else []:
+                full = {**{k: str(v) for k, v in labels.items()}, **rule["labels"]}
+                expected.append({"exp_labels": full, "exp_annotations": expand_annotations(rule["annotations"], full)})
+            doc["tests"].append({
+                "name": f"{name} {kind}",
+                "interval": case["interval"],
+                "input_series": [{"series": s["series"], "values": str(s["values"])} for s in part["series"]],
+                "alert_rule_test": [{"eval_time": part["eval_time"], "alertname": name, "exp_alerts": expected}],
+            })
+    return {f"alerts_{every}_test.yml": doc for every, doc in files.items()}
+
+
+def test_promtool_proves_every_alert_fires_and_stays_quiet(promtool, tmp_path):
+    render_rules(tmp_path / "rules")
+    files = promtool_tests()
+    for name, doc in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = promtool.run(["test", "rules", *files], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("SUCCESS") == len(files)
+    assert sum(len(doc["tests"]) for doc in files.values()) == 2 * len(CASES) - len(ALWAYS_FIRING)
+
+
+def test_promtool_test_catches_a_wrong_expectation(promtool, tmp_path):
+    """The harness can fail: a quiet case that expects an alert is reported."""
+    render_rules(tmp_path / "rules")
+    doc = promtool_tests()["alerts_1m_test.yml"]
+    endpoint_good = next(t for t in doc["tests"] if t["name"] == "EndpointDown good")
+    endpoint_good["alert_rule_test"][0]["exp_alerts"] = [{"exp_labels": {"severity": "critical"}}]
+    doc["tests"] = [endpoint_good]
+    (tmp_path / "wrong_test.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = promtool.run(["test", "rules", "wrong_test.yml"], tmp_path)
+    assert proc.returncode != 0
+
+
+def test_prometheus_config_passes_promtool(promtool, tmp_path):
+    render_rules(tmp_path / "rules")
+    (tmp_path / "rules" / "extra.yml").write_text("groups: []\n")
+    variables = {"monitoring_host_address": "172.17.0.1", "monitoring_app_network": "demo_default",
+                 "monitoring_mysqld_exporter_dsn": "x", "monitoring_postgres_exporter_dsn": "x",
+                 "monitoring_redis_exporter_addr": "redis://redis:6379",
+                 "monitoring_nginx_stub_status_url": "http://127.0.0.1:8081/stub_status",
+                 "monitoring_extra_scrape_configs": [{"job_name": "remote-app",
+                                                      "static_configs": [{"targets": ["10.0.0.9:8000"]}]}]}
+    text = render("prometheus.yml.j2", variables)
+    (tmp_path / "prometheus.yml").write_text(text)
+    proc = promtool.run(["check", "config", "prometheus.yml"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = [j["job_name"] for j in yaml.safe_load(text)["scrape_configs"]]
+    assert jobs == ["prometheus", "alertmanager", "app", "node", "nginx", "mysqld", "postgres", "redis", "cadvisor",
+                    "blackbox-exporter", "blackbox", "remote-app"]
+
+
+def test_a_broken_extra_rule_is_rejected_by_promtool(promtool, tmp_path):
+    """What the role does before promoting a config: the same check must reject a broken rule."""
+    render_rules(tmp_path / "rules")
+    (tmp_path / "rules" / "extra.yml").write_text(yaml.safe_dump(
+        {"groups": [{"name": "extra", "rules": [{"alert": "Broken", "expr": "rate(up[5m]"}]}]}))
+    (tmp_path / "prometheus.yml").write_text(render("prometheus.yml.j2", {"monitoring_host_address": "172.17.0.1",
+                                                                          "monitoring_app_network": "demo_default"}))
+    proc = promtool.run(["check", "config", "prometheus.yml"], tmp_path)
+    assert proc.returncode != 0
+    assert "extra.yml" in proc.stdout + proc.stderr
