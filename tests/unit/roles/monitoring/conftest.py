@@ -34,10 +34,11 @@ def _contains(seq, item) -> bool:
     return item in (seq or [])
 
 
-def render(template: str, variables: dict | None = None) -> str:
-    """Render a role template with the role defaults (plus `variables`) and the few Ansible filters it uses."""
+def render(template: str, variables: dict | None = None, ansible_like: bool = True) -> str:
+    """Render a role template with the role defaults (plus `variables`) and the few Ansible filters it uses;
+    trim_blocks as ansible.builtin.template does, or jinja2's own defaults with ansible_like=False."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+                             keep_trailing_newline=True, trim_blocks=ansible_like)
     env.filters["to_json"] = json.dumps
     env.filters["bool"] = bool
     env.filters["to_nice_yaml"] = lambda v, indent=2: yaml.safe_dump(v, indent=indent, default_flow_style=False)
