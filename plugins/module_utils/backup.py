@@ -56,6 +56,8 @@ import threading
 import time
 import traceback
 import typing as t
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote, urlencode
 
@@ -89,7 +91,7 @@ EXIT_CLASSES = {
     EXIT_RETENTION: "retention_failed",
 }
 
-TYPES = ("mariadb", "mysql", "postgres", "redis", "volume")
+TYPES = ("mariadb", "mysql", "postgres", "redis", "prometheus", "volume")
 MANIFEST = "manifest.json"
 PRUNING = "manifest.pruning.json"
 STATE = "state.json"
@@ -97,7 +99,7 @@ SCHEMA = 1
 CHUNK = 1024 * 1024
 FLUSH_EVERY = 32 * CHUNK
 # Below this many uncompressed bytes a dump is not a dump but an error message or a header.
-DEFAULT_MIN_BYTES = {"mariadb": 512, "mysql": 512, "postgres": 64, "redis": 18, "volume": 1024}
+DEFAULT_MIN_BYTES = {"mariadb": 512, "mysql": 512, "postgres": 64, "redis": 18, "prometheus": 1024, "volume": 1024}
 MARIADB_SYSTEM_DBS = ("information_schema", "performance_schema", "sys", "mysql")
 STDERR_LIMIT = 64 * 1024
 
@@ -139,6 +141,7 @@ class ComponentSpec:
     keep_weekly: int = 4
     helper_image: str = ""
     stop_owners: bool | None = None  # volume: None = stop owners labelled opsbook.backup.stop=true
+    api_port: int = 9090  # prometheus: the port of its HTTP API inside the container
     # Before the dump, the exact row count of every table goes into the manifest (the drill compares them);
     # CHECKSUM TABLE is a second full scan, so it is opt-in.
     source_counts: bool = True
@@ -912,6 +915,8 @@ class Engine:
         """Write every artifact of this component into directory; returns them and facts for the manifest."""
         if self.spec.type == "volume":
             return self._dump_volume(directory)
+        if self.spec.type == "prometheus":
+            return self._dump_prometheus(directory)
         info = self.container_info()
         facts: dict[str, t.Any] = {"container": self.spec.container, "image": (info.get("Config") or {}).get("Image"),
                                    "image_id": info.get("Image")}
@@ -997,6 +1002,136 @@ class Engine:
         facts["rdb_path"] = "%s/%s" % (rdir.rstrip("/"), rfile)
         # The file is replaced by rename on every save: cat keeps the inode it opened, so the copy is consistent.
         return self._dump_to(directory, Artifact("dump.rdb.zst", "rdb"), c, ["cat", facts["rdb_path"]], {})
+
+    # -- Prometheus: a TSDB snapshot through the admin API, archived out of the container ------------------
+
+    def prometheus_url(self, info: dict[str, t.Any]) -> str:
+        for net in ((info.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            if net.get("IPAddress"):
+                return "http://%s:%d" % (net["IPAddress"], self.spec.api_port)
+        if (info.get("HostConfig") or {}).get("NetworkMode") == "host":
+            return "http://127.0.0.1:%d" % self.spec.api_port
+        raise BackupError(EXIT_DOCKER, "container %s has no IP address on which this host could reach Prometheus's API"
+                          % self.spec.container)
+
+    @staticmethod
+    def tsdb_path(info: dict[str, t.Any]) -> str:
+        """--storage.tsdb.path of the running server (its default, data/, is relative to the working directory)."""
+        args = [str(info.get("Path") or "")] + [str(a) for a in info.get("Args") or []]
+        path = "data/"
+        for i, arg in enumerate(args):
+            if arg.startswith("--storage.tsdb.path="):
+                path = arg.split("=", 1)[1]
+            elif arg == "--storage.tsdb.path" and i + 1 < len(args):
+                path = args[i + 1]
+        workdir = (info.get("Config") or {}).get("WorkingDir") or "/"
+        return os.path.normpath(os.path.join(workdir, path))
+
+    def _prometheus_api(self, url: str, method: str = "POST", code: int = EXIT_DUMP) -> dict[str, t.Any]:
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.settings.timeout, 600)) as resp:  # nosec B310
+                body = resp.read()
+                return json.loads(body) if body.strip().startswith(b"{") else {"status": "ok"}
+        except urllib.error.HTTPError as exc:
+            text = exc.read(500).decode(errors="replace").strip()
+            hint = ""
+            if exc.code in (404, 405) or "admin APIs disabled" in text:
+                hint = "; start Prometheus with --web.enable-admin-api"
+            raise BackupError(code, "Prometheus API %s answered HTTP %s: %s%s" % (url, exc.code, text, hint)) from exc
+        except (OSError, ValueError) as exc:
+            raise BackupError(code, "Prometheus API %s: %s" % (url, exc)) from exc
+
+    def _dump_prometheus(self, directory: str) -> tuple[list[Artifact], dict[str, t.Any]]:
+        info = self.container_info()
+        tsdb = self.tsdb_path(info)
+        facts: dict[str, t.Any] = {"container": self.spec.container, "image": (info.get("Config") or {}).get("Image"),
+                                   "image_id": info.get("Image"), "tsdb_path": tsdb}
+        answer = self._prometheus_api(self.prometheus_url(info) + "/api/v1/admin/tsdb/snapshot")
+        snapshot = (answer.get("data") or {}).get("name")
+        if answer.get("status") != "success" or not snapshot:
+            raise BackupError(EXIT_DUMP, "Prometheus in %s did not make a snapshot: %s" % (self.spec.container, answer))
+        facts["snapshot"] = snapshot
+        snap_dir = "%s/snapshots/%s" % (tsdb.rstrip("/"), snapshot)
+        name = "tsdb.tar.zst" + (".age" if self.settings.age_recipients else "")
+        writer = self._writer(os.path.join(directory, name))
+        tail = [b""]
+
+        def sink(data: bytes) -> None:
+            tail[0] = (tail[0] + data)[-1024:]
+            writer.write(data)
+        try:
+            raw = self.streams.get_archive(self.spec.container, snap_dir, sink)
+            if raw < self.spec.plausible_bytes or _plausibility("tar", b"", tail[0]):
+                raise BackupError(EXIT_IMPLAUSIBLE, "archive of snapshot %s is %d bytes or cut off" % (snap_dir, raw))
+            size, digest = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            # A snapshot is hard links into the TSDB: left behind, it would pin blocks retention wants to delete.
+            if self.streams.run(self.spec.container, ["rm", "-rf", snap_dir]).exit_code != 0:
+                facts["snapshot_left_behind"] = snap_dir
+        return [Artifact(name, "tar", size, digest, raw, encrypted=bool(self.settings.age_recipients))], facts
+
+    def restore_prometheus(self, directory: str, art: Artifact, facts: dict[str, t.Any],
+                           code: int = EXIT_RESTORE) -> None:
+        """Stop Prometheus, replace the content of its TSDB volume with the snapshot, start it, wait until ready."""
+        info = self.container_info()
+        tsdb = facts.get("tsdb_path") or self.tsdb_path(info)
+        snapshot = facts.get("snapshot") or ""
+        on_volume = any(tsdb == m.get("Destination") or tsdb.startswith(str(m.get("Destination")).rstrip("/") + "/")
+                        for m in info.get("Mounts") or [])
+        if not on_volume or not snapshot:
+            raise BackupError(code, "Prometheus's TSDB %s in %s is not on a volume (or the manifest names no snapshot): "
+                                    "restore by hand: stop it, extract the archive, move the snapshot's blocks into "
+                                    "the TSDB directory, start it" % (tsdb, self.spec.container))
+        helpers: list[str] = []
+
+        def helper(script: str) -> str:
+            body = {"Image": info.get("Image"), "Entrypoint": ["sh", "-c", script, tsdb, snapshot], "Cmd": [],
+                    "User": "0", "Labels": {"opsbook.backup.helper": self.spec.name},
+                    "HostConfig": {"VolumesFrom": [info["Id"]], "NetworkMode": "none"}}
+            helpers.append(self.client.request_json("POST", "/containers/create", body=body)["Id"])
+            return helpers[-1]
+
+        def run(hid: str, what: str) -> None:
+            self.client.request("POST", "/containers/%s/start" % hid)
+            status = self.client.request_json("POST", "/containers/%s/wait" % hid, timeout=self.settings.timeout)
+            if status.get("StatusCode") != 0:
+                raise BackupError(code, "restore of %s: %s failed (exit %s)" % (self.spec.container, what,
+                                                                                 status.get("StatusCode")))
+        self.client.stop_container(info["Id"], grace_s=60)
+        try:
+            clear = helper('set -e; find "$0" -mindepth 1 -maxdepth 1 -exec rm -rf {} +')
+            run(clear, "emptying the TSDB directory")
+            path = os.path.join(directory, art.name)
+            proc, source = self._decompressor(path, art.encrypted)
+
+            def chunks() -> t.Iterator[bytes]:
+                yield from iter(source, b"")
+                if proc.wait() != 0:
+                    raise BackupError(code, "decompressing %s failed" % path)
+            self.streams.put_archive(clear, tsdb, chunks(), art.raw_bytes)
+            run(helper('set -e; for f in "$0/$1"/*; do if [ -e "$f" ]; then mv "$f" "$0"/; fi; done; rmdir "$0/$1"'),
+                "moving the snapshot's blocks into place")
+        finally:
+            for hid in helpers:
+                try:
+                    self.client.remove_container(hid, force=True)
+                except DockerError:
+                    pass
+            self.client.request("POST", "/containers/%s/start" % info["Id"])
+        ready = self.prometheus_url(self.container_info()) + "/-/ready"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self._prometheus_api(ready, method="GET", code=code)
+                return
+            except BackupError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     # -- volumes -----------------------------------------------------------------------------------------
 
@@ -1581,6 +1716,9 @@ def _restore_steps(spec: ComponentSpec, m: Manifest) -> list[str]:
             steps.append("apply roles and tablespaces from %s" % a.name)
         elif a.kind == "rdb":
             steps.append("stop %s, replace its RDB file, start it" % spec.container)
+        elif a.kind == "tar" and spec.type == "prometheus":
+            steps.append("stop %s, replace its TSDB with snapshot %s from %s, start it"
+                         % (spec.container, m.facts.get("snapshot"), a.name))
         elif a.kind == "tar":
             steps.append("stop the containers using volume %s, extract %s over it, start them" % (spec.volume, a.name))
     return steps
@@ -1610,6 +1748,9 @@ def run_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None =
             engine.container_info()
             engine.restore_redis(directory, m.artifacts[0], spec.container)
             restored.append(m.artifacts[0].name)
+        elif spec.type == "prometheus":
+            engine.restore_prometheus(directory, m.artifacts[0], m.facts)
+            restored.append(m.artifacts[0].name)
         else:
             user, env = engine.credentials()
             for art in m.artifacts:
@@ -1635,9 +1776,9 @@ def run_drill(spec: ComponentSpec, settings: Settings, backup_id: str | None = N
             result["backup_id"] = m.id
             store.require_verified(m)
             require_decryptable(settings, m)
-            if spec.type == "volume":
+            if spec.type in ("volume", "prometheus"):
                 raise BackupError(EXIT_USAGE, "restore drills exist for mariadb, mysql, postgres and redis; "
-                                              "a volume backup is checked by verify")
+                                              "a %s backup is checked by verify" % spec.type)
             result.update(_drill(spec, settings, store, m, client))
             state.update(drill_ok=1)
         except BackupError:

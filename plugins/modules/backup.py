@@ -14,8 +14,9 @@ short_description: Take a checksummed, committed backup of a database container 
 version_added: 0.1.0
 description:
   - Dumps MariaDB/MySQL (C(mariadb-dump) or C(mysqldump) with C(--single-transaction --routines --events --triggers)),
-    PostgreSQL (C(pg_dump -Fc) per database plus C(pg_dumpall -g)), Redis (C(BGSAVE), then the RDB file) or a named
-    Docker volume (tar through the archive API) through Docker exec, streams it through C(zstd) into
+    PostgreSQL (C(pg_dump -Fc) per database plus C(pg_dumpall -g)), Redis (C(BGSAVE), then the RDB file), Prometheus
+    (a TSDB snapshot through the admin API, archived and then removed) or a named Docker volume (tar through the
+    archive API, for example Grafana's with Grafana stopped) through Docker exec, streams it through C(zstd) into
     C(<name>.partial), fsyncs and renames it, and writes a manifest with the sha256 and size of every artifact
     last, as the commit marker.
   - A dump whose command exits non-zero, that is empty, too small or cut off fails the task; the partial files
@@ -55,13 +56,18 @@ options:
   type:
     description: What to back up. Required unless O(config) is given.
     type: str
-    choices: [mariadb, mysql, postgres, redis, volume]
+    choices: [mariadb, mysql, postgres, redis, prometheus, volume]
   container:
     description: The running database container (required unless O(type=volume)).
     type: str
   volume:
     description: The Docker volume to archive (O(type=volume)).
     type: str
+  api_port:
+    description: O(type=prometheus) only. Port of Prometheus's HTTP API in the container (reached on the container's
+      address); the server needs C(--web.enable-admin-api) for the snapshot.
+    type: int
+    default: 9090
   databases:
     description: Databases to dump; empty means every database except the system ones.
     type: list
@@ -216,7 +222,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils.backup import (
 )
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerError
 
-TYPES = ["mariadb", "mysql", "postgres", "redis", "volume"]
+TYPES = ["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]
 
 
 def spec_from_params(p: dict) -> tuple[ComponentSpec, Settings]:
@@ -226,6 +232,7 @@ def spec_from_params(p: dict) -> tuple[ComponentSpec, Settings]:
         databases=p["databases"], user=p["user"], password=p["password"], zstd_level=p["zstd_level"],
         min_bytes=p["min_bytes"], keep_last=p["keep_last"], keep_daily=p["keep_daily"],
         keep_weekly=p["keep_weekly"], helper_image=p["helper_image"], stop_owners=p["stop_owners"],
+        api_port=p["api_port"],
         source_counts=p["source_counts"], source_checksums=p["source_checksums"],
     )
     settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
@@ -242,6 +249,7 @@ def main() -> None:
             type=dict(type="str", choices=TYPES),
             container=dict(type="str"),
             volume=dict(type="str"),
+            api_port=dict(type="int", default=9090),
             databases=dict(type="list", elements="str", default=[]),
             user=dict(type="str", default=""),
             password=dict(type="str", default="", no_log=True),
@@ -264,7 +272,7 @@ def main() -> None:
         ),
         required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
                      ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
-                     ("type", "redis", ["container"])],
+                     ("type", "redis", ["container"]), ("type", "prometheus", ["container"])],
         required_one_of=[("config", "type")],
         mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,

@@ -17,8 +17,8 @@ description:
     otherwise the task fails naming the file and both hashes, and nothing is touched.
   - O(state=restored) restores into the component's own container (MariaDB/MySQL databases are dropped and
     recreated from the dump, PostgreSQL databases are dropped with C(FORCE) and recreated by C(pg_restore
-    --create), Redis is stopped, gets the RDB file and is started, a volume's users are stopped while the archive
-    is extracted over it). Stopping the application's writers and checking its health afterwards is the
+    --create), Redis is stopped, gets the RDB file and is started, Prometheus is stopped while its TSDB volume's
+    content is replaced by the snapshot, a volume's users are stopped while the archive is extracted over it). Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
     C(CHECKSUM TABLE) for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE) for Redis),
@@ -52,13 +52,17 @@ options:
   type:
     description: What the backup holds. Required unless O(config) is given.
     type: str
-    choices: [mariadb, mysql, postgres, redis, volume]
+    choices: [mariadb, mysql, postgres, redis, prometheus, volume]
   container:
     description: The container to restore into (required unless O(type=volume)).
     type: str
   volume:
     description: The Docker volume to restore into (O(type=volume)).
     type: str
+  api_port:
+    description: O(type=prometheus) only. Port of Prometheus's HTTP API in the container, polled until it is ready.
+    type: int
+    default: 9090
   backup_id:
     description: The backup to use; C(latest) is the newest committed one.
     type: str
@@ -175,9 +179,10 @@ def main() -> None:
         argument_spec=dict(
             component=dict(type="str", required=True),
             config=dict(type="path"),
-            type=dict(type="str", choices=["mariadb", "mysql", "postgres", "redis", "volume"]),
+            type=dict(type="str", choices=["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]),
             container=dict(type="str"),
             volume=dict(type="str"),
+            api_port=dict(type="int", default=9090),
             backup_id=dict(type="str", default="latest"),
             state=dict(type="str", choices=["restored", "drilled", "verified"], default="restored"),
             databases=dict(type="list", elements="str", default=[]),
@@ -193,7 +198,7 @@ def main() -> None:
         ),
         required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
                      ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
-                     ("type", "redis", ["container"])],
+                     ("type", "redis", ["container"]), ("type", "prometheus", ["container"])],
         required_one_of=[("config", "type")],
         mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
@@ -210,7 +215,7 @@ def main() -> None:
         else:
             spec = ComponentSpec(name=p["component"], type=p["type"], container=p["container"] or "",
                                  volume=p["volume"] or "", user=p["user"], password=p["password"],
-                                 helper_image=p["helper_image"])
+                                 helper_image=p["helper_image"], api_port=p["api_port"])
             settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
                                 drill_prefix=p["drill_prefix"])
         if p["age_identity"]:

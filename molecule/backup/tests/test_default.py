@@ -55,7 +55,7 @@ def playbook(name, *extra, expect_rc=0):
 
 def fingerprint(host):
     """Everything the test seeded, exactly: full row dumps, CHECKSUM TABLE, table lists, every Redis value."""
-    rows = maria(host, "SELECT * FROM items ORDER BY id; SELECT * FROM tags ORDER BY k; SHOW TABLES")
+    rows = maria(host, "SELECT id, name, HEX(data), at FROM items ORDER BY id; SELECT * FROM tags ORDER BY k; SHOW TABLES")
     checksums = maria(host, "CHECKSUM TABLE items, tags")
     pg_rows = pg(host, "COPY (SELECT * FROM items ORDER BY id) TO STDOUT; COPY (SELECT * FROM s.notes ORDER BY n) TO "
                        "STDOUT; SELECT string_agg(table_schema || '.' || table_name, ',' ORDER BY 1) FROM "

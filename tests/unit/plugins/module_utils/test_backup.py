@@ -535,3 +535,78 @@ def test_encrypted_backup_restores_and_drills_with_the_identity_only(dbs, tmp_pa
     bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
     assert _redis(dbs, "GET", "secret:1") == expected
     assert bk.run_drill(spec, _settings(tmp_path, age_identity=identity))["matches_source"]
+
+
+def _prom_query(url, query, at=None):
+    import urllib.parse
+    import urllib.request
+    params = {"query": query}
+    if at is not None:
+        params["time"] = repr(at)
+    with urllib.request.urlopen("%s/api/v1/query?%s" % (url, urllib.parse.urlencode(params)), timeout=10) as resp:
+        return json.load(resp)["data"]["result"]
+
+
+@pytest.mark.docker
+def test_prometheus_snapshot_backup_and_restore(tmp_path):
+    image = "127.0.0.1:5000/prometheus:2.42"
+    client = DockerClient()
+    try:
+        client.request_json("GET", "/images/%s/json" % image)
+    except DockerError as exc:
+        pytest.skip("sandbox image %s missing: %s" % (image, exc))
+    name = "%sprom-%s" % (PREFIX, secrets.token_hex(3))
+    client.request_json("POST", "/containers/create", query={"name": name}, body={
+        "Image": image, "Cmd": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                                "--web.enable-admin-api"]})
+    try:
+        client.request("POST", "/containers/%s/start" % name)
+        spec = bk.ComponentSpec(name="prom", type="prometheus", container=name)
+        settings = _settings(tmp_path)
+        engine = bk.Engine(spec, settings, client)
+        url = engine.prometheus_url(client.inspect_container(name))
+        deadline = time.monotonic() + 60
+        sample = []
+        while not sample and time.monotonic() < deadline:
+            try:
+                sample = _prom_query(url, 'timestamp(up{job="prometheus"})')
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert sample, "Prometheus did not scrape itself within 60 s"
+        first = float(sample[0]["value"][1])
+        result = bk.run_backup(spec, settings, client)
+        assert result.artifacts[0]["name"] == "tsdb.tar.zst" and result.raw_size > 1024
+        assert _sh(name, "ls", "-A", "/prometheus/snapshots").strip() == ""  # the snapshot was removed
+        # Wipe the TSDB: a fresh Prometheus holds no sample from before.
+        _sh(name, "sh", "-c", "rm -rf /prometheus/snapshots")
+        client.stop_container(name)
+        client.request_json("POST", "/containers/create", query={"name": name + "-wipe"}, body={
+            "Image": image, "Entrypoint": ["sh", "-c", "rm -rf /prometheus/*"], "User": "0",
+            "HostConfig": {"VolumesFrom": [name], "NetworkMode": "none"}})
+        client.request("POST", "/containers/%s-wipe/start" % name)
+        client.request_json("POST", "/containers/%s-wipe/wait" % name)
+        client.remove_container(name + "-wipe", force=True)
+        client.request("POST", "/containers/%s/start" % name)
+        url = engine.prometheus_url(client.inspect_container(name))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert _prom_query(url, 'up{job="prometheus"}', at=first) == []
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the wiped Prometheus did not come up"
+                time.sleep(0.5)
+        restored = bk.run_restore(spec, settings, client=client)
+        assert restored["restored"] == ["tsdb.tar.zst"]
+        url = engine.prometheus_url(client.inspect_container(name))
+        assert _prom_query(url, 'up{job="prometheus"}', at=first)[0]["value"][1] == "1"
+        with pytest.raises(bk.BackupError) as err:
+            bk.run_drill(spec, settings, client=client)
+        assert err.value.exit_code == bk.EXIT_USAGE
+    finally:
+        for leftover in (name, name + "-wipe"):
+            try:
+                client.remove_container(leftover, force=True, volumes=True)
+            except DockerError:
+                pass
