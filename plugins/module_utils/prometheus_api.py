@@ -401,9 +401,9 @@ def remove_silences(settings: HttpSettings, silence_id: str | None, matchers: li
     if not check_mode:
         for one in ids:
             expire_silence(settings, one)
+    verb = "would expire" if check_mode else "expired"
     return SilenceOutcome(changed=True, silence_id=ids[0], expired=ids,
-                          msg="%s %d silence(s): %s" % ("would expire" if check_mode else "expired", len(ids),
-                                                       ", ".join(ids)))
+                          msg="%s %d silence(s): %s" % (verb, len(ids), ", ".join(ids)))
 
 
 def describe_matchers(matchers: list[Matcher]) -> str:

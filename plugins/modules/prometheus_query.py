@@ -64,8 +64,8 @@ options:
     default: []
   alert_labels:
     description:
-      - With O(alerts=true), only alerts carrying all these label values count, for example
-        V({runbook_id: service-down}).
+      - "With O(alerts=true), only alerts carrying all these label values count, for example
+        V({runbook_id: service-down})."
     type: dict
     default: {}
   time:

@@ -98,7 +98,7 @@ def check_body(rid: str, meta: dict, body: str) -> list[str]:
             sections[-1][3].append(line)
     steps = [s for s in meta.get("steps") or [] if isinstance(s, dict)]
     want = [(i, s.get("title"), s.get("id")) for i, s in enumerate(steps, 1)]
-    got = [(n, title, sid) for n, title, sid, _ in sections]
+    got = [(n, title, sid) for n, title, sid, _lines in sections]
     if want != got:
         problems.append("%s.md: body steps %s differ from the front matter %s" % (rid, got, want))
     by_id = {s.get("id"): s for s in steps}

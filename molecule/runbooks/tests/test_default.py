@@ -1,0 +1,232 @@
+"""Runbooks run through ansible-runner against a sandbox host (docker connection), as automation would run them.
+
+1. service-down: the backend is stopped; the runbook brings it back. The audit file shows every step in order,
+   health through Nginx is green afterwards; the time from the start of the run to the first 200 is measured.
+2. planned-upgrade under load: silence, backup, upgrade 1.0 -> 2.0 with zero failed requests, verify, expire.
+3. rollback under load: back to 1.0, zero failed requests.
+The tests run in file order. Figures go to build/molecule-runbooks-figures.json.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+INVENTORY = Path(os.environ.get("MOLECULE_INVENTORY_FILE", ""))
+FIGURES = PROJECT_DIR / "build" / "molecule-runbooks-figures.json"
+STEP_TASK = re.compile(r"^\[([a-z0-9-]+)\] ")
+
+ansible_runner = pytest.importorskip("ansible_runner")
+
+
+def record(name: str, value) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data[name] = value
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def steps_of(runbook: str) -> list[str]:
+    text = (PROJECT_DIR / "runbooks" / ("%s.md" % runbook)).read_text()
+    return [s["id"] for s in yaml.safe_load(text.split("\n---\n", 1)[0][4:])["steps"]]
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    device = host.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
+    out = host.check_output("ip -4 -o addr show dev %s scope global" % device)
+    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
+
+
+def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, list[dict], float]:
+    """One runbook through ansible_runner.run() on a private data dir; returns the run, audit records, seconds."""
+    pdd = tmp_path / runbook
+    shutil.copytree(PROJECT_DIR / "playbooks" / "runbooks", pdd / "project")
+    # Molecule's inventory (hosts, the docker connection and the scenario's group_vars) as the runner's inventory.
+    shutil.copytree(INVENTORY.parent, pdd / "inventory")
+    (pdd / "env").mkdir()
+    (pdd / "env" / "extravars").write_text(yaml.safe_dump({"runbook_approved": True, **extravars}))
+    audit_file = pdd / "audit.jsonl"
+    (pdd / "env" / "envvars").write_text(yaml.safe_dump({
+        "ANSIBLE_CALLBACKS_ENABLED": "opsbook.stack.runbook_progress",
+        "OPSBOOK_RUNBOOK_AUDIT_FILE": str(audit_file)}))
+    (pdd / "env" / "settings").write_text(yaml.safe_dump({"idle_timeout": 300, "job_timeout": 900}))
+    started = time.monotonic()
+    run = ansible_runner.run(private_data_dir=str(pdd), playbook="%s.yml" % runbook, quiet=True)
+    elapsed = time.monotonic() - started
+    stdout = run.stdout.read()
+    assert run.status == "successful" and run.rc == 0, stdout[-6000:]
+    ids: list[str] = []
+    for event in run.events:
+        if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_skipped"):
+            match = STEP_TASK.match(event["event_data"].get("task", ""))
+            if match and (not ids or ids[-1] != match.group(1)):
+                ids.append(match.group(1))
+    assert ids == steps_of(runbook), "event stream step order %s" % ids
+    records = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert [r["step"] for r in records] == steps_of(runbook)
+    assert "[runbook step 1/%d]" % len(steps_of(runbook)) in stdout
+    return run, records, elapsed
+
+
+def status_through_nginx(address: str, path: str = "/health") -> int:
+    try:
+        with urllib.request.urlopen("http://%s%s" % (address, path), timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def served_version(address: str) -> str:
+    with urllib.request.urlopen("http://%s/health" % address, timeout=5) as resp:
+        return json.loads(resp.read())["version"]
+
+
+class FirstHealthy(threading.Thread):
+    """Polls /health through Nginx every 0.1 s and remembers when it first answered 200."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address, self.started, self.healthy_at = address, time.monotonic(), None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.healthy_at is None:
+            if status_through_nginx(self.address) == 200:
+                self.healthy_at = time.monotonic()
+            self.stop.wait(0.1)
+
+
+class Load:
+    """GET and POST through Nginx from the controller; a request fails without an answer or with a non-200."""
+
+    def __init__(self, address: str, workers: int = 4):
+        self.address, self.stop, self.lock = address, threading.Event(), threading.Lock()
+        self.total = self.failed = 0
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+
+    def _run(self, index: int) -> None:
+        conn = http.client.HTTPConnection(self.address, 80, timeout=10)
+        n = index
+        while not self.stop.is_set():
+            n += 1
+            try:
+                if n % 2:
+                    conn.request("POST", "/api/echo", body=b'{"n": %d}' % n, headers={"Content-Type": "application/json"})
+                else:
+                    conn.request("GET", "/api/echo?n=%d" % n)
+                resp = conn.getresponse()
+                resp.read()
+                error = "" if resp.status == 200 else "HTTP %d" % resp.status
+            except (OSError, http.client.HTTPException) as exc:
+                error = "%s: %s" % (type(exc).__name__, exc)
+                conn.close()
+                conn = http.client.HTTPConnection(self.address, 80, timeout=10)
+            with self.lock:
+                self.total += 1
+                if error:
+                    self.failed += 1
+                    self.errors.append(error)
+            time.sleep(0.01)
+        conn.close()
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+
+def silences(host) -> list[dict]:
+    return json.loads(host.check_output("python3 -c \"import urllib.request,sys; "
+                                        "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9093/api/v2/silences')"
+                                        ".read().decode())\""))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The tests, in order
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_service_down_runbook_brings_the_backend_back(host, address, tmp_path):
+    assert status_through_nginx(address) == 200
+    host.check_output("cd /opt/demo && docker compose stop backend")
+    assert status_through_nginx(address) in (502, 503, 504)
+
+    poller = FirstHealthy(address)
+    poller.start()
+    _run, records, elapsed = run_runbook(tmp_path, "service-down", {"runbook_use_monitoring": False})
+    poller.stop.set()
+    poller.join(5)
+
+    assert poller.healthy_at is not None
+    to_healthy = round(poller.healthy_at - poller.started, 2)
+    by_step = {r["step"]: r for r in records}
+    record("service_down", {"run_s": round(elapsed, 2), "start_to_healthy_s": to_healthy,
+                            "steps": [[r["step"], r["status"], r["duration_s"]] for r in records]})
+    assert by_step["start-services"]["changed"] is True
+    assert by_step["verify-health"]["status"] == "ok"
+    assert by_step["verify-alerts"]["status"] == "skipped"  # no Prometheus in this scenario
+    assert by_step["close-or-escalate"]["status"] == "ok"
+    for path in ("/health", "/api/version", "/nginx-health"):
+        assert status_through_nginx(address, path) == 200
+    states = host.check_output("docker ps -a --filter label=com.docker.compose.project=demo "
+                               "--filter label=com.docker.compose.service=backend --format '{{.Status}}'")
+    assert states.count("(healthy)") == 2, states
+
+
+def test_planned_upgrade_runbook_under_load(host, address, tmp_path):
+    with Load(address) as load:
+        run, records, elapsed = run_runbook(tmp_path, "planned-upgrade", {
+            "runbook_use_monitoring": True, "runbook_upgrade_services": {"backend": "2.0"},
+            "runbook_upgrade_bake_s": 4, "runbook_upgrade_bake_paths": ["/api/version"],
+            "runbook_upgrade_drain_timeout": 10})
+    record("planned_upgrade", {"run_s": round(elapsed, 2), "requests": load.total, "failed": load.failed,
+                               "errors": load.errors[:5],
+                               "steps": [[r["step"], r["status"], r["duration_s"]] for r in records]})
+    assert load.failed == 0, load.errors[:10]
+    assert load.total > 100
+    assert served_version(address) == "2.0"
+    by_step = {r["step"]: r for r in records}
+    for step in ("silence-alerts", "backup-data", "upgrade", "expire-silence"):
+        assert by_step[step]["changed"] is True, by_step[step]
+    made = [s for s in silences(host) if s["comment"].startswith("planned-upgrade of demo")]
+    assert len(made) == 1 and made[0]["status"]["state"] == "expired"
+    assert {m["name"]: m["value"] for m in made[0]["matchers"]} == {
+        "runbook_id": "service-down|high-error-rate|high-latency"}
+    backups = host.check_output("ls /var/backups/opsbook/redis")
+    assert re.search(r"\d{8}T\d{6}Z", backups), backups
+
+
+def test_rollback_runbook_under_load(host, address, tmp_path):
+    with Load(address) as load:
+        _run, records, elapsed = run_runbook(tmp_path, "rollback", {
+            "runbook_use_monitoring": True, "runbook_upgrade_bake_s": 4,
+            "runbook_upgrade_bake_paths": ["/api/version"], "runbook_upgrade_drain_timeout": 10})
+    record("rollback", {"run_s": round(elapsed, 2), "requests": load.total, "failed": load.failed,
+                        "errors": load.errors[:5],
+                        "steps": [[r["step"], r["status"], r["duration_s"]] for r in records]})
+    assert load.failed == 0, load.errors[:10]
+    assert served_version(address) == "1.0"
+    assert {r["step"]: r for r in records}["roll-back"]["changed"] is True
+    live = [s for s in silences(host) if s["comment"].startswith("rollback of demo") and s["status"]["state"] == "active"]
+    assert live == []
