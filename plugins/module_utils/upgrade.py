@@ -37,6 +37,7 @@ import calendar
 import json
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -459,6 +460,7 @@ class Host:
         self.client = client or DockerClient(settings.docker_host, timeout=60.0)
         self.nginx = NginxControl(binary=settings.nginx_binary, reload_command=settings.nginx_reload_command)
         self.lock_fd: int | None = None
+        self.workers_before_switch: set[int] = set()
 
     # -- compose ------------------------------------------------------------------------------------------
 
@@ -591,6 +593,7 @@ class Host:
         return upstream_addresses(read_text(self.upstream_path(service)))
 
     def switch(self, service: str, servers: list[Server]) -> None:
+        self.workers_before_switch = self.nginx_workers()
         sync_upstream(self.s.project, service, servers=servers, directory=self.s.upstream_dir, nginx=self.nginx)
 
     def sync_from_docker(self, service: str, port: int | None) -> bool:
@@ -616,10 +619,37 @@ class Host:
             "    }\n"
             "}\n" % (self.s.gate_port, name))
         activate(self.gate_file(service), content, nginx=self.nginx)
+        # `systemctl reload` returns once the signal is sent; the master opens the new listener a moment later.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.s.gate_port), timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UpgradeError("Nginx did not open the gate listener 127.0.0.1:%d within 10 s after the "
+                                       "reload (is the port taken? set gate_port)" % self.s.gate_port) from None
+                time.sleep(0.05)
 
     def close_gate(self, service: str) -> None:
         if os.path.exists(self.gate_file(service)):
             activate(self.gate_file(service), None, nginx=self.nginx)
+
+    @staticmethod
+    def nginx_workers() -> set[int]:
+        """PIDs of the Nginx worker processes now (those of before a reload finish their requests, then exit)."""
+        pids = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    cmdline = handle.read()
+            except OSError:
+                continue
+            if cmdline.startswith(b"nginx: worker process"):
+                pids.add(int(entry))
+        return pids
 
     def log_offset(self) -> int:
         try:
@@ -909,14 +939,19 @@ class Rollout:
             self.host.sync_from_docker(service, plan.port)
 
     def _retire(self, service: str, old: list[Container]) -> None:
+        """Drain: the Nginx workers of before the switch (the only ones that know the old containers) finish their
+        in-flight requests and exit, and no connection to an old container's port is left; or the drain timeout."""
         ports = [c.host_port for c in old if c.host_port]
         deadline = time.monotonic() + self.s.drain_timeout_s
-        remaining = established_on_ports(ports) if ports else 0
-        while remaining and time.monotonic() < deadline:
+        while True:
+            old_workers = self.host.workers_before_switch & self.host.nginx_workers()
+            remaining = established_on_ports(ports) if ports else 0
+            if (not old_workers and not remaining) or time.monotonic() >= deadline:
+                break
             time.sleep(WATCH_INTERVAL_S)
-            remaining = established_on_ports(ports)
-        self.run.step("%s: drained the old containers (%s)" % (
-            service, "no connection left" if not remaining else "%d connections left at the drain timeout" % remaining))
+        self.run.step("%s: drained the old containers (%s)" % (service, "in-flight requests done" if not (
+            old_workers or remaining) else "drain timeout with %d old Nginx workers and %d connections left" % (
+                len(old_workers), remaining)))
         for container in old:
             self.host.stop_and_remove(container)
         if old:
@@ -1045,17 +1080,18 @@ def _record(host: Host, journal: Journal, release_id: str, kind: str, status: st
 
 
 def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", host: Host | None = None,
-            rollback_of: str | None = None) -> dict[str, t.Any]:
+            rollback_of: str | None = None, services: dict[str, ComposeService] | None = None) -> dict[str, t.Any]:
     """Plan, and unless in check mode carry out, the move of `targets` (service -> image reference)."""
     host = host or Host(settings)
     run = Run()
     if not os.path.isfile(settings.compose_file):
         raise BadRequest("%s does not exist: deploy the project (compose_app role) before upgrading it"
                          % settings.compose_file)
-    try:
-        services = host.compose_config()
-    except UpgradeError as exc:
-        raise BadRequest(str(exc)) from exc
+    if services is None:
+        try:
+            services = host.compose_config()
+        except UpgradeError as exc:
+            raise BadRequest(str(exc)) from exc
     unknown = sorted(set(targets) - set(services))
     if unknown:
         raise BadRequest("unknown service%s %s in project %s (its services: %s); nothing was changed" % (
@@ -1078,7 +1114,8 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
         if held.waited_s:
             run.step("waited %g s for the project lock" % held.waited_s)
         reconcile(host, {n: services[n] for n in targets}, journal, run)
-        services = host.compose_config()
+        if run.reconciled:
+            services = host.compose_config()
         plans = [plan_service(host, services[name], image, False) for name, image in targets.items()]
         previous = journal.latest("succeeded")
         todo = [p for p in plans if p.action != "none"]
@@ -1154,7 +1191,8 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
 def rolling_upgrade(settings: Settings, services: dict[str, str], host: Host | None = None) -> dict[str, t.Any]:
     """services: name -> new tag (or a full image reference)."""
     if not services:
-        raise BadRequest("services is empty: give at least one service and its new tag, e.g. {backend: '2.0'}")
+        raise BadRequest("services is empty: give at least one service and its new tag, e.g. {backend: '2.0'}; "
+                         "nothing was changed")
     host = host or Host(settings)
     missing = sorted(name for name, tag in services.items() if not tag or not str(tag).strip())
     if missing:
@@ -1176,7 +1214,7 @@ def rolling_upgrade(settings: Settings, services: dict[str, str], host: Host | N
             targets[name] = target_image(current[name].image, str(tag).strip())
         except ValueError as exc:
             raise BadRequest("service %s: %s; nothing was changed" % (name, exc)) from exc
-    return execute(settings, targets, "upgrade", host)
+    return execute(settings, targets, "upgrade", host, services=current)
 
 
 def intact(host: Host, release: Release) -> bool:

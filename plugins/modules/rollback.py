@@ -116,7 +116,11 @@ def main() -> None:
     except UpgradeError as exc:
         result = dict(exc.result)
         changed = result.pop("changed", True)
+        for warning in result.pop("warnings", []):
+            module.warn(warning)
         module.fail_json(msg=str(exc), changed=changed, **result)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 

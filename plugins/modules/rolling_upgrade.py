@@ -124,11 +124,6 @@ timings:
   description: Seconds since the start at each milestone (C(<service>_switched), C(<service>_done), ...).
   returned: always
   type: dict
-warnings:
-  description: Stateful services recreated stop-first, undo steps that failed.
-  returned: always
-  type: list
-  elements: str
 reconciled:
   description: What a run put in order after a killed run (journal records, leftover containers).
   returned: always
@@ -161,7 +156,11 @@ def main() -> None:
     except UpgradeError as exc:
         result = dict(exc.result)
         changed = result.pop("changed", True)
+        for warning in result.pop("warnings", []):
+            module.warn(warning)
         module.fail_json(msg=str(exc), changed=changed, **result)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -284,4 +284,4 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder.kill()
     holder.join(10)
     with project_lock("demo", "rolling_upgrade", str(tmp_path), wait_s=0) as held:
-        assert held.waited_s == 0
+        assert held.waited_s < 0.5  # no wait for a lock whose holder is gone
