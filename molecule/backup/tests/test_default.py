@@ -128,9 +128,10 @@ def test_backup_change_restore_gives_back_exactly_the_data(host):
     redis(host, "SET", "after", "1")
     assert fingerprint_safe(host) != before
 
+    output = playbook("restore.yml", "-e", "restore_component=mysql,postgres,redis", "-e", "restore_confirm=true")
     for job in ("mysql", "postgres", "redis"):
-        output = playbook("restore.yml", "-e", "restore_component=%s" % job, "-e", "restore_confirm=true")
-        assert "restored" in output and "healthy" in output, output[-3000:]
+        assert "%s: restored " % job in output, output[-3000:]
+    assert "healthy" in output and "Stop the writers" in output
     assert fingerprint(host) == before
     assert "later" not in maria(host, "SHOW TABLES").split()
     # The writer was stopped for the restore and is running again.
