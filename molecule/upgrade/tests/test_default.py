@@ -329,8 +329,10 @@ def test_release_answering_5xx_is_switched_back_in_the_bake(host, address):
 
 
 def test_two_upgrades_at_once_the_second_fails_clearly(host, address):
+    # The first one goes through a canary (half of the traffic for 3 s) before the full switch.
     first = start("opsbook.stack.rolling_upgrade",
-                  {"project": PROJECT, "services": {"backend": "1.0"}, **FAST, "bake_s": 10})
+                  {"project": PROJECT, "services": {"backend": "1.0"}, **FAST, "bake_s": 6, "canary_weight": 50,
+                   "canary_s": 3})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(backend_containers(host)) < 4:
         time.sleep(0.3)
@@ -340,6 +342,8 @@ def test_two_upgrades_at_once_the_second_fails_clearly(host, address):
     assert second.get("failed") is True and second["changed"] is False
     assert "project demo is locked by upgrade" in second["msg"]
     assert done.get("failed") is not True, done.get("msg")
+    assert any("canary, new containers take 50%" in step for step in done["steps"])
+    assert done["evidence"]["canary"]["backend"]["ok"] is True
     assert waited.get("failed") is not True and waited["changed"] is False
     assert_consistent(host, "1.0")
 

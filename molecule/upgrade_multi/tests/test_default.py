@@ -1,0 +1,180 @@
+"""playbooks/upgrade.yml and rollback.yml over two app hosts behind an edge Nginx, under load through the edge.
+
+The tests run once each (no `host` fixture) and in file order. Figures go to build/molecule-upgrade-multi-figures.json.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+FIGURES = PROJECT_DIR / "build" / "molecule-upgrade-multi-figures.json"
+APPS = ("opsbook-um-app1", "opsbook-um-app2")
+
+
+def record(name: str, value) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data[name] = value
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print("FIGURE %s = %s" % (name, json.dumps(value)))
+
+
+def inventory() -> str:
+    return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory")
+
+
+def node(name: str):
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory()))
+
+
+@pytest.fixture(scope="module")
+def edge() -> str:
+    lb = node("opsbook-um-lb")
+    device = lb.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
+    out = lb.check_output("ip -4 -o addr show dev %s scope global" % device)
+    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ansible-playbook", "-i", inventory(), str(PROJECT_DIR / "playbooks" / name), *extra],
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def versions(name: str) -> list[str]:
+    out = node(name).check_output("docker ps --filter label=com.docker.compose.service=backend --format '{{.Image}}'")
+    return sorted(line.rsplit(":", 1)[1] for line in out.split())
+
+
+def upstream_matches_containers(name: str) -> bool:
+    host = node(name)
+    listed = sorted(re.findall(r"server 127\.0\.0\.1:(\d+)", host.file("/etc/nginx/upstreams.d/demo_backend.conf")
+                               .content_string))
+    ids = host.check_output("docker ps -aq --filter label=com.docker.compose.service=backend").split()
+    ports = sorted(host.check_output("docker port %s 8000" % cid).rsplit(":", 1)[1] for cid in ids)
+    return listed == ports
+
+
+def journal(name: str) -> list[dict]:
+    host = node(name)
+    files = host.check_output("ls /var/lib/opsbook/demo/releases").split()
+    records = [json.loads(host.file("/var/lib/opsbook/demo/releases/" + f).content_string) for f in files]
+    return sorted(records, key=lambda r: (r["created_ts"], r["id"]))
+
+
+class Load:
+    """GET and POST through the edge Nginx, one connection per request."""
+
+    def __init__(self, address: str, workers: int = 4):
+        self.address = address
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.total = self.failed = 0
+        self.errors: list[str] = []
+        self.seen: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+
+    def _run(self, index: int) -> None:
+        n = index
+        while not self.stop.is_set():
+            n += 1
+            conn = http.client.HTTPConnection(self.address, 80, timeout=10)
+            try:
+                if n % 2:
+                    conn.request("POST", "/api/echo", body=b"{}", headers={"Content-Type": "application/json"})
+                else:
+                    conn.request("GET", "/api/version")
+                resp = conn.getresponse()
+                body = resp.read()
+                error = "" if resp.status == 200 else "HTTP %d" % resp.status
+                version = json.loads(body).get("version") if not error and n % 2 == 0 else None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error, version = "%s: %s" % (type(exc).__name__, exc), None
+            finally:
+                conn.close()
+            with self.lock:
+                self.total += 1
+                if error:
+                    self.failed += 1
+                    self.errors.append(error)
+                if version:
+                    self.seen[version] = self.seen.get(version, 0) + 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def figures(self) -> dict:
+        return {"requests": self.total, "failed": self.failed, "errors": self.errors[:5], "versions_seen": self.seen}
+
+
+def test_edge_reaches_both_app_hosts(edge):
+    assert all(versions(app) == ["1.0", "1.0"] for app in APPS)
+    hostnames = set()
+    for _ in range(20):
+        conn = http.client.HTTPConnection(edge, 80, timeout=5)
+        conn.request("GET", "/api/version")
+        hostnames.add(json.loads(conn.getresponse().read())["hostname"])
+        conn.close()
+    assert len(hostnames) == 4  # two replicas on each app host
+
+
+def test_second_host_fails_and_the_first_is_rolled_back(edge):
+    # The fault: app2's "2.0" is really the broken 3.0 (a bad image cached on one host).
+    app2 = node("opsbook-um-app2")
+    app2.check_output("docker pull -q registry:5000/demo-backend:3.0 && "
+                      "docker tag registry:5000/demo-backend:3.0 registry:5000/demo-backend:2.0")
+    started = time.monotonic()
+    with Load(edge) as load:
+        run = playbook("upgrade.yml", "-e", json.dumps({"upgrade_services": {"backend": "2.0"}}))
+    figures = {**load.figures(), "seconds": round(time.monotonic() - started, 1)}
+    record("second_host_fails_first_rolled_back", figures)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert "Roll back every host upgraded in this run" in output
+    assert re.search(r"opsbook-um-app1\s+: ok=\d+\s+changed=[1-9]", output), output[-2000:]
+    assert load.failed == 0, load.errors[:10]
+    assert load.seen.get("2.0"), "app1 never served 2.0: the rollback proved nothing"
+    for app in APPS:
+        assert versions(app) == ["1.0", "1.0"], app
+        assert upstream_matches_containers(app), app
+    kinds = [(r["kind"], r["status"]) for r in journal("opsbook-um-app1")]
+    assert kinds[-2:] == [("upgrade", "succeeded"), ("rollback", "succeeded")]
+    assert journal("opsbook-um-app2")[-1]["status"] == "failed"
+
+
+def test_clean_upgrade_of_both_then_rollback(edge):
+    app2 = node("opsbook-um-app2")
+    app2.check_output("docker rmi registry:5000/demo-backend:2.0 && docker pull -q registry:5000/demo-backend:2.0")
+    with Load(edge) as load:
+        up = playbook("upgrade.yml", "-e", json.dumps({"upgrade_services": {"backend": "2.0"}}))
+    record("upgrade_both", load.figures())
+    assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+    assert load.failed == 0, load.errors[:10]
+    assert all(versions(app) == ["2.0", "2.0"] for app in APPS)
+    with Load(edge) as load:
+        back = playbook("rollback.yml")
+    record("rollback_both", load.figures())
+    assert back.returncode == 0, (back.stdout + back.stderr)[-3000:]
+    assert load.failed == 0, load.errors[:10]
+    for app in APPS:
+        assert versions(app) == ["1.0", "1.0"], app
+        assert upstream_matches_containers(app), app
