@@ -43,6 +43,7 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -56,10 +57,8 @@ import threading
 import time
 import traceback
 import typing as t
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 try:
     from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
@@ -372,7 +371,6 @@ class DockerStreams:
     def _http(self) -> t.Any:
         if self.client.socket_path:
             return UnixHTTPConnection(self.client.socket_path, timeout=self.timeout)
-        import http.client  # pylint: disable=import-outside-toplevel
         host, port = self.client._tcp  # type: ignore[misc]  # pylint: disable=protected-access
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
 
@@ -1028,19 +1026,29 @@ class Engine:
         return os.path.normpath(os.path.join(workdir, path))
 
     def _prometheus_api(self, url: str, method: str = "POST", code: int = EXIT_DUMP) -> dict[str, t.Any]:
-        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        """One request to Prometheus's HTTP API (http.client: this file runs without Ansible on the host)."""
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                          timeout=min(self.settings.timeout, 600))
         try:
-            with urllib.request.urlopen(request, timeout=min(self.settings.timeout, 600)) as resp:  # nosec B310
-                body = resp.read()
-                return json.loads(body) if body.strip().startswith(b"{") else {"status": "ok"}
-        except urllib.error.HTTPError as exc:
-            text = exc.read(500).decode(errors="replace").strip()
-            hint = ""
-            if exc.code in (404, 405) or "admin APIs disabled" in text:
-                hint = "; start Prometheus with --web.enable-admin-api"
-            raise BackupError(code, "Prometheus API %s answered HTTP %s: %s%s" % (url, exc.code, text, hint)) from exc
-        except (OSError, ValueError) as exc:
+            conn.request(method, parts.path + ("?" + parts.query if parts.query else ""),
+                         body=b"" if method == "POST" else None)
+            resp = conn.getresponse()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise BackupError(code, "Prometheus API %s: %s" % (url, exc)) from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            text = body[:500].decode(errors="replace").strip()
+            hint = ""
+            if resp.status in (404, 405) or "admin APIs disabled" in text:
+                hint = "; start Prometheus with --web.enable-admin-api"
+            raise BackupError(code, "Prometheus API %s answered HTTP %s: %s%s" % (url, resp.status, text, hint))
+        try:
+            return json.loads(body) if body.strip().startswith(b"{") else {"status": "ok"}
+        except ValueError as exc:
+            raise BackupError(code, "Prometheus API %s: not JSON: %r" % (url, body[:200])) from exc
 
     def _dump_prometheus(self, directory: str) -> tuple[list[Artifact], dict[str, t.Any]]:
         info = self.container_info()
@@ -1099,8 +1107,8 @@ class Engine:
             self.client.request("POST", "/containers/%s/start" % hid)
             status = self.client.request_json("POST", "/containers/%s/wait" % hid, timeout=self.settings.timeout)
             if status.get("StatusCode") != 0:
-                raise BackupError(code, "restore of %s: %s failed (exit %s)" % (self.spec.container, what,
-                                                                                 status.get("StatusCode")))
+                raise BackupError(code, "restore of %s: %s failed (exit %s)"
+                                  % (self.spec.container, what, status.get("StatusCode")))
         self.client.stop_container(info["Id"], grace_s=60)
         try:
             clear = helper('set -e; find "$0" -mindepth 1 -maxdepth 1 -exec rm -rf {} +')

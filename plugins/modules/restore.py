@@ -18,7 +18,8 @@ description:
   - O(state=restored) restores into the component's own container (MariaDB/MySQL databases are dropped and
     recreated from the dump, PostgreSQL databases are dropped with C(FORCE) and recreated by C(pg_restore
     --create), Redis is stopped, gets the RDB file and is started, Prometheus is stopped while its TSDB volume's
-    content is replaced by the snapshot, a volume's users are stopped while the archive is extracted over it). Stopping the application's writers and checking its health afterwards is the
+    content is replaced by the snapshot, a volume's users are stopped while the archive is extracted over it).
+    Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
     C(CHECKSUM TABLE) for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE) for Redis),
