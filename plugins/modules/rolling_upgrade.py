@@ -62,7 +62,13 @@ options:
 notes:
   - Compose stays the source of truth; the rendered C(compose.yaml) names the image that runs. Put the new tag
     into the inventory too (C(compose_app_services)), or the next run of the compose_app role renders the old one.
-  - Requests that are in flight on the old containers finish; the Nginx reloads are graceful.
+  - Requests that are in flight on the old containers finish; the Nginx reloads are graceful. A client that
+    sends a request on an idle keep-alive connection at the moment an old Nginx worker closes it (at any
+    graceful reload) sees the connection closed without an answer and must retry it, as browsers and most HTTP
+    libraries do for idempotent requests; the tests' load opens one connection per request.
+  - The drain waits for the Nginx workers of before the switch to exit (they are the only ones that know the old
+    containers) and for no connection to an old container's port to be left. A long-lived stream (SSE) holds an
+    old worker until it ends or O(drain_timeout) passes; the container's stop grace period then lets it finish.
 seealso:
   - module: opsbook.stack.rollback
   - module: opsbook.stack.release_info
