@@ -76,7 +76,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
     Upstream,
     UpstreamError,
     activate,
-    discover_servers,
     read_text,
     render_upstream,
     sync_upstream,
@@ -331,8 +330,8 @@ def set_service_image(text: str, service: str, image: str) -> str:
         match = re.match(r"^(\s*image:\s*)(['\"]?)([^'\"#\s]*)(['\"]?)(\s*(#.*)?)$", line.rstrip("\r\n"))
         if match:
             ending = line[len(line.rstrip("\r\n")):]
-            lines[index] = "%s%s%s%s%s%s" % (match.group(1), match.group(2), image, match.group(4),
-                                              match.group(5) or "", ending)
+            lines[index] = "".join((match.group(1), match.group(2), image, match.group(4), match.group(5) or "",
+                                    ending))
             return "".join(lines)
     raise ValueError("cannot find the `image:` line of service %s under `services:` in the compose file" % service)
 
@@ -866,8 +865,9 @@ class Rollout:
                 raise UpgradeError("docker compose up --scale %s=%d failed: %s" % (
                     service, scale, (done.stderr or done.stdout).strip()[-1500:]))
             new = [c for c in self.host.containers(service, plan.port) if c.id not in old_ids]
-            self.run.step("%s: started %s beside %s" % (service, ", ".join(c.name for c in new),
-                                                      ", ".join(c.name for c in old) or "nothing"))
+            started = ", ".join(c.name for c in new)
+            beside = ", ".join(c.name for c in old) or "nothing"
+            self.run.step("%s: started %s beside %s" % (service, started, beside))
             self.run.mark("%s_started" % service)
             if not new:
                 raise UpgradeError("docker compose created no new container for %s" % service)
@@ -1023,8 +1023,8 @@ def reconcile(host: Host, services: dict[str, ComposeService], journal: Journal,
         for container in containers:
             if container.state not in ("running", "restarting", "paused"):
                 host.stop_and_remove(container, grace_s=1)
-                run.reconciled.append("%s: removed leftover container %s (%s)" % (svc.name, container.name,
-                                                                                   container.state))
+                run.reconciled.append("%s: removed leftover container %s (%s)"
+                                      % (svc.name, container.name, container.state))
         running = [c for c in containers if c.state == "running"]
         if svc.role == "stateful" or len(running) <= svc.replicas:
             continue

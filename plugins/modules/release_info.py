@@ -116,8 +116,8 @@ def main() -> None:
         try:
             running = project_images(client, module.params["project"])
             for record, data in zip(records, out):
-                data["intact"] = bool(record.services) and all(img.image_id and has(img.image_id)
-                                                                for img in record.services.values())
+                images = [img.image_id for img in record.services.values()]
+                data["intact"] = bool(images) and all(image_id and has(image_id) for image_id in images)
             for record in reversed(records):
                 if record.status == "succeeded" and record.services and all(
                         running.get(n) and running[n].image_id == img.image_id for n, img in record.services.items()):

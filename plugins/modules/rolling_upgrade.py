@@ -147,6 +147,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import (
     COMMON_OPTIONS, BadRequest, UpgradeError, rolling_upgrade, settings_from_params,
 )
 
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(services=dict(type="dict", required=True), **COMMON_OPTIONS),
