@@ -124,6 +124,20 @@ def test_uis_publish_on_loopback_only(host):
     assert not [n for n in names if "grafana" in n or "cadvisor" in n], "the sandbox turns Grafana and cAdvisor off"
 
 
+def test_uis_through_nginx_need_basic_auth(host):
+    users = SCENARIO["monitoring_nginx_users"]
+    port = DEFAULTS["monitoring_nginx_ports"]["prometheus"]
+    url = f"http://127.0.0.1:{port}/-/ready"
+    assert host.run("curl -s -o /dev/null -w '%%{http_code}' %s", url).stdout == "401"
+    assert host.run("curl -s -o /dev/null -w '%%{http_code}' -u %s %s", "oncall:wrong-password", url).stdout == "401"
+    good = f"oncall:{users['oncall']}"
+    assert host.run("curl -s -o /dev/null -w '%%{http_code}' -u %s %s", good, url).stdout == "200"
+    am = f"http://127.0.0.1:{DEFAULTS['monitoring_nginx_ports']['alertmanager']}/-/ready"
+    assert host.run("curl -s -o /dev/null -w '%%{http_code}' -u %s %s", good, am).stdout == "200"
+    htpasswd = host.file("/etc/nginx/opsbook-monitoring.htpasswd")
+    assert htpasswd.mode == 0o640 and users["oncall"] not in htpasswd.content_string
+
+
 def test_exporter_secrets_only_in_the_env_file(host):
     env = host.file("/opt/monitoring/.env")
     assert env.mode == 0o600 and env.user == "root"
