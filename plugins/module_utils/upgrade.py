@@ -930,18 +930,21 @@ class Rollout:
             self.run.evidence.update({k: v for k, v in exc.result.items() if k not in self.run.evidence})
         if new and "evidence" not in self.run.evidence:
             self.run.evidence["evidence"] = [self.host.evidence(c) for c in new[:2]]
+        if switched and new:
+            self.run.step("%s: drained the new containers (%s)" % (service, self._drain(new)))
         for container in new:
-            self.host.stop_and_remove(container, grace_s=int(self.s.drain_timeout_s) if switched else 1)
+            self.host.stop_and_remove(container, grace_s=None if switched else 1)
         self.host.close_gate(service)
         self.restore_compose(compose_before)
         self.run.step("%s: removed the new containers, compose.yaml back to %s" % (service, plan.from_image))
         if plan.port is not None and old:
             self.host.sync_from_docker(service, plan.port)
 
-    def _retire(self, service: str, old: list[Container]) -> None:
-        """Drain: the Nginx workers of before the switch (the only ones that know the old containers) finish their
-        in-flight requests and exit, and no connection to an old container's port is left; or the drain timeout."""
-        ports = [c.host_port for c in old if c.host_port]
+    def _drain(self, containers: list[Container]) -> str:
+        """Wait until the Nginx workers of before the last switch (the only ones that still route to these
+        containers) have finished their in-flight requests and exited, and no connection to the containers' ports
+        is left; or the drain timeout. Returns what was seen, for the steps."""
+        ports = [c.host_port for c in containers if c.host_port]
         deadline = time.monotonic() + self.s.drain_timeout_s
         while True:
             old_workers = self.host.workers_before_switch & self.host.nginx_workers()
@@ -949,9 +952,12 @@ class Rollout:
             if (not old_workers and not remaining) or time.monotonic() >= deadline:
                 break
             time.sleep(WATCH_INTERVAL_S)
-        self.run.step("%s: drained the old containers (%s)" % (service, "in-flight requests done" if not (
-            old_workers or remaining) else "drain timeout with %d old Nginx workers and %d connections left" % (
-                len(old_workers), remaining)))
+        if not (old_workers or remaining):
+            return "in-flight requests done"
+        return "drain timeout with %d old Nginx workers and %d connections left" % (len(old_workers), remaining)
+
+    def _retire(self, service: str, old: list[Container]) -> None:
+        self.run.step("%s: drained the old containers (%s)" % (service, self._drain(old)))
         for container in old:
             self.host.stop_and_remove(container)
         if old:
