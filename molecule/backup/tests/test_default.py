@@ -105,7 +105,9 @@ def test_role_installed_the_collection_library_and_private_configs(host):
         assert host.file("/etc/cron.d/opsbook-backup-" + job).exists
     assert host.file(TEXTFILE_DIR).is_directory
     assert host.service("cron").is_running
-    assert host.file("/etc/cron.d/opsbook-backup-redis").contains(r"^\*/30 \* \* \* \* root /usr/local/bin/opsbook-backup ")
+    assert host.file("/etc/cron.d/opsbook-backup-redis").contains(r"^30 1 31 2 \* root /usr/local/bin/opsbook-backup ")
+    assert host.file("/etc/cron.d/opsbook-backup-mysql").contains(r"^15 1 31 2 \* root .* backup mysql ")
+    assert host.file("/etc/cron.d/opsbook-backup-mysql").contains(r"^45 1 31 2 \* root .* drill mysql ")
 
 
 def test_restore_without_confirmation_is_refused():
