@@ -809,7 +809,8 @@ class Rollout:
 
     # -- bake ---------------------------------------------------------------------------------------------
 
-    def bake(self, service: str, new: list[Container], seconds: float, offset: int) -> BakeVerdict:
+    def bake(self, service: str, new: list[Container], seconds: float, offset: int, share: float = 1.0
+             ) -> BakeVerdict:
         addresses = {c.address for c in new}
         paths = self.s.bake_paths or [self.s.readiness_path]
         headers = {"Host": self.s.nginx_host_header} if self.s.nginx_host_header else {}
@@ -834,8 +835,9 @@ class Rollout:
             log_samples, bad = self.host.log_samples(offset, addresses)
             samples = log_samples + probe_samples
             final = time.monotonic() >= deadline
+            # A canary sees only its share of the requests (the probes through the site are split too).
             verdict = judge_bake(samples, self.s.bake_max_error_ratio, self.s.bake_max_latency_ms,
-                                 self.s.bake_min_requests, final)
+                                 max(1, int(self.s.bake_min_requests * share)), final)
             if verdict is not None:
                 if not verdict.ok:
                     self.run.evidence["bake_failing_requests"] = bad
@@ -894,7 +896,7 @@ class Rollout:
                     switched = True
                     self.run.step("%s: canary, new containers take %d%% of requests" % (service, weight_new))
                     offset = self.host.log_offset()
-                    verdict = self.bake(service, new, self.s.canary_s, offset)
+                    verdict = self.bake(service, new, self.s.canary_s, offset, share=weight_new / 100.0)
                     self.run.evidence.setdefault("canary", {})[service] = verdict.to_dict()
                     if not verdict.ok:
                         raise UpgradeError("%s canary failed: %s" % (service, verdict.reason))

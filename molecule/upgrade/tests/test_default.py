@@ -332,7 +332,7 @@ def test_two_upgrades_at_once_the_second_fails_clearly(host, address):
     # The first one goes through a canary (half of the traffic for 3 s) before the full switch.
     first = start("opsbook.stack.rolling_upgrade",
                   {"project": PROJECT, "services": {"backend": "1.0"}, **FAST, "bake_s": 6, "canary_weight": 50,
-                   "canary_s": 3})
+                   "canary_s": 4})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(backend_containers(host)) < 4:
         time.sleep(0.3)
