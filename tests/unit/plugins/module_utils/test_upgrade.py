@@ -332,27 +332,25 @@ def reconciled(tmp_path, containers, serving, records=()):
     return host, journal, run
 
 
+FOUR_RUNNING = [("web-1", "running", 1), ("web-2", "running", 2), ("web-3", "running", 3), ("web-4", "running", 4)]
+
+
 def test_killed_before_the_switch_removes_the_new_containers_only(tmp_path):
-    host, _, run = reconciled(tmp_path, [("web-1", "running", 1), ("web-2", "running", 2),
-                                         ("web-3", "running", 3), ("web-4", "created", None)],
-                              ["127.0.0.1:1", "127.0.0.1:2"])
+    containers = [("web-1", "running", 1), ("web-2", "running", 2), ("web-3", "running", 3), ("web-4", "created", None)]
+    host, _journal, run = reconciled(tmp_path, containers, ["127.0.0.1:1", "127.0.0.1:2"])
     assert sorted(host.removed) == ["web-3", "web-4"]
     assert host.upstream == ["127.0.0.1:1", "127.0.0.1:2"] and not host.switched
     assert len(run.reconciled) == 2
 
 
 def test_killed_after_the_switch_removes_the_old_containers(tmp_path):
-    host, _, _ = reconciled(tmp_path, [("web-1", "running", 1), ("web-2", "running", 2),
-                                       ("web-3", "running", 3), ("web-4", "running", 4)],
-                            ["127.0.0.1:3", "127.0.0.1:4"])
+    host = reconciled(tmp_path, FOUR_RUNNING, ["127.0.0.1:3", "127.0.0.1:4"])[0]
     assert sorted(host.removed) == ["web-1", "web-2"]
     assert host.upstream == ["127.0.0.1:3", "127.0.0.1:4"]
 
 
 def test_killed_during_a_canary_goes_back_to_the_old_containers_first(tmp_path):
-    host, _, _ = reconciled(tmp_path, [("web-1", "running", 1), ("web-2", "running", 2),
-                                       ("web-3", "running", 3), ("web-4", "running", 4)],
-                            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"])
+    host = reconciled(tmp_path, FOUR_RUNNING, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"])[0]
     assert host.switched == [["127.0.0.1:1", "127.0.0.1:2"]]  # before anything is stopped
     assert sorted(host.removed) == ["web-3", "web-4"]
 
