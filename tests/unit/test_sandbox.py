@@ -49,7 +49,7 @@ def test_every_stack_image_has_a_build_context():
     assert {"demo-backend", "demo-frontend", "mariadb", "postgres", "redis", "prometheus", "alertmanager",
             "node-exporter", "nginx-exporter", "mysqld-exporter", "postgres-exporter", "redis-exporter",
             "blackbox-exporter", "registry"} <= names
-    assert [s.tag for s in sandbox.STACK_IMAGES if s.name == "demo-backend"] == ["1.0", "2.0", "3.0"]
+    assert [s.tag for s in sandbox.STACK_IMAGES if s.name == "demo-backend"] == ["1.0", "2.0", "3.0", "4.0"]
 
 
 def test_host_run_argv_uses_the_capability_set_not_privileged():
