@@ -19,8 +19,8 @@ DASHBOARDS = sorted((PROJECT_DIR / "roles/monitoring/files/dashboards").glob("*.
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
 APP_DIR = "/opt/agentchat"
-# Figures for the closing note (alert latency, counts), written next to the scenario's ephemeral files.
-FIGURES = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp")) / "monitoring-figures.json"
+# Figures for the closing note (alert latency, counts); build/ outlives the scenario's destroy step.
+FIGURES = PROJECT_DIR / "build" / "monitoring-figures.json"
 
 testinfra_hosts = ["all"]
 
@@ -35,6 +35,7 @@ ENDPOINT_FOR = seconds(SCENARIO["monitoring_alert_endpoint_down_for"])
 
 
 def record(**figures):
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     data.update(figures)
     FIGURES.write_text(json.dumps(data, indent=2))
