@@ -81,7 +81,8 @@ class Tool:
             return None
         if not self.docker:
             return f"{self.name} is not on PATH and docker is missing"
-        probe = subprocess.run([self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True)
+        probe = subprocess.run([self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True,
+                               check=False)
         if probe.returncode != 0:
             return (f"{self.name} is not on PATH and the image {IMAGES[self.name]} is missing: run `./dev sandbox` "
                     f"(or install the Debian package prometheus / prometheus-alertmanager)")
@@ -93,7 +94,7 @@ class Tool:
         else:
             argv = [self.docker, "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{workdir}:{workdir}",
                     "-w", str(workdir), "--entrypoint", self.name, IMAGES[self.name], *args]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=300)
+        return subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=300, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ def test_every_receiver_gets_its_integrations(tmp_path):
 
 
 @pytest.mark.parametrize("variables", [{}, ALL_RECEIVERS], ids=["no-receivers", "every-receiver"])
-@pytest.mark.parametrize("labels,receivers", ROUTES, ids=[",".join(f"{k}={v}" for k, v in l.items()) for l, _ in ROUTES])
+@pytest.mark.parametrize("labels,receivers", ROUTES, ids=[",".join(f"{k}={v}" for k, v in route[0].items()) for route in ROUTES])
 def test_route_tree(amtool, tmp_path, variables, labels, receivers):
     write(tmp_path, variables)
     argv = ["config", "routes", "test", "--config.file=alertmanager.yml", f"--verify.receivers={receivers}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import RULE_FILES, ROLE, ROOT, alert_rules, defaults, expand_annotations, render, render_rules
+from conftest import RULE_FILES, ROLE, alert_rules, defaults, expand_annotations, render, render_rules
 
 CASES = yaml.safe_load((Path(__file__).parent / "alert_cases.yml").read_text())
 
