@@ -13,12 +13,15 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
+from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 SITE = "/etc/nginx/conf.d/opsbook-site.conf"
 UPSTREAMS = "/etc/nginx/upstreams.d"
@@ -292,48 +295,6 @@ def test_upstream_refuses_a_service_without_healthy_containers(host):
 # --------------------------------------------------------------------------------------------------------
 
 
-class Load:
-    """Requests through Nginx from the controller, in threads, until stopped."""
-
-    def __init__(self, address: str, workers: int = 4):
-        self.address = address
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.total = 0
-        self.failed = 0
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _run(self, index: int) -> None:
-        paths = ["/api/echo", "/nginx-health", "/assets/app.3f9c2b.js", "/api/version"]
-        n = 0
-        while not self.stop.is_set():
-            path = paths[(index + n) % len(paths)]
-            n += 1
-            try:
-                status, _, _ = get(self.address, path, timeout=5)
-                ok = status == 200
-                error = "" if ok else "HTTP %d on %s" % (status, path)
-            except OSError as exc:
-                ok, error = False, "%s on %s" % (exc, path)
-            with self.lock:
-                self.total += 1
-                if not ok:
-                    self.failed += 1
-                    self.errors.append(error)
-            time.sleep(0.01)
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
-
-
 def flat(text: str) -> str:
     """Ansible's yaml callback wraps long messages; compare with whitespace runs collapsed."""
     return " ".join(text.split())
@@ -351,7 +312,7 @@ def test_broken_extra_config_fails_with_nginx_error_and_keeps_serving(host, addr
     pid = master_pid(host)
     broken = json.dumps({"nginx_extra_config": "location /x {\n    this_is_not_a_directive on;\n}"})
     started = time.monotonic()
-    with Load(address) as load:
+    with HttpLoad(address, paths=["/api/echo", "/nginx-health", "/assets/app.3f9c2b.js", "/api/version"]) as load:
         time.sleep(1)
         run = converge("--extra-vars", broken)
         during = (load.total, load.failed)

@@ -8,11 +8,11 @@ The tests run in file order. Figures go to build/molecule-runbooks-figures.json.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
+from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 INVENTORY = Path(os.environ.get("MOLECULE_INVENTORY_FILE", ""))
@@ -110,58 +113,7 @@ class FirstHealthy(threading.Thread):
             self.stop.wait(0.1)
 
 
-class Load:
-    """GET and POST through Nginx from the controller; a request fails without an answer or with a non-200."""
-
-    def __init__(self, address: str, workers: int = 4):
-        self.address, self.stop, self.lock = address, threading.Event(), threading.Lock()
-        self.total = self.failed = 0
-        self.errors: list[str] = []
-        self.error_times: list[float] = []  # wall clock, to tell which runbook step they fell into
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _run(self, index: int) -> None:
-        n = index
-        while not self.stop.is_set():
-            n += 1
-            # One connection per request, as in the upgrade and nginx scenarios: an idle keep-alive connection
-            # that Nginx closes at a graceful reload races with the next request sent on it. That is a client
-            # retry question (measured with keep-alive: about 12 of 2000-3000 requests), not what this counts.
-            conn = http.client.HTTPConnection(self.address, 80, timeout=10)
-            try:
-                if n % 2:
-                    conn.request("POST", "/api/echo", body=b'{"n": %d}' % n, headers={"Content-Type": "application/json"})
-                else:
-                    conn.request("GET", "/api/echo?n=%d" % n)
-                resp = conn.getresponse()
-                resp.read()
-                error = "" if resp.status == 200 else "HTTP %d" % resp.status
-            except (OSError, http.client.HTTPException) as exc:
-                error = "%s: %s" % (type(exc).__name__, exc)
-            finally:
-                conn.close()
-            with self.lock:
-                self.total += 1
-                if error:
-                    self.failed += 1
-                    self.errors.append(error)
-                    self.error_times.append(time.time())
-            time.sleep(0.01)
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.5)
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-
-def errors_by_step(load: Load, records: list[dict]) -> dict[str, int]:
+def errors_by_step(load: HttpLoad, records: list[dict]) -> dict[str, int]:
     """How many failed requests fell into each step's time window (from the audit records)."""
     counts: dict[str, int] = {}
     for moment in load.error_times:
@@ -218,7 +170,7 @@ def started_since(silence: dict, moment: float) -> bool:
 
 def test_planned_upgrade_runbook_under_load(host, address, tmp_path):
     began = time.time()
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         run, records, elapsed = run_runbook(tmp_path, "planned-upgrade", {
             "runbook_use_monitoring": True, "runbook_upgrade_services": {"backend": "2.0"},
             "runbook_upgrade_bake_s": 4, "runbook_upgrade_bake_paths": ["/api/version"],
@@ -241,7 +193,7 @@ def test_planned_upgrade_runbook_under_load(host, address, tmp_path):
 
 
 def test_rollback_runbook_under_load(host, address, tmp_path):
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         _run, records, elapsed = run_runbook(tmp_path, "rollback", {
             "runbook_use_monitoring": True, "runbook_upgrade_bake_s": 4,
             "runbook_upgrade_bake_paths": ["/api/version"], "runbook_upgrade_drain_timeout": 10})

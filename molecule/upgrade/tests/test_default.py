@@ -1,6 +1,6 @@
 """rolling_upgrade and rollback against the real engine and the real Nginx of a sandbox host: issue 7's faults.
 
-Load runs from the controller through the host's Nginx (GET and POST /api/echo) during every change; a request
+Load runs from the controller through the host's Nginx (POST /api/echo, GET /api/version) during every change; a request
 fails when it gets no answer or a status other than 200. Figures go to build/molecule-upgrade-figures.json.
 The tests run in file order and each leaves the project on a known release for the next.
 """
@@ -11,12 +11,15 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
+from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PROJECT = "demo"
 UPSTREAM = "/etc/nginx/upstreams.d/demo_backend.conf"
@@ -140,74 +143,6 @@ def served_version(address: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Load: GET and POST through Nginx from the controller
-# --------------------------------------------------------------------------------------------------------
-
-
-class Load:
-    def __init__(self, address: str, workers: int = 4):
-        self.address = address
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.total = self.failed = 0
-        self.errors: list[str] = []
-        self.last_ok = time.monotonic()
-        self.longest_gap = 0.0
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _one(self, conn: http.client.HTTPConnection, n: int) -> int:
-        if n % 2:
-            conn.request("POST", "/api/echo", body=b'{"n": %d}' % n, headers={"Content-Type": "application/json"})
-        else:
-            conn.request("GET", "/api/echo?n=%d" % n)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-
-    def _run(self, index: int) -> None:
-        n = index
-        while not self.stop.is_set():
-            n += 1
-            # One connection per request, like the nginx scenario: an idle keep-alive connection that Nginx closes
-            # at a graceful reload races with the next request on it (see the module's notes), which is a client
-            # retry question and not what this test measures.
-            conn = http.client.HTTPConnection(self.address, 80, timeout=10)
-            try:
-                status = self._one(conn, n)
-                error = "" if status == 200 else "HTTP %d" % status
-            except (OSError, http.client.HTTPException) as exc:
-                error = "%s: %s" % (type(exc).__name__, exc)
-            finally:
-                conn.close()
-            now = time.monotonic()
-            with self.lock:
-                self.total += 1
-                if error:
-                    self.failed += 1
-                    self.errors.append(error)
-                else:
-                    self.longest_gap = max(self.longest_gap, now - self.last_ok)
-                    self.last_ok = now
-            time.sleep(0.01)
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.5)
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def figures(self) -> dict:
-        return {"requests": self.total, "failed": self.failed, "longest_gap_s": round(self.longest_gap, 3),
-                "errors": self.errors[:5]}
-
-
-# --------------------------------------------------------------------------------------------------------
 # The tests, in order
 # --------------------------------------------------------------------------------------------------------
 
@@ -258,7 +193,7 @@ def test_rollback_to_the_previous_release_under_load(host, address):
     # The newest succeeded release that does not run now: on a fresh host, compose_app's deploy of 1.0.
     deploy = [r for r in releases(host) if r["status"] == "succeeded"
               and r["services"]["backend"]["image_id"] != running_id][-1]
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         result = run("opsbook.stack.rollback", {"project": PROJECT, **FAST})
     record("rollback_2_to_1", {**load.figures(), "timings": result.get("timings")})
     assert result.get("failed") is not True, result.get("msg")
@@ -273,7 +208,7 @@ def test_rollback_to_the_previous_release_under_load(host, address):
 
 
 def test_upgrade_1_to_2_under_load_loses_no_request_and_twice_is_no_change(host, address):
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         result = upgrade("2.0")
     record("upgrade_1_to_2", {**load.figures(), "timings": result.get("timings")})
     assert result.get("failed") is not True, result.get("msg")
@@ -289,7 +224,7 @@ def test_upgrade_1_to_2_under_load_loses_no_request_and_twice_is_no_change(host,
 
 def test_broken_release_is_aborted_before_the_switch(host, address):
     last = releases(host)[-1]["id"]
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         result = upgrade("3.0")
     evidence = result.get("evidence", {})
     figures = {**load.figures(), "timings": result.get("timings")}
@@ -315,7 +250,7 @@ def test_broken_release_is_aborted_before_the_switch(host, address):
 
 
 def test_release_answering_5xx_is_switched_back_in_the_bake(host, address):
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         result = upgrade("4.0", bake_s=15, bake_min_requests=10)
     record("bake_5xx_switched_back", {**load.figures(), "timings": result.get("timings"),
                                       "bake": result.get("evidence", {}).get("bake")})
@@ -349,7 +284,7 @@ def test_two_upgrades_at_once_the_second_fails_clearly(host, address):
 
 
 def test_killed_in_the_middle_a_rerun_converges(host, address):
-    with Load(address) as load:
+    with HttpLoad(address) as load:
         proc = start("opsbook.stack.rolling_upgrade",
                      {"project": PROJECT, "services": {"backend": "2.0"}, **FAST, "bake_s": 30})
         deadline = time.monotonic() + 90

@@ -9,12 +9,15 @@ import json
 import os
 import re
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
+from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 FIGURES = PROJECT_DIR / "build" / "molecule-upgrade-multi-figures.json"
@@ -71,61 +74,6 @@ def journal(name: str) -> list[dict]:
     return sorted(records, key=lambda r: (r["created_ts"], r["id"]))
 
 
-class Load:
-    """GET and POST through the edge Nginx, one connection per request."""
-
-    def __init__(self, address: str, workers: int = 4):
-        self.address = address
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.total = self.failed = 0
-        self.errors: list[str] = []
-        self.seen: dict[str, int] = {}
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _run(self, index: int) -> None:
-        n = index
-        while not self.stop.is_set():
-            n += 1
-            conn = http.client.HTTPConnection(self.address, 80, timeout=10)
-            try:
-                if n % 2:
-                    conn.request("POST", "/api/echo", body=b"{}", headers={"Content-Type": "application/json"})
-                else:
-                    conn.request("GET", "/api/version")
-                resp = conn.getresponse()
-                body = resp.read()
-                error = "" if resp.status == 200 else "HTTP %d" % resp.status
-                version = json.loads(body).get("version") if not error and n % 2 == 0 else None
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                error, version = "%s: %s" % (type(exc).__name__, exc), None
-            finally:
-                conn.close()
-            with self.lock:
-                self.total += 1
-                if error:
-                    self.failed += 1
-                    self.errors.append(error)
-                if version:
-                    self.seen[version] = self.seen.get(version, 0) + 1
-            time.sleep(0.01)
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.5)
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def figures(self) -> dict:
-        return {"requests": self.total, "failed": self.failed, "errors": self.errors[:5], "versions_seen": self.seen}
-
-
 def test_edge_reaches_both_app_hosts(edge):
     assert all(versions(app) == ["1.0", "1.0"] for app in APPS)
     hostnames = set()
@@ -143,7 +91,7 @@ def test_second_host_fails_and_the_first_is_rolled_back(edge):
     app2.check_output("docker pull -q registry:5000/demo-backend:3.0 && "
                       "docker tag registry:5000/demo-backend:3.0 registry:5000/demo-backend:2.0")
     started = time.monotonic()
-    with Load(edge) as load:
+    with HttpLoad(edge) as load:
         run = playbook("upgrade.yml", "-e", json.dumps({"upgrade_services": {"backend": "2.0"}}))
     figures = {**load.figures(), "seconds": round(time.monotonic() - started, 1)}
     record("second_host_fails_first_rolled_back", figures)
@@ -164,13 +112,13 @@ def test_second_host_fails_and_the_first_is_rolled_back(edge):
 def test_clean_upgrade_of_both_then_rollback(edge):
     app2 = node("opsbook-um-app2")
     app2.check_output("docker rmi registry:5000/demo-backend:2.0 && docker pull -q registry:5000/demo-backend:2.0")
-    with Load(edge) as load:
+    with HttpLoad(edge) as load:
         up = playbook("upgrade.yml", "-e", json.dumps({"upgrade_services": {"backend": "2.0"}}))
     record("upgrade_both", load.figures())
     assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
     assert load.failed == 0, load.errors[:10]
     assert all(versions(app) == ["2.0", "2.0"] for app in APPS)
-    with Load(edge) as load:
+    with HttpLoad(edge) as load:
         back = playbook("rollback.yml")
     record("rollback_both", load.figures())
     assert back.returncode == 0, (back.stdout + back.stderr)[-3000:]
