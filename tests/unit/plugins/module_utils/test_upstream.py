@@ -10,8 +10,6 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
-import json
 import os
 import shutil
 import stat
@@ -22,7 +20,6 @@ import uuid
 
 import pytest
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.module_utils import upstream as up
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerNotFound
@@ -44,16 +41,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
 )
 from ansible_collections.opsbook.stack.plugins.modules import nginx_upstream
 
-try:  # ansible-core >= 2.19
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # older ansible-core
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -435,10 +423,8 @@ def test_sync_with_explicit_weighted_servers_for_a_canary(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 
 
-def run_module(args: dict, capsys) -> dict:
-    with patch_module_args(args), pytest.raises(SystemExit):
-        nginx_upstream.main()
-    return json.loads(capsys.readouterr().out)
+def run_upstream(args: dict, capsys) -> dict:
+    return run_module(nginx_upstream, args, capsys)
 
 
 def test_module_check_mode_then_real_then_quiet(fake_nginx, capsys):
@@ -446,21 +432,21 @@ def test_module_check_mode_then_real_then_quiet(fake_nginx, capsys):
     args = {"name": "app_hosts", "servers": [{"address": "10.0.0.12:8080"}, {"address": "10.0.0.11:8080"}],
             "directory": str(conf_dir), "nginx_binary": nginx.binary, "reload": False,
             "lock_path": str(conf_dir.parent / "lock")}
-    checked = run_module({**args, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
+    checked = run_upstream({**args, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
     assert checked["changed"] is True and "server 10.0.0.11:8080;" in checked["diff"]["after"]
     assert not (conf_dir / "app_hosts.conf").exists()
-    real = run_module(args, capsys)
+    real = run_upstream(args, capsys)
     assert real["changed"] is True and real["reloaded"] is False
     assert [s["address"] for s in real["servers"]] == ["10.0.0.11:8080", "10.0.0.12:8080"]
-    assert run_module({**args, "_ansible_check_mode": True}, capsys)["changed"] is False
-    assert run_module(args, capsys)["changed"] is False
+    assert run_upstream({**args, "_ansible_check_mode": True}, capsys)["changed"] is False
+    assert run_upstream(args, capsys)["changed"] is False
 
 
 def test_module_fails_with_nginx_error_and_keeps_the_old_file(fake_nginx, capsys):
     conf_dir, nginx = fake_nginx
     (conf_dir / "zz.conf").write_text("BROKEN;\n")  # something else breaks the configuration
-    result = run_module({"name": "app_hosts", "servers": [{"address": "10.0.0.11:8080"}], "directory": str(conf_dir),
-                         "nginx_binary": nginx.binary, "lock_path": str(conf_dir.parent / "lock")}, capsys)
+    result = run_upstream({"name": "app_hosts", "servers": [{"address": "10.0.0.11:8080"}], "directory": str(conf_dir),
+                          "nginx_binary": nginx.binary, "lock_path": str(conf_dir.parent / "lock")}, capsys)
     assert result["failed"] is True
     assert result["nginx_error"].startswith('nginx: [emerg] unknown directive "BROKEN"')
     assert not (conf_dir / "app_hosts.conf").exists()
@@ -471,15 +457,15 @@ def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
     (conf_dir / "demo_legacy.conf").write_text("upstream demo_legacy { server 127.0.0.1:1; }\n")
     args = {"project": "demo", "service": "legacy", "state": "absent", "directory": str(conf_dir),
             "nginx_binary": nginx.binary, "reload": False, "lock_path": str(conf_dir.parent / "lock")}
-    removed = run_module(args, capsys)
+    removed = run_upstream(args, capsys)
     assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
     assert not (conf_dir / "demo_legacy.conf").exists()
     assert calls_of(conf_dir) == ["-t"]
-    assert run_module(args, capsys)["changed"] is False
+    assert run_upstream(args, capsys)["changed"] is False
 
 
 def test_module_needs_a_service_or_a_name(capsys):
-    result = run_module({"servers": [{"address": "10.0.0.11:8080"}]}, capsys)
+    result = run_upstream({"servers": [{"address": "10.0.0.11:8080"}]}, capsys)
     assert result["failed"] is True and "one of the following is required: name, service" in result["msg"]
 
 

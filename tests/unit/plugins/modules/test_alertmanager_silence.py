@@ -11,28 +11,17 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
 import json
 import secrets
 import urllib.request
 
 import pytest
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.modules import alertmanager_silence
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 pytestmark = pytest.mark.docker
 
@@ -40,9 +29,7 @@ pytestmark = pytest.mark.docker
 def run(args: dict, capsys, check: bool = False) -> dict:
     if check:
         args = dict(args, _ansible_check_mode=True)
-    with patch_module_args(args), pytest.raises(SystemExit):
-        alertmanager_silence.main()
-    return json.loads(capsys.readouterr().out)
+    return run_module(alertmanager_silence, args, capsys)
 
 
 def live(url: str, project: str) -> list:

@@ -8,38 +8,24 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
-import json
 import os
 import secrets
 import subprocess
 
 import pytest
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
 from ansible_collections.opsbook.stack.plugins.modules import backup as backup_module
 from ansible_collections.opsbook.stack.plugins.modules import restore as restore_module
 
-try:  # ansible-core >= 2.19
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 IMAGE = "127.0.0.1:5000/redis:7.0"
 
 
 def run(module, args: dict, capsys) -> dict:
-    with patch_module_args(args), pytest.raises(SystemExit):
-        module.main()
-    return json.loads(capsys.readouterr().out)
+    return run_module(module, args, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -8,27 +8,16 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
 import json
 
 import pytest
 import yaml
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.module_utils.probes import parse_probes
 from ansible_collections.opsbook.stack.plugins.modules import health_check
 
-try:  # ansible-core >= 2.19: sets the args and the serialization profile the module now requires
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # older ansible-core: the args buffer alone
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from ansible_collections.opsbook.stack.tests.unit.module_args import patch_module_args
 
 
 def run_module(args: dict, capsys) -> dict:

@@ -8,35 +8,21 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
-import json
 import time
 
 import pytest
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.modules import prometheus_query
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 pytestmark = pytest.mark.docker
 
 
 def run(args: dict, capsys) -> dict:
-    with patch_module_args(args), pytest.raises(SystemExit):
-        prometheus_query.main()
-    return json.loads(capsys.readouterr().out)
+    return run_module(prometheus_query, args, capsys)
 
 
 def test_query_without_assertion_returns_samples(monitoring, capsys):  # noqa: F811

@@ -9,34 +9,16 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
-import json
 
 import pytest
 import yaml
 
-from ansible.module_utils import basic
 
 from ansible_collections.opsbook.stack.plugins.doc_fragments.upgrade import ModuleDocFragment
 from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import COMMON_OPTIONS
 from ansible_collections.opsbook.stack.plugins.modules import rollback, rolling_upgrade
 
-try:  # ansible-core >= 2.19
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
-
-
-def run_module(module, args: dict, capsys) -> dict:
-    with patch_module_args(args), pytest.raises(SystemExit):
-        module.main()
-    return json.loads(capsys.readouterr().out)
+from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 
 @pytest.mark.parametrize("services, message", [
