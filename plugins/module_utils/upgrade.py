@@ -916,6 +916,16 @@ class Rollout:
             raise
         self._retire(service, old)
         if plan.port is not None:
+            if not self.s.docker_health_gate:
+                # The switch did not wait for the healthcheck's first pass (a rollback to a warm release), but the
+                # shared upstream function lists healthy containers only: re-rendering now would drop the new
+                # containers still "starting". Wait for their first pass; if it never comes, keep the switched file.
+                try:
+                    self.wait_healthy(new, True)
+                except UpgradeError as exc:
+                    self.run.warnings.append("%s: upstream left as switched, not re-read from Docker: %s" % (service, exc))
+                    self.run.mark("%s_done" % service)
+                    return
             self.host.sync_from_docker(service, plan.port)
         self.run.mark("%s_done" % service)
 
