@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "plugins", "module_utils"))  # standalone, as cron runs it
 
 import backup as bk  # noqa: E402  # pylint: disable=wrong-import-position,import-error
-from docker_api import DockerClient  # noqa: E402  # pylint: disable=wrong-import-position,import-error
+from _docker import DockerClient  # noqa: E402  # pylint: disable=wrong-import-position,import-error
 
 IMAGE = "127.0.0.1:5000/mariadb:10.11"
 

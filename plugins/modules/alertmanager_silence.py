@@ -188,7 +188,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.opsbook.stack.plugins.module_utils.prometheus_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
     ApiError,
     HttpSettings,
     Matcher,

@@ -217,10 +217,10 @@ exit_code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.backup import (
+from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
     BackupError, ComponentSpec, Settings, load_config, plan_backup, run_backup, run_drill,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
 TYPES = ["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]
 

@@ -77,7 +77,7 @@ report:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 
 def describe(client: DockerClient, summary: dict, log_tail: int) -> dict:

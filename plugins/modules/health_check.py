@@ -328,8 +328,8 @@ probes:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DEFAULT_DOCKER_HOST
-from ansible_collections.opsbook.stack.plugins.module_utils.probes import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     DEFAULT_DELAY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,

@@ -26,7 +26,7 @@ description:
   - When no container is healthy the module refuses to write an upstream without servers; the existing file
     stays and the task fails naming each container and why it was left out.
   - The nginx role and the upgrade and rollback modules render upstreams with the same code
-    (C(plugins/module_utils/upstream.py)), so they always agree on the file.
+    (C(plugins/module_utils/_upstream.py)), so they always agree on the file.
 author:
   # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
   - opsbook.stack maintainers (!UNKNOWN)
@@ -240,8 +240,8 @@ nginx_error:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DEFAULT_DOCKER_HOST
-from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     DEFAULT_HOST_IP,
     DEFAULT_KEEPALIVE,
     DEFAULT_LOCK_PATH,

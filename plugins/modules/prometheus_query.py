@@ -219,7 +219,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.opsbook.stack.plugins.module_utils.prometheus_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
     ApiError,
     Assertion,
     HttpSettings,

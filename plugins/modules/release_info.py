@@ -81,8 +81,8 @@ broken:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError, DockerNotFound
-from ansible_collections.opsbook.stack.plugins.module_utils.journal import Journal, project_images
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError, DockerNotFound
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, project_images
 
 
 def main() -> None:

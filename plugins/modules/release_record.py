@@ -112,8 +112,8 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
-from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     Journal, JournalError, Release, file_sha256, iso_utc, new_release_id, project_images,
 )
 

@@ -95,7 +95,7 @@ evidence:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import (
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     COMMON_OPTIONS, BadRequest, UpgradeError, rollback, settings_from_params,
 )
 

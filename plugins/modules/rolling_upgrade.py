@@ -23,7 +23,7 @@ description:
     new containers only (a loopback server on O(gate_port), present only during the gate)."
   - Optionally gives the new containers O(canary_weight) percent of the traffic for O(canary_s) seconds, then
     switches the service's Nginx upstream to the new containers with the shared upstream function
-    (C(plugins/module_utils/upstream.py)), and bakes for O(bake_s) seconds, judging the 5xx ratio and the p95
+    (C(plugins/module_utils/_upstream.py)), and bakes for O(bake_s) seconds, judging the 5xx ratio and the p95
     upstream latency of the new containers from the Nginx access log and from probes through the site.
   - Drains the old containers (no established connection left, or O(drain_timeout) seconds), stops them with
     their own stop grace period and removes them.
@@ -143,7 +143,7 @@ evidence:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import (
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     COMMON_OPTIONS, BadRequest, UpgradeError, rolling_upgrade, settings_from_params,
 )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 SOCKET = "/var/run/docker.sock"
 PROMETHEUS_IMAGE = "127.0.0.1:5000/prometheus:2.42"

@@ -95,7 +95,7 @@ def test_seed_and_fingerprint(host):
 
 def test_role_installed_the_collection_library_and_private_configs(host):
     here = os.path.join(PROJECT_DIR, "plugins", "module_utils")
-    for name in ("backup.py", "docker_api.py"):
+    for name in ("_backup.py", "_docker.py"):
         local = hashlib.sha256(open(os.path.join(here, name), "rb").read()).hexdigest()
         assert host.file("/usr/local/lib/opsbook/" + name).sha256sum == local, name
     assert host.file("/usr/local/bin/opsbook-backup").mode == 0o755

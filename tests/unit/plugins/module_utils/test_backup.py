@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.opsbook.stack.plugins.module_utils import backup as bk
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 SOCKET = "/var/run/docker.sock"
 IMAGES = {
@@ -178,11 +178,11 @@ def test_zstd_missing_fails_clearly(tmp_path):
 
 
 def test_runs_standalone_without_ansible(tmp_path):
-    """The role copies backup.py and docker_api.py to /usr/local/lib/opsbook/ and cron runs the file."""
+    """The role copies _backup.py and _docker.py to /usr/local/lib/opsbook/ and cron runs the file."""
     here = os.path.dirname(bk.__file__)
-    for name in ("backup.py", "docker_api.py"):
+    for name in ("_backup.py", "_docker.py"):
         shutil.copy(os.path.join(here, name), tmp_path / name)
-    proc = subprocess.run(["python3", "-S", str(tmp_path / "backup.py"), "--config", str(tmp_path / "none.json"),
+    proc = subprocess.run(["python3", "-S", str(tmp_path / "_backup.py"), "--config", str(tmp_path / "none.json"),
                            "list", "x"], capture_output=True, text=True, check=False, timeout=30)
     assert proc.returncode == bk.EXIT_USAGE, proc.stderr
     assert "cannot read config" in proc.stderr
@@ -502,18 +502,18 @@ def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
     here = os.path.dirname(bk.__file__)
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("backup.py", "docker_api.py"):
+    for name in ("_backup.py", "_docker.py"):
         shutil.copy(os.path.join(here, name), lib / name)
     config = tmp_path / "backup.json"
     config.write_text(json.dumps({"dest": str(tmp_path / "b"), "metrics_dir": str(tmp_path / "m"),
                                   "components": {"cache": {"type": "redis", "container": dbs["redis"]}}}))
-    proc = subprocess.run(["python3", str(lib / "backup.py"), "--config", str(config), "--jitter", "0.2",
+    proc = subprocess.run(["python3", str(lib / "_backup.py"), "--config", str(config), "--jitter", "0.2",
                            "backup", "cache"], capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["component"] == "cache"
     metrics = (tmp_path / "m" / "opsbook_backup_cache.prom").read_text()
     assert 'opsbook_backup_last_exit_code{component="cache",type="redis"} 0' in metrics
-    proc = subprocess.run(["python3", str(lib / "backup.py"), "--config", str(config), "verify", "cache"],
+    proc = subprocess.run(["python3", str(lib / "_backup.py"), "--config", str(config), "verify", "cache"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

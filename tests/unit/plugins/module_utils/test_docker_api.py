@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ansible_collections.opsbook.stack.plugins.module_utils import docker_api
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils import _docker as docker_api
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DockerClient,
     DockerConflict,
     DockerConnectionError,
@@ -33,7 +33,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
     demux_stream,
     negotiate_api_version,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.probes import check
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import check
 
 REAL_SOCKET = "/var/run/docker.sock"
 

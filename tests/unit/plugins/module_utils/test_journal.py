@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     MIN_KEEP, Journal, JournalError, Release, ServiceImage, new_release_id, project_images,
 )
 

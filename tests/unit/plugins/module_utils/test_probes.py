@@ -13,14 +13,14 @@ import uuid
 
 import pytest
 
-from ansible_collections.opsbook.stack.plugins.module_utils import probes
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils import _probes as probes
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DockerConflict,
     DockerNotFound,
     DockerTimeout,
     ExecResult,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.probes import (
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     ContainerProbe,
     ExecProbe,
     HttpProbe,

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from ansible_collections.opsbook.stack.plugins.module_utils import prometheus_api as api
+from ansible_collections.opsbook.stack.plugins.module_utils import _prometheus as api
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 import yaml
-from ansible_collections.opsbook.stack.plugins.module_utils.journal import Journal, Release, ServiceImage
-from ansible_collections.opsbook.stack.plugins.module_utils.project_lock import ProjectLocked, project_lock
-from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import (
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, Release, ServiceImage
+from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import ProjectLocked, project_lock
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     BadRequest, ComposeService, Settings, choose_release, content_key, established_on_ports, judge_bake,
     parse_access_line, parse_docker_time, plan_service, set_service_image, split_image, target_image,
     upstream_addresses,
@@ -186,7 +186,7 @@ class FakeHost:
         return "remote@" + ref
 
     def containers(self, service, port=None):
-        from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import Container
+        from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Container
         return [Container(c["Id"], c["Id"], c["ImageID"], c["State"], 1, 0.0, 30000) for c in self.client.containers]
 
 
@@ -296,7 +296,7 @@ class LeftoverHost:
     """A host after a killed run: containers by (name, state, port), the upstream's addresses."""
 
     def __init__(self, containers, serving):
-        from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import Container
+        from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Container
         self.items = [Container(name, name, "img", state, n, float(n), port)
                       for n, (name, state, port) in enumerate(containers)]
         self.upstream = list(serving)
@@ -322,7 +322,7 @@ class LeftoverHost:
 
 
 def reconciled(tmp_path, containers, serving, records=()):
-    from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import Run, reconcile
+    from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Run, reconcile
     journal = Journal(str(tmp_path), "demo")
     for record in records:
         journal.record(record)

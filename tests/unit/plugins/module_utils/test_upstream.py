@@ -21,9 +21,9 @@ import uuid
 import pytest
 
 
-from ansible_collections.opsbook.stack.plugins.module_utils import upstream as up
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerNotFound
-from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
+from ansible_collections.opsbook.stack.plugins.module_utils import _upstream as up
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerNotFound
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     CommandResult,
     NginxConfigRejected,
     NginxControl,
@@ -175,7 +175,7 @@ def test_render_is_sorted_numerically_and_complete():
     )
     text = render_upstream(Upstream("demo_backend", servers, keepalive=16, zone_size="128k", source="a test"))
     assert text == textwrap.dedent("""\
-        # Managed by opsbook.stack (module_utils/upstream.py): a test.
+        # Managed by opsbook.stack (module_utils/_upstream.py): a test.
         # Rendered from Docker's state and checked with nginx -t; edits here are overwritten.
         upstream demo_backend {
             zone demo_backend 128k;

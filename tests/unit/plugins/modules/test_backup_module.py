@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 from ansible_collections.opsbook.stack.plugins.modules import backup as backup_module
 from ansible_collections.opsbook.stack.plugins.modules import restore as restore_module
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 
-from ansible_collections.opsbook.stack.plugins.module_utils.probes import parse_probes
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import parse_probes
 from ansible_collections.opsbook.stack.plugins.modules import health_check
 
 from ansible_collections.opsbook.stack.tests.unit.module_args import patch_module_args

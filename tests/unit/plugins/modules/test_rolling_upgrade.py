@@ -15,7 +15,7 @@ import yaml
 
 
 from ansible_collections.opsbook.stack.plugins.doc_fragments.upgrade import ModuleDocFragment
-from ansible_collections.opsbook.stack.plugins.module_utils.upgrade import COMMON_OPTIONS
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import COMMON_OPTIONS
 from ansible_collections.opsbook.stack.plugins.modules import rollback, rolling_upgrade
 
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module

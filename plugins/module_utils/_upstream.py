@@ -4,6 +4,8 @@
 
 """The Nginx upstream of a Compose service, rendered from Docker's state and activated safely.
 
+Private to this collection: not a public API, it may change in any release.
+
 DESIGN.md "Contracts": stateless web services publish each container on 127.0.0.1 with an ephemeral host
 port; the Nginx upstream file of a service lists the ports of its healthy containers. This module is the one
 place that renders that file, so the nginx role and the upgrade/rollback modules write the same thing:
@@ -33,7 +35,7 @@ import tempfile
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DEFAULT_DOCKER_HOST,
     DockerClient,
     DockerError,
@@ -470,7 +472,7 @@ def render_upstream(upstream: Upstream) -> str:
     validate_upstream(upstream)
     source = upstream.source or "the servers given to opsbook.stack"
     lines = [
-        "# Managed by opsbook.stack (module_utils/upstream.py): %s." % source,
+        "# Managed by opsbook.stack (module_utils/_upstream.py): %s." % source,
         "# Rendered from Docker's state and checked with nginx -t; edits here are overwritten.",
         "upstream %s {" % upstream.name,
         # A shared zone: every worker sees the same server states (max_fails) and weights.

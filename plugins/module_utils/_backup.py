@@ -4,10 +4,12 @@
 
 """Backups that can be proven: dump, compress, checksum, commit, verify by restore.
 
-One implementation serves the ``backup``/``restore`` modules and the cron job. It uses the standard library
-only, so the ``backup`` role copies this file and ``docker_api.py`` to the host and cron runs it directly::
+Private to this collection: not a public API, it may change in any release.
 
-    python3 /usr/local/lib/opsbook/backup.py --config /etc/opsbook/backup.json backup mariadb
+One implementation serves the ``backup``/``restore`` modules and the cron job. It uses the standard library
+only, so the ``backup`` role copies this file and ``_docker.py`` to the host and cron runs it directly::
+
+    python3 /usr/local/lib/opsbook/_backup.py --config /etc/opsbook/backup.json backup mariadb
 
 Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts (``*.zst``) and ``manifest.json``. Every
 artifact is streamed from a Docker exec (or the archive API) through ``zstd`` into ``<name>.partial``,
@@ -61,11 +63,11 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote, urlencode, urlsplit
 
 try:
-    from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+    from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
         DockerAPIError, DockerClient, DockerError, DockerNotFound, UnixHTTPConnection,
     )
-except ImportError:  # run as a script from /usr/local/lib/opsbook/, next to a copy of docker_api.py
-    from docker_api import (  # type: ignore[no-redef]  # pylint: disable=import-error
+except ImportError:  # run as a script from /usr/local/lib/opsbook/, next to a copy of _docker.py
+    from _docker import (  # type: ignore[no-redef]  # pylint: disable=import-error
         DockerAPIError, DockerClient, DockerError, DockerNotFound, UnixHTTPConnection,
     )
 
@@ -349,7 +351,7 @@ class StreamResult:
 
 
 class DockerStreams:
-    """Exec with streamed stdin/stdout and the archive API, on top of docker_api.DockerClient."""
+    """Exec with streamed stdin/stdout and the archive API, on top of _docker.DockerClient."""
 
     def __init__(self, client: DockerClient, timeout: float = 3600.0):
         self.client = client

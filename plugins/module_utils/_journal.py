@@ -3,6 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The release journal: one atomic JSON record per release of a Compose project.
 
+Private to this collection: not a public API, it may change in any release.
+
 Layout: ``<root>/<project>/releases/<id>.json``. A record names every service's image by reference, digest and
 image id, the hash of the rendered compose file, the outcome and timings. Records are written to a temporary
 file in the same directory, fsynced and renamed, so a reader sees a whole record or none. Retention keeps the

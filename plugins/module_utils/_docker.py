@@ -4,6 +4,8 @@
 
 """A small Docker Engine API client built on the standard library only.
 
+Private to this collection: not a public API, it may change in any release.
+
 Target hosts have the Docker Engine but neither the docker Python SDK nor, always, the docker CLI, so the
 modules talk to the engine's HTTP API directly: ``http.client`` over an AF_UNIX socket (or plain TCP).
 Only what the collection needs is here: version negotiation, container inspect/list/logs/stop/remove and
@@ -450,6 +452,48 @@ class DockerClient:
                          timeout: float | None = None) -> None:
         query = {"force": "1" if force else "0", "v": "1" if volumes else "0"}
         self.request("DELETE", "/containers/%s" % quote(container, safe=""), query=query, timeout=timeout)
+
+    def create_container(self, body: dict[str, t.Any], name: str | None = None, timeout: float | None = None) -> str:
+        """POST /containers/create; returns the new container's id."""
+        query = {"name": name} if name else None
+        return self.request_json("POST", "/containers/create", query=query, body=body, timeout=timeout)["Id"]
+
+    def start_container(self, container: str, timeout: float | None = None) -> None:
+        """Start a container; one that already runs is fine (HTTP 304)."""
+        self.request("POST", "/containers/%s/start" % quote(container, safe=""), timeout=timeout)
+
+    def wait_container(self, container: str, timeout: float | None = None) -> int:
+        """Wait for a container to stop; returns its exit code."""
+        status = self.request_json("POST", "/containers/%s/wait" % quote(container, safe=""), timeout=timeout)
+        return int((status or {}).get("StatusCode", -1))
+
+    # -- images and volumes --------------------------------------------------------------------------
+
+    def inspect_image(self, image: str, timeout: float | None = None) -> dict[str, t.Any]:
+        """GET /images/{name or id}/json; raises DockerNotFound when the engine does not have it."""
+        return self.request_json("GET", "/images/%s/json" % quote(image, safe=""), timeout=timeout)
+
+    def inspect_distribution(self, image: str, timeout: float | None = None) -> dict[str, t.Any]:
+        """GET /distribution/{name}/json: what the registry has for a reference, without pulling."""
+        return self.request_json("GET", "/distribution/%s/json" % quote(image, safe=""), timeout=timeout) or {}
+
+    def pull_image(self, repository: str, tag: str | None = None, timeout: float | None = 600.0) -> None:
+        """POST /images/create and read its progress stream; raises DockerAPIError with the registry's words."""
+        query = {"fromImage": repository, "tag": tag} if tag else {"fromImage": repository}
+        body = self.request("POST", "/images/create", query=query, timeout=timeout).body
+        ref = "%s:%s" % (repository, tag) if tag else repository
+        for line in body.decode("utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("error"):
+                raise DockerAPIError(500, "cannot pull %s: %s" % (ref, event["error"]), "POST", "/images/create",
+                                     str(event["error"]))
+
+    def inspect_volume(self, volume: str, timeout: float | None = None) -> dict[str, t.Any]:
+        """GET /volumes/{name}; raises DockerNotFound when there is no such volume."""
+        return self.request_json("GET", "/volumes/%s" % quote(volume, safe=""), timeout=timeout)
 
     # -- exec ----------------------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
 
 """Small standard-library clients of the Prometheus HTTP API and the Alertmanager v2 API.
 
+Private to this collection: not a public API, it may change in any release.
+
 Used by the prometheus_query and alertmanager_silence modules. Only what the runbooks need: instant queries,
 the list of alerts, and creating, finding and expiring silences. No third-party packages: target hosts and
 controllers need nothing beyond Python.

@@ -4,6 +4,8 @@
 
 """One lock per Compose project: upgrade, rollback and restore never run at the same time on a project.
 
+Private to this collection: not a public API, it may change in any release.
+
 ``flock`` on ``<root>/<project>/.lock`` (root /var/lib/opsbook). The kernel drops the lock when the process that
 holds it dies, so a killed run never leaves a stale lock behind. A child process that is given the lock's file
 descriptor (``pass_fds``) keeps the lock held while it runs: a ``docker compose`` started by a run that was then
@@ -18,16 +20,19 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import contextlib
-import fcntl
-import json
 import os
 import re
-import time
 import typing as t
-from dataclasses import dataclass
+
+from ansible_collections.opsbook.stack.plugins.module_utils._files import (
+    HeldLock,
+    LockHeld,
+    describe_holder,
+    flock,
+    read_holder,
+)
 
 DEFAULT_ROOT = "/var/lib/opsbook"
-POLL_S = 0.2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -39,60 +44,24 @@ class ProjectLocked(Exception):
         self.holder = holder
 
 
-@dataclass
-class HeldLock:
-    path: str
-    fd: int
-    waited_s: float
-
-
 def lock_path(project: str, root: str = DEFAULT_ROOT) -> str:
     if not _NAME_RE.match(project or ""):
         raise ValueError("project %r is not a valid Compose project name" % (project,))
     return os.path.join(root, project, ".lock")
 
 
-def read_holder(path: str) -> dict[str, t.Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.loads(handle.read() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def _describe(holder: dict[str, t.Any]) -> str:
-    if not holder:
-        return "another process"
-    since = holder.get("since")
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
-    return "%s (pid %s, since %s)" % (holder.get("operation", "?"), holder.get("pid", "?"), when)
-
-
 @contextlib.contextmanager
 def project_lock(project: str, operation: str, root: str = DEFAULT_ROOT, wait_s: float = 0.0) -> t.Iterator[HeldLock]:
     """Hold the project's lock for the block; wait up to wait_s seconds for it, then raise ProjectLocked."""
     path = lock_path(project, root)
-    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    started = time.monotonic()
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - started >= wait_s:
-                    holder = read_holder(path)
-                    raise ProjectLocked(
-                        "project %s is locked by %s; this %s waited %g s (lock_timeout) and changed nothing. "
-                        "Let the other run finish, or raise lock_timeout to wait for it." % (
-                            project, _describe(holder), operation, wait_s), holder) from None
-                time.sleep(POLL_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"operation": operation, "pid": os.getpid(), "since": time.time()}).encode(), 0)
-        yield HeldLock(path, fd, round(time.monotonic() - started, 3))
-    finally:
-        os.close(fd)  # releases the flock (children given the fd keep it until they exit)
+        with flock(path, operation, wait_s=wait_s) as held:
+            yield held
+    except LockHeld as exc:
+        raise ProjectLocked(
+            "project %s is locked by %s; this %s waited %g s (lock_timeout) and changed nothing. "
+            "Let the other run finish, or raise lock_timeout to wait for it." % (
+                project, describe_holder(exc.holder), operation, wait_s), exc.holder) from None
 
 
 __all__ = ["DEFAULT_ROOT", "HeldLock", "ProjectLocked", "lock_path", "project_lock", "read_holder"]

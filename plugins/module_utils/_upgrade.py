@@ -4,6 +4,8 @@
 
 """Zero-downtime rolling upgrades and rollbacks of a Compose project behind Nginx.
 
+Private to this collection: not a public API, it may change in any release.
+
 The mechanism (DESIGN.md, "Contracts"), for each service that changes:
 
 1. The service's ``image:`` in the rendered ``compose.yaml`` is set to the target, so Compose stays the source
@@ -16,7 +18,7 @@ The mechanism (DESIGN.md, "Contracts"), for each service that changes:
    ``unhealthy``, an exit or a restart aborts at once), HTTP readiness on each new container's published port,
    and K synthetic requests through Nginx to the new containers only (a loopback-only gate server).
 3. Optional canary: old and new share the upstream by weight for a while.
-4. Switch: the upstream lists the new containers only (module_utils/upstream.py, the one shared function).
+4. Switch: the upstream lists the new containers only (module_utils/_upstream.py, the one shared function).
 5. Bake: probes through the real site plus the Nginx access log lines of the new servers; the 5xx ratio and
    the p95 upstream latency must stay under their limits, and the new containers must stay healthy.
 6. Drain the old containers (no established connection to their port, or the drain timeout), stop them with
@@ -25,7 +27,7 @@ The mechanism (DESIGN.md, "Contracts"), for each service that changes:
 Failure before the switch removes only the new containers and puts the compose file back; failure in the
 canary or the bake switches the upstream back first. Either way the result carries the evidence (health log,
 log tail, failing probe) and the journal records the release as failed. Stateful services are recreated
-stop-first, with a warning. One lock per project (module_utils/project_lock.py) serializes runs; a run that
+stop-first, with a warning. One lock per project (module_utils/_project_lock.py) serializes runs; a run that
 finds the leftovers of a killed run puts them in order first (``reconcile``).
 """
 
@@ -45,13 +47,13 @@ import typing as t
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DEFAULT_DOCKER_HOST,
     DockerClient,
     DockerError,
     DockerNotFound,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     DEFAULT_ROOT,
     Journal,
     JournalError,
@@ -62,14 +64,14 @@ from ansible_collections.opsbook.stack.plugins.module_utils.journal import (
     new_release_id,
     project_images,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.probes import (
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     ContainerProbe,
     HttpProbe,
     check_container,
     check_http,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils.project_lock import ProjectLocked, project_lock
-from ansible_collections.opsbook.stack.plugins.module_utils.upstream import (
+from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import ProjectLocked, project_lock
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     DEFAULT_UPSTREAM_DIR,
     NginxControl,
     Server,

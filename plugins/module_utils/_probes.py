@@ -4,6 +4,8 @@
 
 """Health probes (http, tcp, container, exec) run concurrently, with results an on-call person can act on.
 
+Private to this collection: not a public API, it may change in any release.
+
 Used by the health_check module and by the modules that gate upgrades. Standard library only: target hosts
 have neither requests nor the docker SDK.
 """
@@ -26,7 +28,7 @@ from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import urlsplit
 
-from ansible_collections.opsbook.stack.plugins.module_utils.docker_api import (
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DEFAULT_DOCKER_HOST,
     DockerClient,
     DockerConflict,
