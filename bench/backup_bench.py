@@ -33,8 +33,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "plugins", "module_utils"))  # standalone, as cron runs it
 
-import backup as bk  # noqa: E402  # pylint: disable=wrong-import-position,import-error
-from _docker import DockerClient  # noqa: E402  # pylint: disable=wrong-import-position,import-error
+import backup as bk  # pylint: disable=wrong-import-position,import-error
+from _docker import DockerClient  # pylint: disable=wrong-import-position,import-error
 
 IMAGE = "127.0.0.1:5000/mariadb:10.11"
 
@@ -53,33 +53,66 @@ def main() -> int:
     password = secrets.token_hex(8)
     name = "opsbook-bkp-test-bench-%s" % secrets.token_hex(3)
     workdir = args.dir or tempfile.mkdtemp(prefix="opsbook-bkp-bench-", dir="/var/tmp")
-    client.request_json("POST", "/containers/create", query={"name": name}, body={
-        "Image": IMAGE, "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
-        "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
-        "HostConfig": {"NetworkMode": "none"}})
+    client.request_json(
+        "POST",
+        "/containers/create",
+        query={"name": name},
+        body={
+            "Image": IMAGE,
+            "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
+            "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
+            "HostConfig": {"NetworkMode": "none"},
+        },
+    )
     try:
         client.request("POST", "/containers/%s/start" % name)
-        spec = bk.ComponentSpec(name="bench", type="mariadb", container=name, databases=["app"], keep_last=1,
-                                keep_daily=0, keep_weekly=0)
-        settings = bk.Settings(dest=os.path.join(workdir, "tool"), drill_prefix="opsbook-bkp-test-bench-drill-",
-                               drill_timeout=300)
+        spec = bk.ComponentSpec(
+            name="bench", type="mariadb", container=name, databases=["app"], keep_last=1, keep_daily=0, keep_weekly=0
+        )
+        settings = bk.Settings(
+            dest=os.path.join(workdir, "tool"), drill_prefix="opsbook-bkp-test-bench-drill-", drill_timeout=300
+        )
         bk.Engine(spec, settings, client).wait_ready(name, 120, 1)
         mysql = ["docker", "exec", "-e", "MYSQL_PWD=%s" % password, name, "mariadb", "-uroot", "-D", "app", "-e"]
         t0 = time.monotonic()
-        sh(mysql + ["CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
-                    "payload VARCHAR(400), created DATETIME, KEY (user_id))"])
+        sh(
+            mysql
+            + [
+                "CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
+                "payload VARCHAR(400), created DATETIME, KEY (user_id))"
+            ]
+        )
         rows = args.mb * 1000 * 1000 // 243  # one row is about 243 bytes of SQL dump
         batch = 200_000
         for start in range(0, rows, batch):
-            sh(mysql + ["INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
-                        "'logout'), MD5(seq), CONCAT(REPEAT(CONCAT('msg ', MOD(seq, 1000), ' '), 8), MD5(RAND()), "
-                        "' ', SHA2(RAND(), 256)), NOW() - INTERVAL seq SECOND FROM seq_%d_to_%d"
-                        % (start + 1, min(start + batch, rows))])
+            sh(
+                mysql
+                + [
+                    "INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
+                    "'logout'), MD5(seq), CONCAT(REPEAT(CONCAT('msg ', MOD(seq, 1000), ' '), 8), MD5(RAND()), "
+                    "' ', SHA2(RAND(), 256)), NOW() - INTERVAL seq SECOND FROM seq_%d_to_%d"
+                    % (start + 1, min(start + batch, rows))
+                ]
+            )
         print("generated %d rows in %.1f s" % (rows, time.monotonic() - t0), flush=True)
 
-        dump = ["docker", "exec", "-e", "MYSQL_PWD=%s" % password, name, "mariadb-dump", "-uroot",
-                "--single-transaction", "--routines", "--events", "--triggers", "--hex-blob", "--add-drop-database",
-                "--databases", "app"]
+        dump = [
+            "docker",
+            "exec",
+            "-e",
+            "MYSQL_PWD=%s" % password,
+            name,
+            "mariadb-dump",
+            "-uroot",
+            "--single-transaction",
+            "--routines",
+            "--events",
+            "--triggers",
+            "--hex-blob",
+            "--add-drop-database",
+            "--databases",
+            "app",
+        ]
         bare_file = os.path.join(workdir, "bare.sql.zst")
         pipeline = "set -o pipefail; %s | zstd -q -c -3 -T1 > %s" % (" ".join(dump), bare_file)
         subprocess.run(["bash", "-c", pipeline.replace(bare_file, "/dev/null")], check=True)  # warm-up, untimed
@@ -102,21 +135,36 @@ def main() -> int:
 
         mb = raw / 1e6
         print()
-        print("%d rounds each, alternating; seconds are medians (bare %s, tool %s)" % (
-            args.rounds, " ".join("%.2f" % x for x in bare_times), " ".join("%.2f" % x for x in tool_times)))
+        print(
+            "%d rounds each, alternating; seconds are medians (bare %s, tool %s)"
+            % (args.rounds, " ".join("%.2f" % x for x in bare_times), " ".join("%.2f" % x for x in tool_times))
+        )
         print()
         print("| pipeline | dump MB (raw) | file MB | seconds | MB/s | ratio vs bare |")
         print("|---|---:|---:|---:|---:|---:|")
-        print("| bare `docker exec mariadb-dump \\| zstd -3` | %.1f | %.1f | %.2f | %.1f | 1.00 |"
-              % (mb, bare_size / 1e6, bare_s, mb / bare_s))
-        print("| opsbook backup (dump+zstd+sha256+fsync+manifest+verify) | %.1f | %.1f | %.2f | %.1f | %.2f |"
-              % (result.raw_size / 1e6, result.size / 1e6, tool_s, result.raw_size / 1e6 / tool_s,
-                 (result.raw_size / tool_s) / (raw / bare_s)))
-        print("| restore drill (new container, import, counts, CHECKSUM TABLE) | %.1f | | %.2f | %.1f | |"
-              % (result.raw_size / 1e6, drill_s, result.raw_size / 1e6 / drill_s))
+        print(
+            "| bare `docker exec mariadb-dump \\| zstd -3` | %.1f | %.1f | %.2f | %.1f | 1.00 |"
+            % (mb, bare_size / 1e6, bare_s, mb / bare_s)
+        )
+        print(
+            "| opsbook backup (dump+zstd+sha256+fsync+manifest+verify) | %.1f | %.1f | %.2f | %.1f | %.2f |"
+            % (
+                result.raw_size / 1e6,
+                result.size / 1e6,
+                tool_s,
+                result.raw_size / 1e6 / tool_s,
+                (result.raw_size / tool_s) / (raw / bare_s),
+            )
+        )
+        print(
+            "| restore drill (new container, import, counts, CHECKSUM TABLE) | %.1f | | %.2f | %.1f | |"
+            % (result.raw_size / 1e6, drill_s, result.raw_size / 1e6 / drill_s)
+        )
         facts_s = bk.Store(settings.dest, "bench").get(result.id).facts.get("facts_s", 0)
-        print("(tool time includes %.2f s of exact row counts recorded for the drill before the dump and %.2f s "
-              "reading the artifacts back to verify their sha256)" % (facts_s, result.verify_s))
+        print(
+            "(tool time includes %.2f s of exact row counts recorded for the drill before the dump and %.2f s "
+            "reading the artifacts back to verify their sha256)" % (facts_s, result.verify_s)
+        )
         print()
         print("drill matches source: %s; counts %s" % (drill["matches_source"], drill["tables"]["app"]["counts"]))
         return 0

@@ -16,6 +16,7 @@ Prints one table: requests, failed, longest gap without a success, wall time. No
 
     python3 bench/upgrade_bench.py [--host opsbook-bench] [--rate 150] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VARS = {
     "compose_app_project": "demo",
-    "compose_app_services": {"backend": {"image": "registry:5000/demo-backend", "tag": "1.0", "preset": "web",
-                                         "replicas": 2}},
+    "compose_app_services": {
+        "backend": {"image": "registry:5000/demo-backend", "tag": "1.0", "preset": "web", "replicas": 2}
+    },
     "compose_app_healthcheck_overrides": {"interval": "5s", "timeout": "3s", "retries": 3, "start_period": "5s"},
     "compose_app_wait_timeout": 120,
     "nginx_compose_project": "demo",
@@ -67,8 +69,9 @@ class Load:
             conn = http.client.HTTPConnection(self.address, 80, timeout=10)
             try:
                 if n % 2:
-                    conn.request("POST", "/api/echo", body=b'{"bench": true}',
-                                 headers={"Content-Type": "application/json"})
+                    conn.request(
+                        "POST", "/api/echo", body=b'{"bench": true}', headers={"Content-Type": "application/json"}
+                    )
                 else:
                     conn.request("GET", "/api/version")
                 resp = conn.getresponse()
@@ -86,7 +89,7 @@ class Load:
             with self.lock:
                 self.events.append((time.monotonic(), ok, what))
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self
@@ -106,9 +109,13 @@ class Load:
                 gap = max(gap, at - last_ok)
                 last_ok = at
         gap = max(gap, end - last_ok)
-        return {"requests": len(events), "failed": len(failed), "longest_gap_s": round(gap, 3),
-                "rate": round(len(events) / max(end - start, 0.001), 1),
-                "errors": sorted({e[2] for e in failed})[:4]}
+        return {
+            "requests": len(events),
+            "failed": len(failed),
+            "longest_gap_s": round(gap, 3),
+            "rate": round(len(events) / max(end - start, 0.001), 1),
+            "errors": sorted({e[2] for e in failed})[:4],
+        }
 
     def first_version_after(self, start: float, version: str) -> float | None:
         with self.lock:
@@ -131,10 +138,18 @@ def ansible_env() -> dict:
 
 def inventory(host: str, tmp: Path) -> Path:
     path = tmp / "inventory.json"
-    data = {"all": {"hosts": {host: {}}, "vars": {
-        "ansible_connection": "community.docker.docker", "ansible_python_interpreter": "/usr/bin/python3",
-        "docker_engine_compose_binary_src": ansible_env()["OPSBOOK_COMPOSE_BINARY"], **VARS},
-        "children": {"app": {"hosts": {host: {}}}}}}
+    data = {
+        "all": {
+            "hosts": {host: {}},
+            "vars": {
+                "ansible_connection": "community.docker.docker",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "docker_engine_compose_binary_src": ansible_env()["OPSBOOK_COMPOSE_BINARY"],
+                **VARS,
+            },
+            "children": {"app": {"hosts": {host: {}}}},
+        }
+    }
     path.write_text(json.dumps(data))
     return path
 
@@ -144,7 +159,7 @@ def playbook(inv: Path, plays: list, tmp: Path) -> dict:
     path.write_text(json.dumps(plays))
     done = sh(["ansible-playbook", "-i", str(inv), str(path)], env=ansible_env(), timeout=1800)
     try:
-        return json.loads(done.stdout[done.stdout.index("{"):])
+        return json.loads(done.stdout[done.stdout.index("{") :])
     except ValueError:
         raise SystemExit("ansible-playbook said nothing useful:\n%s\n%s" % (done.stdout[-3000:], done.stderr[-3000:]))
 
@@ -159,15 +174,28 @@ def module(inv: Path, tmp: Path, name: str, args: dict) -> dict:
 
 
 def address_of(host: str) -> str:
-    return sh(["docker", "inspect", "--format", '{{(index .NetworkSettings.Networks "opsbook-sandbox").IPAddress}}',
-               host]).stdout.strip()
+    return sh(
+        ["docker", "inspect", "--format", '{{(index .NetworkSettings.Networks "opsbook-sandbox").IPAddress}}', host]
+    ).stdout.strip()
 
 
 def provision(host: str, inv: Path, tmp: Path) -> None:
     sh([sys.executable, str(REPO / "sandbox" / "sandbox.py"), "host", "create", host])
-    report = playbook(inv, [{"hosts": "all", "gather_facts": True, "roles": [
-        {"role": "opsbook.stack.docker_engine"}, {"role": "opsbook.stack.compose_app"},
-        {"role": "opsbook.stack.nginx"}]}], tmp)
+    report = playbook(
+        inv,
+        [
+            {
+                "hosts": "all",
+                "gather_facts": True,
+                "roles": [
+                    {"role": "opsbook.stack.docker_engine"},
+                    {"role": "opsbook.stack.compose_app"},
+                    {"role": "opsbook.stack.nginx"},
+                ],
+            }
+        ],
+        tmp,
+    )
     failures = report.get("stats", {}).get(host, {}).get("failures", 0)
     if failures:
         raise SystemExit("provisioning %s failed: %s" % (host, json.dumps(report)[-2000:]))
@@ -192,6 +220,7 @@ def main() -> None:
     load = Load(address, args.rate).start()
     time.sleep(3)
     try:
+
         def measure(label: str, action) -> dict:
             time.sleep(2)
             start = time.monotonic()
@@ -213,15 +242,24 @@ def main() -> None:
 
         measure("naive `docker compose up -d` 1.0 -> 2.0", naive)
         # Back to a recorded 1.0 for the rest (not measured).
-        module(inv, tmp, "opsbook.stack.rolling_upgrade", {"project": "demo", "services": {"backend": "1.0"}, **OPTIONS})
+        module(
+            inv, tmp, "opsbook.stack.rolling_upgrade", {"project": "demo", "services": {"backend": "1.0"}, **OPTIONS}
+        )
         result: dict = {}
 
         def upgrade(tag: str):
             def act() -> dict:
                 result.clear()
-                result.update(module(inv, tmp, "opsbook.stack.rolling_upgrade",
-                                     {"project": "demo", "services": {"backend": tag}, **OPTIONS}))
+                result.update(
+                    module(
+                        inv,
+                        tmp,
+                        "opsbook.stack.rolling_upgrade",
+                        {"project": "demo", "services": {"backend": tag}, **OPTIONS},
+                    )
+                )
                 return {"outcome": "failed (aborted)" if result.get("failed") else "succeeded"}
+
             return act
 
         measure("rolling_upgrade 1.0 -> 2.0", upgrade("2.0"))
@@ -231,9 +269,11 @@ def main() -> None:
             decided = time.monotonic()
             done = module(inv, tmp, "opsbook.stack.rollback", {"project": "demo", **OPTIONS})
             serving = load.first_version_after(decided, "1.0")
-            return {"outcome": "failed" if done.get("failed") else "succeeded",
-                    "decision_to_old_serving_s": round(serving, 2) if serving is not None else None,
-                    "module_switch_s": (done.get("timings") or {}).get("backend_switched")}
+            return {
+                "outcome": "failed" if done.get("failed") else "succeeded",
+                "decision_to_old_serving_s": round(serving, 2) if serving is not None else None,
+                "module_switch_s": (done.get("timings") or {}).get("backend_switched"),
+            }
 
         measure("rollback 2.0 -> 1.0", rollback)
     finally:
@@ -248,13 +288,24 @@ def main() -> None:
         if row.get("outcome"):
             notes.append(row["outcome"])
         if row.get("decision_to_old_serving_s") is not None:
-            notes.append("decision -> 1.0 serving %.2f s (module switch at %s s)" % (
-                row["decision_to_old_serving_s"], row.get("module_switch_s")))
+            notes.append(
+                "decision -> 1.0 serving %.2f s (module switch at %s s)"
+                % (row["decision_to_old_serving_s"], row.get("module_switch_s"))
+            )
         if row["errors"]:
             notes.append("errors: " + ", ".join(row["errors"]))
-        print("| %s | %d | %d | %.2f | %.1f | %.0f | %s |" % (row["case"], row["requests"], row["failed"],
-                                                            row["longest_gap_s"], row["wall_s"], row["rate"],
-                                                            "; ".join(notes)))
+        print(
+            "| %s | %d | %d | %.2f | %.1f | %.0f | %s |"
+            % (
+                row["case"],
+                row["requests"],
+                row["failed"],
+                row["longest_gap_s"],
+                row["wall_s"],
+                row["rate"],
+                "; ".join(notes),
+            )
+        )
 
 
 if __name__ == "__main__":

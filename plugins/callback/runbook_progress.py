@@ -59,7 +59,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ansible.plugins.callback import CallbackBase
 
@@ -85,7 +85,7 @@ class StepRun:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def steps_of(play) -> list[tuple[str, str]]:
@@ -202,12 +202,24 @@ class CallbackModule(CallbackBase):
             return
         lines = []
         for host, outcome in step.hosts.items():
-            lines.append(json.dumps({
-                "run_id": self.run_id, "runbook": self.runbook, "step": step.step_id, "index": step.index,
-                "total": step.total, "title": step.title, "host": host, "status": outcome.status,
-                "start": _iso(step.started), "duration_s": round(max(outcome.last - step.started, 0.0), 3),
-                "changed": outcome.changed,
-            }, sort_keys=False))
+            lines.append(
+                json.dumps(
+                    {
+                        "run_id": self.run_id,
+                        "runbook": self.runbook,
+                        "step": step.step_id,
+                        "index": step.index,
+                        "total": step.total,
+                        "title": step.title,
+                        "host": host,
+                        "status": outcome.status,
+                        "start": _iso(step.started),
+                        "duration_s": round(max(outcome.last - step.started, 0.0), 3),
+                        "changed": outcome.changed,
+                    },
+                    sort_keys=False,
+                )
+            )
         try:
             directory = os.path.dirname(path)
             if directory:

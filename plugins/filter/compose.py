@@ -13,9 +13,32 @@ import re
 from ansible.errors import AnsibleFilterError
 
 SERVICE_KEYS = {
-    "image", "tag", "preset", "port", "replicas", "command", "entrypoint", "environment", "secret_env", "env_files",
-    "volumes", "depends_on", "healthcheck", "health_path", "mem_limit", "cpus", "stop_grace_period", "restart",
-    "networks", "labels", "user", "ports", "stateful", "otlp", "sentry", "enabled",
+    "image",
+    "tag",
+    "preset",
+    "port",
+    "replicas",
+    "command",
+    "entrypoint",
+    "environment",
+    "secret_env",
+    "env_files",
+    "volumes",
+    "depends_on",
+    "healthcheck",
+    "health_path",
+    "mem_limit",
+    "cpus",
+    "stop_grace_period",
+    "restart",
+    "networks",
+    "labels",
+    "user",
+    "ports",
+    "stateful",
+    "otlp",
+    "sentry",
+    "enabled",
 }
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -124,7 +147,10 @@ def _service(name, spec, presets, services, settings):
     if spec.get("ports"):
         bad = [p for p in spec["ports"] if not str(p).startswith("127.0.0.1:")]
         if bad:
-            _fail(name, "ports %s would listen on every address; publish on 127.0.0.1 and let Nginx face the network" % bad)
+            _fail(
+                name,
+                "ports %s would listen on every address; publish on 127.0.0.1 and let Nginx face the network" % bad,
+            )
         svc.setdefault("ports", []).extend(spec["ports"])
 
     volumes = list(preset.get("volumes") or []) if not spec.get("volumes") else list(spec["volumes"])
@@ -175,7 +201,9 @@ def compose_project(services, project, presets, settings=None):
     enabled = {n: s or {} for n, s in services.items() if (s or {}).get("enabled", True)}
     for name in enabled:
         if not NAME_RE.match(name):
-            raise AnsibleFilterError("compose_app_services: service name '%s' must be lower case letters, digits, '-' or '_'" % name)
+            raise AnsibleFilterError(
+                "compose_app_services: service name '%s' must be lower case letters, digits, '-' or '_'" % name
+            )
     rendered = {name: _service(name, spec, presets, enabled, settings) for name, spec in sorted(enabled.items())}
     doc = {"name": project, "services": rendered}
     volumes = _named_volumes(rendered)

@@ -64,11 +64,19 @@ from urllib.parse import quote, urlencode, urlsplit
 
 try:
     from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
-        DockerAPIError, DockerClient, DockerError, DockerNotFound, UnixHTTPConnection,
+        DockerAPIError,
+        DockerClient,
+        DockerError,
+        DockerNotFound,
+        UnixHTTPConnection,
     )
 except ImportError:  # run as a script from /usr/local/lib/opsbook/, next to a copy of _docker.py
     from _docker import (  # type: ignore[no-redef]  # pylint: disable=import-error
-        DockerAPIError, DockerClient, DockerError, DockerNotFound, UnixHTTPConnection,
+        DockerAPIError,
+        DockerClient,
+        DockerError,
+        DockerNotFound,
+        UnixHTTPConnection,
     )
 
 EXIT_OK = 0
@@ -86,9 +94,18 @@ EXIT_DRILL = 11
 EXIT_RETENTION = 12
 
 EXIT_CLASSES = {
-    EXIT_OK: "ok", EXIT_INTERNAL: "internal", EXIT_USAGE: "usage", EXIT_LOCKED: "locked", EXIT_DOCKER: "docker",
-    EXIT_DUMP: "dump_failed", EXIT_IMPLAUSIBLE: "implausible_dump", EXIT_COMPRESS: "compression_failed",
-    EXIT_DISK: "disk_full", EXIT_VERIFY: "verify_failed", EXIT_RESTORE: "restore_failed", EXIT_DRILL: "drill_failed",
+    EXIT_OK: "ok",
+    EXIT_INTERNAL: "internal",
+    EXIT_USAGE: "usage",
+    EXIT_LOCKED: "locked",
+    EXIT_DOCKER: "docker",
+    EXIT_DUMP: "dump_failed",
+    EXIT_IMPLAUSIBLE: "implausible_dump",
+    EXIT_COMPRESS: "compression_failed",
+    EXIT_DISK: "disk_full",
+    EXIT_VERIFY: "verify_failed",
+    EXIT_RESTORE: "restore_failed",
+    EXIT_DRILL: "drill_failed",
     EXIT_RETENTION: "retention_failed",
 }
 
@@ -123,6 +140,7 @@ class BackupError(Exception):
 # Configuration
 # ------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ComponentSpec:
     """What to back up, and how many copies to keep."""
@@ -150,7 +168,9 @@ class ComponentSpec:
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
-            raise BackupError(EXIT_USAGE, "component %s: type %r is not one of %s" % (self.name, self.type, ", ".join(TYPES)))
+            raise BackupError(
+                EXIT_USAGE, "component %s: type %r is not one of %s" % (self.name, self.type, ", ".join(TYPES))
+            )
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", self.name or ""):
             raise BackupError(EXIT_USAGE, "component name %r: use letters, digits, '.', '_' and '-'" % self.name)
         if self.type == "volume" and not self.volume:
@@ -169,7 +189,7 @@ class ComponentSpec:
         return self.min_bytes if self.min_bytes is not None else DEFAULT_MIN_BYTES[self.type]
 
     @classmethod
-    def from_dict(cls, name: str, data: dict[str, t.Any]) -> "ComponentSpec":
+    def from_dict(cls, name: str, data: dict[str, t.Any]) -> ComponentSpec:
         known = set(cls.__dataclass_fields__)  # pylint: disable=no-member
         unknown = sorted(set(data) - known - {"name", "schedule"})
         if unknown:
@@ -200,9 +220,11 @@ class Settings:
 # Small helpers: time, hashing, atomic files, locks
 # ------------------------------------------------------------------------------------------------------------
 
+
 def utc_id(ts: float | None = None) -> str:
-    return datetime.datetime.fromtimestamp(time.time() if ts is None else ts, datetime.timezone.utc).strftime(
-        "%Y%m%dT%H%M%SZ")
+    return datetime.datetime.fromtimestamp(time.time() if ts is None else ts, datetime.UTC).strftime(
+        "%Y%m%dT%H%M%SZ"
+    )
 
 
 def file_sha256(path: str) -> str:
@@ -234,8 +256,8 @@ def _disk_full(path: str, written: int, exc: OSError, extra: int = CHUNK) -> Bac
     return BackupError(
         EXIT_DISK,
         "disk full writing %s: %d bytes written, at least %d more needed, %d free on %s (%s); the partial file "
-        "was removed and older backups are untouched" % (path, written, extra, free, os.path.dirname(path),
-                                                         os.strerror(exc.errno or errno.ENOSPC)),
+        "was removed and older backups are untouched"
+        % (path, written, extra, free, os.path.dirname(path), os.strerror(exc.errno or errno.ENOSPC)),
         {"path": path, "written_bytes": written, "needed_bytes": written + extra, "free_bytes": free},
     )
 
@@ -248,7 +270,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -273,7 +295,7 @@ def _unlink_quiet(path: str) -> None:
 
 
 class _NoLock:
-    def __enter__(self) -> "_NoLock":
+    def __enter__(self) -> _NoLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -287,7 +309,7 @@ class JobLock:
         self.path = path
         self.fd: int | None = None
 
-    def __enter__(self) -> "JobLock":
+    def __enter__(self) -> JobLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
@@ -300,8 +322,11 @@ class JobLock:
                 pass
             os.close(self.fd)
             self.fd = None
-            raise BackupError(EXIT_LOCKED, "another backup/restore of this job is running (lock %s held by pid %s)"
-                              % (self.path, holder.decode(errors="replace").strip() or "?")) from exc
+            raise BackupError(
+                EXIT_LOCKED,
+                "another backup/restore of this job is running (lock %s held by pid %s)"
+                % (self.path, holder.decode(errors="replace").strip() or "?"),
+            ) from exc
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self
@@ -315,6 +340,7 @@ class JobLock:
 # ------------------------------------------------------------------------------------------------------------
 # Docker exec as a stream: the dump goes from the container to zstd without touching memory as a whole
 # ------------------------------------------------------------------------------------------------------------
+
 
 class _RawReader:
     """Reads an upgraded (hijacked) Docker connection: bytes left over from the header first, then the socket."""
@@ -388,23 +414,32 @@ class DockerStreams:
     ) -> StreamResult:
         """Run command in container; stdout goes to stdout_sink chunk by chunk, stdin comes from stdin_source
         (called until it returns b""). Returns the exit code from exec inspect, stdout size, head and tail."""
-        body: dict[str, t.Any] = {"AttachStdin": stdin_source is not None, "AttachStdout": True, "AttachStderr": True,
-                                  "Tty": False, "Cmd": list(command)}
+        body: dict[str, t.Any] = {
+            "AttachStdin": stdin_source is not None,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": False,
+            "Cmd": list(command),
+        }
         if env:
             body["Env"] = ["%s=%s" % (k, v) for k, v in env.items()]
         if user:
             body["User"] = user
         try:
-            exec_id = self.client.request_json("POST", "/containers/%s/exec" % quote(container, safe=""), body=body)["Id"]
+            exec_id = self.client.request_json("POST", "/containers/%s/exec" % quote(container, safe=""), body=body)[
+                "Id"
+            ]
         except DockerNotFound as exc:
             raise BackupError(EXIT_DOCKER, "container %s does not exist" % container) from exc
         except DockerAPIError as exc:
             raise BackupError(EXIT_DOCKER, "cannot exec in container %s: %s" % (container, exc.explanation)) from exc
         sock = self._connect()
         payload = json.dumps({"Detach": False, "Tty": False}).encode()
-        request = ("POST /v%s/exec/%s/start HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
-                   "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: %d\r\n\r\n"
-                   % (self.client.api_version, exec_id, len(payload))).encode() + payload
+        request = (
+            "POST /v%s/exec/%s/start HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: %d\r\n\r\n"
+            % (self.client.api_version, exec_id, len(payload))
+        ).encode() + payload
         writer: threading.Thread | None = None
         writer_error: list[BaseException] = []
         stderr = bytearray()
@@ -425,6 +460,7 @@ class DockerStreams:
             if status not in (101, 200):
                 raise BackupError(EXIT_DOCKER, "exec start in %s: HTTP %s %s" % (container, status, leftover[:500]))
             if stdin_source is not None:
+
                 def pump() -> None:
                     try:
                         while True:
@@ -439,6 +475,7 @@ class DockerStreams:
                             sock.shutdown(socket.SHUT_WR)
                         except OSError:
                             pass
+
                 writer = threading.Thread(target=pump, daemon=True)
                 writer.start()
             reader = _RawReader(sock, leftover)
@@ -456,18 +493,20 @@ class DockerStreams:
                     remaining -= len(data)
                     if stream == 2:
                         if len(stderr) < STDERR_LIMIT:
-                            stderr.extend(data[:STDERR_LIMIT - len(stderr)])
+                            stderr.extend(data[: STDERR_LIMIT - len(stderr)])
                         continue
                     if total < 64:
                         head = (head + data)[:64]
                     total += len(data)
                     tail = (tail + data)[-256:] if len(data) < 256 else data[-256:]
                     if keep_stdout and len(kept) < keep_stdout:
-                        kept.extend(data[:keep_stdout - len(kept)])
+                        kept.extend(data[: keep_stdout - len(kept)])
                     if stdout_sink is not None:
                         stdout_sink(data)
-        except (socket.timeout, TimeoutError) as exc:
-            raise BackupError(EXIT_DUMP, "%s in %s: no output for %g s (hung?)" % (command[0], container, self.timeout)) from exc
+        except TimeoutError as exc:
+            raise BackupError(
+                EXIT_DUMP, "%s in %s: no output for %g s (hung?)" % (command[0], container, self.timeout)
+            ) from exc
         finally:
             sock.close()
             if writer is not None:
@@ -485,23 +524,28 @@ class DockerStreams:
                 return info.get("ExitCode")
             time.sleep(0.05)
 
-    def run(self, container: str, command: list[str], env: dict[str, str] | None = None,
-            limit: int = 4 * 1024 * 1024) -> StreamResult:
+    def run(
+        self, container: str, command: list[str], env: dict[str, str] | None = None, limit: int = 4 * 1024 * 1024
+    ) -> StreamResult:
         """A small command whose whole output is wanted."""
         return self.exec_stream(container, command, env=env, keep_stdout=limit)
 
     def get_archive(self, container: str, path: str, sink: t.Callable[[bytes], None]) -> int:
         """Stream the tar of path in container (running or not) into sink; returns the byte count."""
         conn = self._http()
-        url = "/v%s/containers/%s/archive?%s" % (self.client.api_version, quote(container, safe=""),
-                                                 urlencode({"path": path}))
+        url = "/v%s/containers/%s/archive?%s" % (
+            self.client.api_version,
+            quote(container, safe=""),
+            urlencode({"path": path}),
+        )
         total = 0
         try:
             conn.request("GET", url)
             resp = conn.getresponse()
             if resp.status >= 400:
-                raise BackupError(EXIT_DOCKER, "archive of %s:%s: HTTP %s %s" % (container, path, resp.status,
-                                                                                 resp.read(500)))
+                raise BackupError(
+                    EXIT_DOCKER, "archive of %s:%s: HTTP %s %s" % (container, path, resp.status, resp.read(500))
+                )
             while True:
                 data = resp.read1(CHUNK) if hasattr(resp, "read1") else resp.read(CHUNK)
                 if not data:
@@ -514,16 +558,20 @@ class DockerStreams:
 
     def put_archive(self, container: str, path: str, chunks: t.Iterable[bytes], length: int) -> None:
         conn = self._http()
-        url = "/v%s/containers/%s/archive?%s" % (self.client.api_version, quote(container, safe=""),
-                                                 urlencode({"path": path}))
+        url = "/v%s/containers/%s/archive?%s" % (
+            self.client.api_version,
+            quote(container, safe=""),
+            urlencode({"path": path}),
+        )
         try:
             headers = {"Content-Type": "application/x-tar", "Content-Length": str(length)}
             conn.request("PUT", url, body=chunks, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             if resp.status >= 400:
-                raise BackupError(EXIT_RESTORE, "copy into %s:%s failed: HTTP %s %s"
-                                  % (container, path, resp.status, body[:500]))
+                raise BackupError(
+                    EXIT_RESTORE, "copy into %s:%s failed: HTTP %s %s" % (container, path, resp.status, body[:500])
+                )
         finally:
             conn.close()
 
@@ -531,6 +579,7 @@ class DockerStreams:
 # ------------------------------------------------------------------------------------------------------------
 # Artifacts: stream -> zstd -> <name>.partial -> fsync -> rename
 # ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Artifact:
@@ -548,8 +597,15 @@ class ArtifactWriter:
     """zstd (and, with recipients, age) processes: the raw dump goes into zstd's stdin, the last stage's stdout
     goes, hashed, into <path>.partial. Every stage's exit status counts."""
 
-    def __init__(self, path: str, zstd: str = "zstd", level: int = 3, threads: int = 1,
-                 age_recipients: t.Sequence[str] = (), age: str = "age"):
+    def __init__(
+        self,
+        path: str,
+        zstd: str = "zstd",
+        level: int = 3,
+        threads: int = 1,
+        age_recipients: t.Sequence[str] = (),
+        age: str = "age",
+    ):
         self.path = path
         self.partial = path + ".partial"
         binary = shutil.which(zstd)
@@ -560,8 +616,10 @@ class ArtifactWriter:
         if age_recipients:
             age_binary = shutil.which(age)
             if not age_binary:
-                raise BackupError(EXIT_COMPRESS, "age not found (%s): install the age package on this host or "
-                                                 "remove the age recipients" % age)
+                raise BackupError(
+                    EXIT_COMPRESS,
+                    "age not found (%s): install the age package on this host or remove the age recipients" % age,
+                )
             age_argv = [age_binary]
             for recipient in age_recipients:
                 age_argv += ["-r", recipient]
@@ -570,12 +628,24 @@ class ArtifactWriter:
         self.raw = 0
         self.error: BaseException | None = None
         self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
-                                     stderr=subprocess.PIPE, bufsize=0)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
         self.procs = [self.proc]
         if age_argv:
-            self.procs.append(subprocess.Popen(age_argv, stdin=self.proc.stdout, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
-                                               stderr=subprocess.PIPE, bufsize=0))
+            self.procs.append(
+                subprocess.Popen(
+                    age_argv,
+                    stdin=self.proc.stdout,
+                    stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+                    stderr=subprocess.PIPE,
+                    bufsize=0,
+                )
+            )
             self.proc.stdout.close()  # type: ignore[union-attr]  # age holds it now; zstd sees EPIPE if age dies
         # Write-back starts while the dump still runs (a flusher thread fdatasyncs every FLUSH_EVERY bytes), so
         # the final fsync has little left to do.
@@ -616,7 +686,7 @@ class ArtifactWriter:
                 self.digest.update(block)
                 view = memoryview(block)
                 while view:
-                    view = view[os.write(self.fd, view):]
+                    view = view[os.write(self.fd, view) :]
                 before = self.written
                 self.written += len(block)
                 if self.written // FLUSH_EVERY != before // FLUSH_EVERY:
@@ -633,7 +703,7 @@ class ArtifactWriter:
         try:
             view = memoryview(data)
             while view:
-                view = view[self.proc.stdin.write(view) or 0:]  # type: ignore[union-attr]
+                view = view[self.proc.stdin.write(view) or 0 :]  # type: ignore[union-attr]
         except (BrokenPipeError, OSError) as exc:
             self.thread.join(5)
             raise self._failure() from exc
@@ -643,8 +713,9 @@ class ArtifactWriter:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return _disk_full(self.partial, self.written, err)
         if err is not None:
-            return BackupError(EXIT_DISK if isinstance(err, OSError) else EXIT_INTERNAL,
-                               "writing %s failed: %s" % (self.partial, err))
+            return BackupError(
+                EXIT_DISK if isinstance(err, OSError) else EXIT_INTERNAL, "writing %s failed: %s" % (self.partial, err)
+            )
         return BackupError(EXIT_COMPRESS, "%s while compressing into %s" % (self._statuses(), self.partial))
 
     def _statuses(self) -> str:
@@ -657,8 +728,14 @@ class ArtifactWriter:
                     err = (proc.stderr.read(4096) or b"").decode(errors="replace").strip()  # type: ignore[union-attr]
                 except (OSError, ValueError):
                     pass
-            parts.append("%s exited with %s%s" % (os.path.basename(str(proc.args[0])), rc,  # type: ignore[index]
-                                                  (": " + err) if err else ""))
+            parts.append(
+                "%s exited with %s%s"
+                % (
+                    os.path.basename(str(proc.args[0])),
+                    rc,  # type: ignore[index]
+                    (": " + err) if err else "",
+                )
+            )
         return ", ".join(parts)
 
     def finish(self) -> tuple[int, str]:
@@ -744,6 +821,7 @@ def _plausibility(kind: str, head: bytes, tail: bytes) -> str:
 # Per-engine knowledge
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _container_env(info: dict[str, t.Any]) -> dict[str, str]:
     env = {}
     for item in (info.get("Config") or {}).get("Env") or []:
@@ -776,22 +854,29 @@ class Engine:
         try:
             info = self.client.inspect_container(name)
         except DockerNotFound as exc:
-            raise BackupError(EXIT_DOCKER, "container %s does not exist (component %s)" % (name, self.spec.name)) from exc
+            raise BackupError(
+                EXIT_DOCKER, "container %s does not exist (component %s)" % (name, self.spec.name)
+            ) from exc
         except DockerError as exc:
             raise BackupError(EXIT_DOCKER, str(exc)) from exc
         if not (info.get("State") or {}).get("Running"):
-            raise BackupError(EXIT_DOCKER, "container %s is not running (component %s): start it first"
-                              % (name, self.spec.name))
+            raise BackupError(
+                EXIT_DOCKER, "container %s is not running (component %s): start it first" % (name, self.spec.name)
+            )
         return info
 
-    def credentials(self, container: str | None = None, info: dict[str, t.Any] | None = None) -> tuple[str, dict[str, str]]:
+    def credentials(
+        self, container: str | None = None, info: dict[str, t.Any] | None = None
+    ) -> tuple[str, dict[str, str]]:
         """(user, exec environment). Passwords travel in the exec environment, never in argv."""
         env = _container_env(info or self.container_info(container))
         if self.spec.engine == "mariadb":
             user = self.spec.user or "root"
             password = self.spec.password or (
-                _first(env, "MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD") if user == "root"
-                else _first(env, "MARIADB_PASSWORD", "MYSQL_PASSWORD"))
+                _first(env, "MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
+                if user == "root"
+                else _first(env, "MARIADB_PASSWORD", "MYSQL_PASSWORD")
+            )
             return user, ({"MYSQL_PWD": password} if password else {})
         if self.spec.engine == "postgres":
             user = self.spec.user or env.get("POSTGRES_USER") or "postgres"
@@ -804,21 +889,52 @@ class Engine:
 
     def _check(self, res: StreamResult, what: str, code: int = EXIT_DUMP, container: str = "") -> str:
         if res.exit_code != 0:
-            raise BackupError(code, "%s in container %s exited with %s: %s" % (
-                what, container or self.spec.container, res.exit_code, res.stderr.decode(errors="replace").strip()[-2000:]),
-                {"stderr": res.stderr.decode(errors="replace")[-4000:], "exit_code": res.exit_code})
+            raise BackupError(
+                code,
+                "%s in container %s exited with %s: %s"
+                % (
+                    what,
+                    container or self.spec.container,
+                    res.exit_code,
+                    res.stderr.decode(errors="replace").strip()[-2000:],
+                ),
+                {"stderr": res.stderr.decode(errors="replace")[-4000:], "exit_code": res.exit_code},
+            )
         return res.stdout.decode(errors="replace")
 
-    def sql(self, container: str, query: str, database: str = "", env: dict[str, str] | None = None,
-            user: str | None = None, code: int = EXIT_DUMP) -> list[list[str]]:
+    def sql(
+        self,
+        container: str,
+        query: str,
+        database: str = "",
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        code: int = EXIT_DUMP,
+    ) -> list[list[str]]:
         """Rows of a query, through the database's own client in the container."""
         if user is None or env is None:
             user, env = self.credentials(container)
         if self.spec.engine == "mariadb":
-            argv = [self.mariadb_client(container), "-u", user, "-N", "-B", "-e", query] + ([database] if database else [])
+            argv = [self.mariadb_client(container), "-u", user, "-N", "-B", "-e", query] + (
+                [database] if database else []
+            )
         else:
-            argv = ["psql", "-U", user, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", query,
-                    "-d", database or "postgres"]
+            argv = [
+                "psql",
+                "-U",
+                user,
+                "-X",
+                "-A",
+                "-t",
+                "-F",
+                "\t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                query,
+                "-d",
+                database or "postgres",
+            ]
         out = self._check(self.streams.run(container, argv, env=env), "query %r" % query[:80], code, container)
         return [line.split("\t") for line in out.splitlines() if line]
 
@@ -846,31 +962,59 @@ class Engine:
         if self.spec.engine == "mariadb":
             rows = self.sql(container, "SHOW DATABASES")
             return sorted(r[0] for r in rows if r[0] not in MARIADB_SYSTEM_DBS)
-        rows = self.sql(container, "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
-                                   "AND datname <> 'postgres' ORDER BY 1")
+        rows = self.sql(
+            container,
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
+            "AND datname <> 'postgres' ORDER BY 1",
+        )
         return [r[0] for r in rows]
 
     # -- table facts (recorded in the manifest, checked by the drill) ------------------------------------
 
-    def table_counts(self, container: str, database: str, env: dict[str, str] | None = None,
-                     user: str | None = None, code: int = EXIT_DUMP) -> dict[str, int]:
+    def table_counts(
+        self,
+        container: str,
+        database: str,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        code: int = EXIT_DUMP,
+    ) -> dict[str, int]:
         if self.spec.engine == "mariadb":
-            tables = [r[0] for r in self.sql(
-                container, "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
-                           "AND table_type = 'BASE TABLE' ORDER BY 1", database, env, user, code)]
+            tables = [
+                r[0]
+                for r in self.sql(
+                    container,
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "AND table_type = 'BASE TABLE' ORDER BY 1",
+                    database,
+                    env,
+                    user,
+                    code,
+                )
+            ]
             if not tables:
                 return {}
-            query = " UNION ALL ".join("SELECT '%s', COUNT(*) FROM `%s`" % (n.replace("'", "''"), n.replace("`", "``"))
-                                       for n in tables)
+            query = " UNION ALL ".join(
+                "SELECT '%s', COUNT(*) FROM `%s`" % (n.replace("'", "''"), n.replace("`", "``")) for n in tables
+            )
             return {r[0]: int(r[1]) for r in self.sql(container, query, database, env, user, code)}
-        query = ("SELECT table_schema || '.' || table_name, (xpath('/row/c/text()', query_to_xml(format("
-                 "'SELECT count(*) AS c FROM %I.%I', table_schema, table_name), false, true, '')))[1]::text "
-                 "FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-                 "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")
+        query = (
+            "SELECT table_schema || '.' || table_name, (xpath('/row/c/text()', query_to_xml(format("
+            "'SELECT count(*) AS c FROM %I.%I', table_schema, table_name), false, true, '')))[1]::text "
+            "FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        )
         return {r[0]: int(r[1]) for r in self.sql(container, query, database, env, user, code)}
 
-    def table_checksums(self, container: str, database: str, tables: t.Iterable[str], env: dict[str, str] | None = None,
-                        user: str | None = None, code: int = EXIT_DUMP) -> dict[str, str]:
+    def table_checksums(
+        self,
+        container: str,
+        database: str,
+        tables: t.Iterable[str],
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        code: int = EXIT_DUMP,
+    ) -> dict[str, str]:
         names = list(tables)
         if not names or self.spec.engine != "mariadb":
             return {}
@@ -880,11 +1024,18 @@ class Engine:
     # -- dumps -----------------------------------------------------------------------------------------
 
     def _writer(self, path: str) -> ArtifactWriter:
-        return ArtifactWriter(path, self.settings.zstd, self.spec.zstd_level, self.spec.zstd_threads,
-                              self.settings.age_recipients, self.settings.age)
+        return ArtifactWriter(
+            path,
+            self.settings.zstd,
+            self.spec.zstd_level,
+            self.spec.zstd_threads,
+            self.settings.age_recipients,
+            self.settings.age,
+        )
 
-    def _dump_to(self, directory: str, artifact: Artifact, container: str, argv: list[str],
-                 env: dict[str, str]) -> Artifact:
+    def _dump_to(
+        self, directory: str, artifact: Artifact, container: str, argv: list[str], env: dict[str, str]
+    ) -> Artifact:
         if self.settings.age_recipients:
             artifact.name += ".age"
             artifact.encrypted = True
@@ -894,14 +1045,25 @@ class Engine:
             res = self.streams.exec_stream(container, argv, env=env, stdout_sink=writer.write)
             self._check(res, argv[0], EXIT_DUMP, container)
             if res.stdout_bytes < self.spec.plausible_bytes:
-                raise BackupError(EXIT_IMPLAUSIBLE, "%s in %s produced %d bytes (< %d): an empty or failed dump, "
-                                  "not a backup; stderr: %s" % (argv[0], container, res.stdout_bytes,
-                                                                self.spec.plausible_bytes,
-                                                                res.stderr.decode(errors="replace").strip()[-500:]))
+                raise BackupError(
+                    EXIT_IMPLAUSIBLE,
+                    "%s in %s produced %d bytes (< %d): an empty or failed dump, "
+                    "not a backup; stderr: %s"
+                    % (
+                        argv[0],
+                        container,
+                        res.stdout_bytes,
+                        self.spec.plausible_bytes,
+                        res.stderr.decode(errors="replace").strip()[-500:],
+                    ),
+                )
             why = _plausibility(artifact.kind, res.head, res.tail)
             if why:
-                raise BackupError(EXIT_IMPLAUSIBLE, "%s in %s: %s" % (argv[0], container, why),
-                                  {"tail": res.tail.decode(errors="replace")})
+                raise BackupError(
+                    EXIT_IMPLAUSIBLE,
+                    "%s in %s: %s" % (argv[0], container, why),
+                    {"tail": res.tail.decode(errors="replace")},
+                )
             artifact.bytes, artifact.sha256 = writer.finish()
             artifact.raw_bytes = res.stdout_bytes
             if res.stderr.strip():
@@ -918,8 +1080,11 @@ class Engine:
         if self.spec.type == "prometheus":
             return self._dump_prometheus(directory)
         info = self.container_info()
-        facts: dict[str, t.Any] = {"container": self.spec.container, "image": (info.get("Config") or {}).get("Image"),
-                                   "image_id": info.get("Image")}
+        facts: dict[str, t.Any] = {
+            "container": self.spec.container,
+            "image": (info.get("Config") or {}).get("Image"),
+            "image_id": info.get("Image"),
+        }
         user, env = self.credentials(info=info)
         c = self.spec.container
         artifacts = []
@@ -933,12 +1098,28 @@ class Engine:
                     if self.spec.source_checksums:
                         facts.setdefault("checksums", {})[db] = self.table_checksums(c, db, counts, env, user)
                 facts["facts_s"] = round(facts.get("facts_s", 0) + time.monotonic() - t0, 3)
-                argv = [tool, "-u", user, "--single-transaction", "--routines", "--events", "--triggers",
-                        "--hex-blob", "--add-drop-database", "--databases", db]
-                artifacts.append(self._dump_to(directory, Artifact("%s.sql.zst" % db, "sql", database=db), c, argv, env))
+                argv = [
+                    tool,
+                    "-u",
+                    user,
+                    "--single-transaction",
+                    "--routines",
+                    "--events",
+                    "--triggers",
+                    "--hex-blob",
+                    "--add-drop-database",
+                    "--databases",
+                    db,
+                ]
+                artifacts.append(
+                    self._dump_to(directory, Artifact("%s.sql.zst" % db, "sql", database=db), c, argv, env)
+                )
         elif self.spec.engine == "postgres":
-            artifacts.append(self._dump_to(directory, Artifact("globals.sql.zst", "pg_globals"), c,
-                                           ["pg_dumpall", "-U", user, "-g"], env))
+            artifacts.append(
+                self._dump_to(
+                    directory, Artifact("globals.sql.zst", "pg_globals"), c, ["pg_dumpall", "-U", user, "-g"], env
+                )
+            )
             for db in self.databases(c):
                 t0 = time.monotonic()
                 if self.spec.source_counts:
@@ -946,15 +1127,20 @@ class Engine:
                 facts["facts_s"] = round(facts.get("facts_s", 0) + time.monotonic() - t0, 3)
                 # -Z0: zstd compresses better and faster than pg_dump's built-in zlib
                 argv = ["pg_dump", "-U", user, "-Fc", "-Z0", "-d", db]
-                artifacts.append(self._dump_to(directory, Artifact("%s.pgdump.zst" % db, "pg_custom", database=db),
-                                               c, argv, env))
+                artifacts.append(
+                    self._dump_to(directory, Artifact("%s.pgdump.zst" % db, "pg_custom", database=db), c, argv, env)
+                )
         elif self.spec.engine == "redis":
             artifacts.append(self._dump_redis(directory, c, env, facts))
         return artifacts, facts
 
     def _redis(self, container: str, env: dict[str, str], *args: str, code: int = EXIT_DUMP) -> str:
-        return self._check(self.streams.run(container, ["redis-cli", "--no-raw"] + list(args), env=env),
-                           "redis-cli %s" % " ".join(args), code, container).strip()
+        return self._check(
+            self.streams.run(container, ["redis-cli", "--no-raw"] + list(args), env=env),
+            "redis-cli %s" % " ".join(args),
+            code,
+            container,
+        ).strip()
 
     @staticmethod
     def _unquote(value: str) -> str:
@@ -989,8 +1175,11 @@ class Engine:
             saved = (info.get("rdb_saves") != saves_before) if saves_before is not None else now != before
             if saved and info.get("rdb_bgsave_in_progress") == "0":
                 if info.get("rdb_last_bgsave_status") != "ok":
-                    raise BackupError(EXIT_DUMP, "BGSAVE in %s failed (rdb_last_bgsave_status:%s): see the Redis log"
-                                      % (c, info.get("rdb_last_bgsave_status")))
+                    raise BackupError(
+                        EXIT_DUMP,
+                        "BGSAVE in %s failed (rdb_last_bgsave_status:%s): see the Redis log"
+                        % (c, info.get("rdb_last_bgsave_status")),
+                    )
                 break
             if time.monotonic() - started > self.settings.timeout:
                 raise BackupError(EXIT_DUMP, "BGSAVE in %s did not finish within %g s" % (c, self.settings.timeout))
@@ -1011,8 +1200,10 @@ class Engine:
                 return "http://%s:%d" % (net["IPAddress"], self.spec.api_port)
         if (info.get("HostConfig") or {}).get("NetworkMode") == "host":
             return "http://127.0.0.1:%d" % self.spec.api_port
-        raise BackupError(EXIT_DOCKER, "container %s has no IP address on which this host could reach Prometheus's API"
-                          % self.spec.container)
+        raise BackupError(
+            EXIT_DOCKER,
+            "container %s has no IP address on which this host could reach Prometheus's API" % self.spec.container,
+        )
 
     @staticmethod
     def tsdb_path(info: dict[str, t.Any]) -> str:
@@ -1030,11 +1221,13 @@ class Engine:
     def _prometheus_api(self, url: str, method: str = "POST", code: int = EXIT_DUMP) -> dict[str, t.Any]:
         """One request to Prometheus's HTTP API (http.client: this file runs without Ansible on the host)."""
         parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
-                                          timeout=min(self.settings.timeout, 600))
+        conn = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=min(self.settings.timeout, 600)
+        )
         try:
-            conn.request(method, parts.path + ("?" + parts.query if parts.query else ""),
-                         body=b"" if method == "POST" else None)
+            conn.request(
+                method, parts.path + ("?" + parts.query if parts.query else ""), body=b"" if method == "POST" else None
+            )
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -1055,8 +1248,12 @@ class Engine:
     def _dump_prometheus(self, directory: str) -> tuple[list[Artifact], dict[str, t.Any]]:
         info = self.container_info()
         tsdb = self.tsdb_path(info)
-        facts: dict[str, t.Any] = {"container": self.spec.container, "image": (info.get("Config") or {}).get("Image"),
-                                   "image_id": info.get("Image"), "tsdb_path": tsdb}
+        facts: dict[str, t.Any] = {
+            "container": self.spec.container,
+            "image": (info.get("Config") or {}).get("Image"),
+            "image_id": info.get("Image"),
+            "tsdb_path": tsdb,
+        }
         answer = self._prometheus_api(self.prometheus_url(info) + "/api/v1/admin/tsdb/snapshot")
         snapshot = (answer.get("data") or {}).get("name")
         if answer.get("status") != "success" or not snapshot:
@@ -1070,6 +1267,7 @@ class Engine:
         def sink(data: bytes) -> None:
             tail[0] = (tail[0] + data)[-1024:]
             writer.write(data)
+
         try:
             raw = self.streams.get_archive(self.spec.container, snap_dir, sink)
             if raw < self.spec.plausible_bytes or _plausibility("tar", b"", tail[0]):
@@ -1084,24 +1282,35 @@ class Engine:
                 facts["snapshot_left_behind"] = snap_dir
         return [Artifact(name, "tar", size, digest, raw, encrypted=bool(self.settings.age_recipients))], facts
 
-    def restore_prometheus(self, directory: str, art: Artifact, facts: dict[str, t.Any],
-                           code: int = EXIT_RESTORE) -> None:
+    def restore_prometheus(
+        self, directory: str, art: Artifact, facts: dict[str, t.Any], code: int = EXIT_RESTORE
+    ) -> None:
         """Stop Prometheus, replace the content of its TSDB volume with the snapshot, start it, wait until ready."""
         info = self.container_info()
         tsdb = facts.get("tsdb_path") or self.tsdb_path(info)
         snapshot = facts.get("snapshot") or ""
-        on_volume = any(tsdb == m.get("Destination") or tsdb.startswith(str(m.get("Destination")).rstrip("/") + "/")
-                        for m in info.get("Mounts") or [])
+        on_volume = any(
+            tsdb == m.get("Destination") or tsdb.startswith(str(m.get("Destination")).rstrip("/") + "/")
+            for m in info.get("Mounts") or []
+        )
         if not on_volume or not snapshot:
-            raise BackupError(code, "Prometheus's TSDB %s in %s is not on a volume (or the manifest names no snapshot): "
-                                    "restore by hand: stop it, extract the archive, move the snapshot's blocks into "
-                                    "the TSDB directory, start it" % (tsdb, self.spec.container))
+            raise BackupError(
+                code,
+                "Prometheus's TSDB %s in %s is not on a volume (or the manifest names no snapshot): "
+                "restore by hand: stop it, extract the archive, move the snapshot's blocks into "
+                "the TSDB directory, start it" % (tsdb, self.spec.container),
+            )
         helpers: list[str] = []
 
         def helper(script: str) -> str:
-            body = {"Image": info.get("Image"), "Entrypoint": ["sh", "-c", script, tsdb, snapshot], "Cmd": [],
-                    "User": "0", "Labels": {"opsbook.backup.helper": self.spec.name},
-                    "HostConfig": {"VolumesFrom": [info["Id"]], "NetworkMode": "none"}}
+            body = {
+                "Image": info.get("Image"),
+                "Entrypoint": ["sh", "-c", script, tsdb, snapshot],
+                "Cmd": [],
+                "User": "0",
+                "Labels": {"opsbook.backup.helper": self.spec.name},
+                "HostConfig": {"VolumesFrom": [info["Id"]], "NetworkMode": "none"},
+            }
             helpers.append(self.client.request_json("POST", "/containers/create", body=body)["Id"])
             return helpers[-1]
 
@@ -1109,8 +1318,10 @@ class Engine:
             self.client.request("POST", "/containers/%s/start" % hid)
             status = self.client.request_json("POST", "/containers/%s/wait" % hid, timeout=self.settings.timeout)
             if status.get("StatusCode") != 0:
-                raise BackupError(code, "restore of %s: %s failed (exit %s)"
-                                  % (self.spec.container, what, status.get("StatusCode")))
+                raise BackupError(
+                    code, "restore of %s: %s failed (exit %s)" % (self.spec.container, what, status.get("StatusCode"))
+                )
+
         self.client.stop_container(info["Id"], grace_s=60)
         try:
             clear = helper('set -e; find "$0" -mindepth 1 -maxdepth 1 -exec rm -rf {} +')
@@ -1122,9 +1333,12 @@ class Engine:
                 yield from iter(source, b"")
                 if proc.wait() != 0:
                     raise BackupError(code, "decompressing %s failed" % path)
+
             self.streams.put_archive(clear, tsdb, chunks(), art.raw_bytes)
-            run(helper('set -e; for f in "$0/$1"/*; do if [ -e "$f" ]; then mv "$f" "$0"/; fi; done; rmdir "$0/$1"'),
-                "moving the snapshot's blocks into place")
+            run(
+                helper('set -e; for f in "$0/$1"/*; do if [ -e "$f" ]; then mv "$f" "$0"/; fi; done; rmdir "$0/$1"'),
+                "moving the snapshot's blocks into place",
+            )
         finally:
             for hid in helpers:
                 try:
@@ -1159,9 +1373,16 @@ class Engine:
             if not owners:
                 raise BackupError(EXIT_USAGE, "volume %s: no container uses it, set helper_image" % self.spec.volume)
             image = owners[0]["ImageID"]
-        body = {"Image": image, "Cmd": ["true"], "Entrypoint": [], "Labels": {"opsbook.backup.helper": self.spec.name},
-                "HostConfig": {"Binds": ["%s:/opsbook-volume%s" % (self.spec.volume, ":ro" if read_only else "")],
-                               "NetworkMode": "none"}}
+        body = {
+            "Image": image,
+            "Cmd": ["true"],
+            "Entrypoint": [],
+            "Labels": {"opsbook.backup.helper": self.spec.name},
+            "HostConfig": {
+                "Binds": ["%s:/opsbook-volume%s" % (self.spec.volume, ":ro" if read_only else "")],
+                "NetworkMode": "none",
+            },
+        }
         # Never started: the archive API reads and writes a created container's mounts.
         return self.client.request_json("POST", "/containers/create", body=body)["Id"]
 
@@ -1189,12 +1410,15 @@ class Engine:
         def sink(data: bytes) -> None:
             tail[0] = (tail[0] + data)[-1024:]
             writer.write(data)
+
         try:
             for cid in stopped:
                 self.client.stop_container(cid)
             raw = self.streams.get_archive(helper, "/opsbook-volume", sink)
             if raw < self.spec.plausible_bytes or _plausibility("tar", b"", tail[0]):
-                raise BackupError(EXIT_IMPLAUSIBLE, "archive of volume %s is %d bytes or cut off" % (self.spec.volume, raw))
+                raise BackupError(
+                    EXIT_IMPLAUSIBLE, "archive of volume %s is %d bytes or cut off" % (self.spec.volume, raw)
+                )
             size, digest = writer.finish()
             return [Artifact(name, "tar", size, digest, raw, encrypted=bool(self.settings.age_recipients))], facts
         except BaseException:
@@ -1211,26 +1435,45 @@ class Engine:
         """zstd -d (after age -d for an encrypted artifact); returns the last process and a chunk reader."""
         binary = shutil.which(self.settings.zstd)
         if not binary:
-            raise BackupError(EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % self.settings.zstd)
+            raise BackupError(
+                EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % self.settings.zstd
+            )
         if not encrypted:
-            proc = subprocess.Popen([binary, "-q", "-d", "-c", path], stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
-                                    stderr=subprocess.PIPE, bufsize=0)
+            proc = subprocess.Popen(
+                [binary, "-q", "-d", "-c", path],
+                stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+                stderr=subprocess.PIPE,
+                bufsize=0,
+            )
             return proc, lambda: proc.stdout.read(CHUNK)  # type: ignore[union-attr]
         age = shutil.which(self.settings.age)
         if not age:
             raise BackupError(EXIT_COMPRESS, "%s is encrypted and age is not installed on this host" % path)
         if not self.settings.age_identity or not os.path.isfile(self.settings.age_identity):
-            raise BackupError(EXIT_USAGE, "%s is encrypted: set age_identity to the age identity (private key) file "
-                                          "of one of its recipients (have: %r)" % (path, self.settings.age_identity))
-        decrypt = subprocess.Popen([age, "-d", "-i", self.settings.age_identity, path],  # pylint: disable=consider-using-with
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        proc = subprocess.Popen([binary, "-q", "-d", "-c"], stdin=decrypt.stdout, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
-                                stderr=subprocess.PIPE, bufsize=0)
+            raise BackupError(
+                EXIT_USAGE,
+                "%s is encrypted: set age_identity to the age identity (private key) file "
+                "of one of its recipients (have: %r)" % (path, self.settings.age_identity),
+            )
+        decrypt = subprocess.Popen(
+            [age, "-d", "-i", self.settings.age_identity, path],  # pylint: disable=consider-using-with
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        proc = subprocess.Popen(
+            [binary, "-q", "-d", "-c"],
+            stdin=decrypt.stdout,
+            stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
         decrypt.stdout.close()  # type: ignore[union-attr]
         return _Pipeline(decrypt, proc), lambda: proc.stdout.read(CHUNK)  # type: ignore[union-attr]
 
-    def _feed(self, container: str, path: str, argv: list[str], env: dict[str, str], code: int,
-              encrypted: bool = False) -> StreamResult:
+    def _feed(
+        self, container: str, path: str, argv: list[str], env: dict[str, str], code: int, encrypted: bool = False
+    ) -> StreamResult:
         proc, source = self._decompressor(path, encrypted)
         try:
             res = self.streams.exec_stream(container, argv, env=env, stdin_source=source, keep_stdout=64 * 1024)
@@ -1240,31 +1483,44 @@ class Engine:
             rc = proc.wait()
         self._check(res, " ".join(argv[:2]), code, container)
         if rc != 0:
-            raise BackupError(EXIT_COMPRESS, "decompressing %s exited with %s: %s" % (
-                path, rc, proc.stderr.read(2000).decode(errors="replace")))  # type: ignore[union-attr]
+            raise BackupError(
+                EXIT_COMPRESS,
+                "decompressing %s exited with %s: %s" % (path, rc, proc.stderr.read(2000).decode(errors="replace")),
+            )  # type: ignore[union-attr]
         return res
 
-    def restore_artifact(self, directory: str, art: Artifact, container: str, env: dict[str, str], user: str,
-                         code: int = EXIT_RESTORE) -> None:
+    def restore_artifact(
+        self, directory: str, art: Artifact, container: str, env: dict[str, str], user: str, code: int = EXIT_RESTORE
+    ) -> None:
         path = os.path.join(directory, art.name)
         if art.kind == "sql":
-            self._feed(container, path, [self.mariadb_client(container), "-u", user, "--binary-mode"], env, code,
-                       art.encrypted)
+            self._feed(
+                container, path, [self.mariadb_client(container), "-u", user, "--binary-mode"], env, code, art.encrypted
+            )
         elif art.kind == "pg_globals":
             # Roles that exist already fail harmlessly; everything else must apply.
-            res = self._feed(container, path, ["psql", "-U", user, "-X", "-q", "-d", "postgres"], env, code,
-                             art.encrypted)
+            res = self._feed(
+                container, path, ["psql", "-U", user, "-X", "-q", "-d", "postgres"], env, code, art.encrypted
+            )
             if res.stderr and b"already exists" not in res.stderr:
                 raise BackupError(code, "globals in %s: %s" % (container, res.stderr.decode(errors="replace")[-2000:]))
         elif art.kind == "pg_custom":
             ident = '"%s"' % art.database.replace('"', '""')
             self.sql(container, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % ident, "postgres", env, user, code)
-            self._feed(container, path, ["pg_restore", "-U", user, "--exit-on-error", "--create", "-d", "postgres"],
-                       env, code, art.encrypted)
+            self._feed(
+                container,
+                path,
+                ["pg_restore", "-U", user, "--exit-on-error", "--create", "-d", "postgres"],
+                env,
+                code,
+                art.encrypted,
+            )
         else:
             raise BackupError(code, "artifact kind %s is restored by its component, not here" % art.kind)
 
-    def _rdb_tar(self, directory: str, art: Artifact, filename: str, uid: int, gid: int) -> tuple[t.Iterator[bytes], int]:
+    def _rdb_tar(
+        self, directory: str, art: Artifact, filename: str, uid: int, gid: int
+    ) -> tuple[t.Iterator[bytes], int]:
         info = tarfile.TarInfo(filename)
         info.size = art.raw_bytes
         info.uid, info.gid, info.mode, info.mtime = uid, gid, 0o644, int(time.time())
@@ -1281,17 +1537,24 @@ class Engine:
                 sent += len(block)
                 yield block
             if proc.wait() != 0 or sent != art.raw_bytes:
-                raise BackupError(EXIT_RESTORE, "decompressing %s gave %d bytes, manifest says %d" % (path, sent, art.raw_bytes))
+                raise BackupError(
+                    EXIT_RESTORE, "decompressing %s gave %d bytes, manifest says %d" % (path, sent, art.raw_bytes)
+                )
             yield b"\0" * (padding + 1024)
+
         return chunks(), length
 
-    def restore_redis(self, directory: str, art: Artifact, container: str, stop_start: bool = True,
-                      code: int = EXIT_RESTORE) -> None:
+    def restore_redis(
+        self, directory: str, art: Artifact, container: str, stop_start: bool = True, code: int = EXIT_RESTORE
+    ) -> None:
         _user, env = self.credentials(container)
         if self.redis_config(container, env, "appendonly", code) == "yes":
-            raise BackupError(code, "Redis in %s has appendonly yes: it would load its AOF, not the restored RDB. "
-                                    "Restore by hand: stop, remove the appendonly dir/file, copy the RDB, start, "
-                                    "CONFIG SET appendonly yes." % container)
+            raise BackupError(
+                code,
+                "Redis in %s has appendonly yes: it would load its AOF, not the restored RDB. "
+                "Restore by hand: stop, remove the appendonly dir/file, copy the RDB, start, "
+                "CONFIG SET appendonly yes." % container,
+            )
         rdir = self.redis_config(container, env, "dir", code)
         rfile = self.redis_config(container, env, "dbfilename", code)
         owner = self._check(self.streams.run(container, ["stat", "-c", "%u %g", rdir]), "stat", code, container).split()
@@ -1320,6 +1583,7 @@ class Engine:
                 yield from iter(source, b"")
                 if proc.wait() != 0:
                     raise BackupError(code, "zstd -d %s failed" % path)
+
             self.streams.put_archive(helper, "/", strip_prefix(), art.raw_bytes)
         finally:
             for cid in stopped:
@@ -1331,8 +1595,15 @@ class Engine:
         """Until the server answers on TCP (init-time temporary servers listen on the socket only)."""
         _user, env = self.credentials(container)
         if self.spec.engine == "mariadb":
-            argv = [self._tool(container, ("mariadb-admin", "mysqladmin")), "-u", _user or "root", "-h", "127.0.0.1",
-                    "--protocol=tcp", "ping"]
+            argv = [
+                self._tool(container, ("mariadb-admin", "mysqladmin")),
+                "-u",
+                _user or "root",
+                "-h",
+                "127.0.0.1",
+                "--protocol=tcp",
+                "ping",
+            ]
         elif self.spec.engine == "postgres":
             argv = ["pg_isready", "-h", "127.0.0.1", "-U", _user or "postgres"]
         else:
@@ -1354,6 +1625,7 @@ class Engine:
 # Manifests, backups on disk, retention
 # ------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Manifest:
     id: str
@@ -1373,11 +1645,17 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, t.Any]) -> "Manifest":
-        return cls(id=data["id"], component=data["component"], type=data["type"], created=float(data["created"]),
-                   duration_s=float(data.get("duration_s", 0)),
-                   artifacts=[Artifact(**a) for a in data.get("artifacts", [])], facts=data.get("facts") or {},
-                   schema=int(data.get("schema", SCHEMA)))
+    def from_dict(cls, data: dict[str, t.Any]) -> Manifest:
+        return cls(
+            id=data["id"],
+            component=data["component"],
+            type=data["type"],
+            created=float(data["created"]),
+            duration_s=float(data.get("duration_s", 0)),
+            artifacts=[Artifact(**a) for a in data.get("artifacts", [])],
+            facts=data.get("facts") or {},
+            schema=int(data.get("schema", SCHEMA)),
+        )
 
 
 class Store:
@@ -1413,8 +1691,10 @@ class Store:
         for m in manifests:
             if m.id == backup_id:
                 return m
-        raise BackupError(EXIT_VERIFY, "backup %s not found under %s (have: %s)" % (
-            backup_id, self.root, ", ".join(m.id for m in manifests[-5:])))
+        raise BackupError(
+            EXIT_VERIFY,
+            "backup %s not found under %s (have: %s)" % (backup_id, self.root, ", ".join(m.id for m in manifests[-5:])),
+        )
 
     def verify(self, manifest: Manifest) -> list[str]:
         """Problems of a backup (empty when every artifact has its size and sha256)."""
@@ -1438,12 +1718,17 @@ class Store:
     def require_verified(self, manifest: Manifest) -> None:
         problems = self.verify(manifest)
         if problems:
-            raise BackupError(EXIT_VERIFY, "backup %s of %s fails verification, refusing to restore it: %s"
-                              % (manifest.id, manifest.component, "; ".join(problems)), {"problems": problems})
+            raise BackupError(
+                EXIT_VERIFY,
+                "backup %s of %s fails verification, refusing to restore it: %s"
+                % (manifest.id, manifest.component, "; ".join(problems)),
+                {"problems": problems},
+            )
 
 
-def select_keep(manifests: list[Manifest], keep_last: int, keep_daily: int, keep_weekly: int,
-                newest_verified: str | None) -> set[str]:
+def select_keep(
+    manifests: list[Manifest], keep_last: int, keep_daily: int, keep_weekly: int, newest_verified: str | None
+) -> set[str]:
     """Ids to keep: the newest keep_last, the newest of each of the last keep_daily days and keep_weekly ISO
     weeks that have backups, and always the newest verified backup."""
     newest_first = sorted(manifests, key=lambda m: (m.created, m.id), reverse=True)
@@ -1451,7 +1736,7 @@ def select_keep(manifests: list[Manifest], keep_last: int, keep_daily: int, keep
     for count, key in ((keep_daily, "%Y-%m-%d"), (keep_weekly, "%G-W%V")):
         seen: set[str] = set()
         for m in newest_first:
-            bucket = datetime.datetime.fromtimestamp(m.created, datetime.timezone.utc).strftime(key)
+            bucket = datetime.datetime.fromtimestamp(m.created, datetime.UTC).strftime(key)
             if bucket not in seen and len(seen) < count:
                 seen.add(bucket)
                 keep.add(m.id)
@@ -1502,6 +1787,7 @@ def _delete_listed(directory: str, manifest_name: str) -> None:
 # State and metrics
 # ------------------------------------------------------------------------------------------------------------
 
+
 def load_state(store: Store) -> dict[str, t.Any]:
     try:
         with open(os.path.join(store.root, STATE), encoding="utf-8") as handle:
@@ -1516,8 +1802,18 @@ def save_state(store: Store, state: dict[str, t.Any]) -> None:
 
 
 METRICS = (
-    ("opsbook_backup_last_attempt_timestamp_seconds", "gauge", "Unix time the last backup attempt ended.", "last_attempt"),
-    ("opsbook_backup_last_success_timestamp_seconds", "gauge", "Unix time of the last successful backup.", "last_success"),
+    (
+        "opsbook_backup_last_attempt_timestamp_seconds",
+        "gauge",
+        "Unix time the last backup attempt ended.",
+        "last_attempt",
+    ),
+    (
+        "opsbook_backup_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful backup.",
+        "last_success",
+    ),
     ("opsbook_backup_last_exit_code", "gauge", "Exit code of the last backup attempt (0 = success).", "last_exit_code"),
     ("opsbook_backup_last_size_bytes", "gauge", "Size of the last successful backup (all artifacts).", "last_size"),
     ("opsbook_backup_last_duration_seconds", "gauge", "Duration of the last successful backup.", "last_duration"),
@@ -1556,6 +1852,7 @@ def write_metrics(settings: Settings, spec: ComponentSpec, state: dict[str, t.An
 # The operations: backup, verify, restore, drill
 # ------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class BackupResult:
     component: str
@@ -1584,10 +1881,13 @@ def preflight_space(store: Store, settings: Settings, state: dict[str, t.Any]) -
     needed = int(last * (1 + settings.space_margin)) + settings.min_free_bytes
     free = _free_bytes(store.root)
     if free < needed:
-        raise BackupError(EXIT_DISK, "not enough space for a backup in %s: %d bytes free, %d needed (last backup %d "
-                                     "bytes + %d%% margin + %d reserve); older backups are untouched"
-                          % (store.root, free, needed, last, settings.space_margin * 100, settings.min_free_bytes),
-                          {"path": store.root, "free_bytes": free, "needed_bytes": needed})
+        raise BackupError(
+            EXIT_DISK,
+            "not enough space for a backup in %s: %d bytes free, %d needed (last backup %d "
+            "bytes + %d%% margin + %d reserve); older backups are untouched"
+            % (store.root, free, needed, last, settings.space_margin * 100, settings.min_free_bytes),
+            {"path": store.root, "free_bytes": free, "needed_bytes": needed},
+        )
     return {"free": free, "needed": needed}
 
 
@@ -1598,10 +1898,19 @@ def plan_backup(spec: ComponentSpec, settings: Settings) -> dict[str, t.Any]:
     manifests = store.manifests()
     last = int(state.get("last_size") or (manifests[-1].size if manifests else 0))
     free = _free_bytes(settings.dest) if os.path.isdir(settings.dest) else None
-    return {"component": spec.name, "type": spec.type, "target": store.root, "container": spec.container,
-            "volume": spec.volume, "existing_backups": [m.id for m in manifests], "last_size": last,
-            "free_bytes": free, "keep_last": spec.keep_last, "keep_daily": spec.keep_daily,
-            "keep_weekly": spec.keep_weekly}
+    return {
+        "component": spec.name,
+        "type": spec.type,
+        "target": store.root,
+        "container": spec.container,
+        "volume": spec.volume,
+        "existing_backups": [m.id for m in manifests],
+        "last_size": last,
+        "free_bytes": free,
+        "keep_last": spec.keep_last,
+        "keep_daily": spec.keep_daily,
+        "keep_weekly": spec.keep_weekly,
+    }
 
 
 def run_backup(spec: ComponentSpec, settings: Settings, client: DockerClient | None = None) -> BackupResult:
@@ -1614,15 +1923,26 @@ def run_backup(spec: ComponentSpec, settings: Settings, client: DockerClient | N
         result = BackupResult(component=spec.name)
         try:
             _do_backup(spec, settings, store, state, result, client)
-            state.update(last_exit_code=EXIT_OK, last_success=round(time.time(), 3), last_size=result.size,
-                         last_duration=round(result.duration_s, 3), verify_ok=1, last_id=result.id)
+            state.update(
+                last_exit_code=EXIT_OK,
+                last_success=round(time.time(), 3),
+                last_size=result.size,
+                last_duration=round(result.duration_s, 3),
+                verify_ok=1,
+                last_id=result.id,
+            )
         except BackupError as exc:
             state["last_exit_code"] = exc.exit_code
             if exc.exit_code == EXIT_VERIFY:
                 state["verify_ok"] = 0
             if exc.exit_code == EXIT_RETENTION:
-                state.update(last_success=round(time.time(), 3), last_size=result.size,
-                             last_duration=round(result.duration_s, 3), verify_ok=1, last_id=result.id)
+                state.update(
+                    last_success=round(time.time(), 3),
+                    last_size=result.size,
+                    last_duration=round(result.duration_s, 3),
+                    verify_ok=1,
+                    last_id=result.id,
+                )
             raise
         except Exception:
             state["last_exit_code"] = EXIT_INTERNAL
@@ -1639,8 +1959,14 @@ def run_backup(spec: ComponentSpec, settings: Settings, client: DockerClient | N
         return result
 
 
-def _do_backup(spec: ComponentSpec, settings: Settings, store: Store, state: dict[str, t.Any],
-               result: BackupResult, client: DockerClient | None) -> None:
+def _do_backup(
+    spec: ComponentSpec,
+    settings: Settings,
+    store: Store,
+    state: dict[str, t.Any],
+    result: BackupResult,
+    client: DockerClient | None,
+) -> None:
     preflight_space(store, settings, state)
     engine = Engine(spec, settings, client)
     started = time.time()
@@ -1678,7 +2004,9 @@ def _do_backup(spec: ComponentSpec, settings: Settings, store: Store, state: dic
     problems = store.verify(manifest)
     result.verify_s = round(time.monotonic() - t0, 3)
     if problems:
-        raise BackupError(EXIT_VERIFY, "backup %s does not verify right after writing: %s" % (backup_id, "; ".join(problems)))
+        raise BackupError(
+            EXIT_VERIFY, "backup %s does not verify right after writing: %s" % (backup_id, "; ".join(problems))
+        )
     try:
         result.pruned = prune(store, spec, backup_id)
     except OSError as exc:
@@ -1698,9 +2026,11 @@ def require_decryptable(settings: Settings, m: Manifest) -> None:
     if not any(a.encrypted for a in m.artifacts):
         return
     if not settings.age_identity or not os.path.isfile(settings.age_identity):
-        raise BackupError(EXIT_USAGE, "backup %s of %s is encrypted to age recipients: set age_identity to an "
-                                      "identity file of one of them (have: %r); nothing was touched"
-                          % (m.id, m.component, settings.age_identity))
+        raise BackupError(
+            EXIT_USAGE,
+            "backup %s of %s is encrypted to age recipients: set age_identity to an "
+            "identity file of one of them (have: %r); nothing was touched" % (m.id, m.component, settings.age_identity),
+        )
     if not shutil.which(settings.age):
         raise BackupError(EXIT_COMPRESS, "backup %s is encrypted and age is not installed on this host" % m.id)
 
@@ -1709,10 +2039,16 @@ def plan_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None 
     store = Store(settings.dest, spec.name)
     m = store.get(backup_id)
     problems = store.verify(m)
-    return {"component": spec.name, "backup_id": m.id, "created": m.created, "verified": not problems,
-            "problems": problems, "into": spec.container or spec.volume,
-            "artifacts": [a.name for a in m.artifacts],
-            "steps": _restore_steps(spec, m)}
+    return {
+        "component": spec.name,
+        "backup_id": m.id,
+        "created": m.created,
+        "verified": not problems,
+        "problems": problems,
+        "into": spec.container or spec.volume,
+        "artifacts": [a.name for a in m.artifacts],
+        "steps": _restore_steps(spec, m),
+    }
 
 
 def _restore_steps(spec: ComponentSpec, m: Manifest) -> list[str]:
@@ -1727,16 +2063,23 @@ def _restore_steps(spec: ComponentSpec, m: Manifest) -> list[str]:
         elif a.kind == "rdb":
             steps.append("stop %s, replace its RDB file, start it" % spec.container)
         elif a.kind == "tar" and spec.type == "prometheus":
-            steps.append("stop %s, replace its TSDB with snapshot %s from %s, start it"
-                         % (spec.container, m.facts.get("snapshot"), a.name))
+            steps.append(
+                "stop %s, replace its TSDB with snapshot %s from %s, start it"
+                % (spec.container, m.facts.get("snapshot"), a.name)
+            )
         elif a.kind == "tar":
             steps.append("stop the containers using volume %s, extract %s over it, start them" % (spec.volume, a.name))
     return steps
 
 
-def run_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None = None,
-                client: DockerClient | None = None, databases: list[str] | None = None,
-                project_lock: str | None = None) -> dict[str, t.Any]:
+def run_restore(
+    spec: ComponentSpec,
+    settings: Settings,
+    backup_id: str | None = None,
+    client: DockerClient | None = None,
+    databases: list[str] | None = None,
+    project_lock: str | None = None,
+) -> dict[str, t.Any]:
     """Verify first (refuse on any mismatch), then restore every artifact into the component's container.
 
     project_lock: the project's lock file (the one upgrade and rollback take), held as well when given.
@@ -1768,12 +2111,17 @@ def run_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None =
                     continue
                 engine.restore_artifact(directory, art, spec.container, env, user)
                 restored.append(art.name)
-        return {"component": spec.name, "backup_id": m.id, "restored": restored,
-                "duration_s": round(time.monotonic() - started, 3)}
+        return {
+            "component": spec.name,
+            "backup_id": m.id,
+            "restored": restored,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
 
 
-def run_drill(spec: ComponentSpec, settings: Settings, backup_id: str | None = None,
-              client: DockerClient | None = None) -> dict[str, t.Any]:
+def run_drill(
+    spec: ComponentSpec, settings: Settings, backup_id: str | None = None, client: DockerClient | None = None
+) -> dict[str, t.Any]:
     """Restore the newest (or given) backup into a throwaway container of the same image and check it."""
     store = Store(settings.dest, spec.name)
     os.makedirs(store.root, exist_ok=True)
@@ -1787,8 +2135,11 @@ def run_drill(spec: ComponentSpec, settings: Settings, backup_id: str | None = N
             store.require_verified(m)
             require_decryptable(settings, m)
             if spec.type in ("volume", "prometheus"):
-                raise BackupError(EXIT_USAGE, "restore drills exist for mariadb, mysql, postgres and redis; "
-                                              "a %s backup is checked by verify" % spec.type)
+                raise BackupError(
+                    EXIT_USAGE,
+                    "restore drills exist for mariadb, mysql, postgres and redis; "
+                    "a %s backup is checked by verify" % spec.type,
+                )
             result.update(_drill(spec, settings, store, m, client))
             state.update(drill_ok=1)
         except BackupError:
@@ -1805,22 +2156,27 @@ def run_drill(spec: ComponentSpec, settings: Settings, backup_id: str | None = N
         return result
 
 
-def _drill(spec: ComponentSpec, settings: Settings, store: Store, m: Manifest,
-           client: DockerClient | None) -> dict[str, t.Any]:
+def _drill(
+    spec: ComponentSpec, settings: Settings, store: Store, m: Manifest, client: DockerClient | None
+) -> dict[str, t.Any]:
     engine = Engine(spec, settings, client)
     image = m.facts.get("image_id") or m.facts.get("image")
     password = secrets.token_hex(16)
-    env = {"mariadb": {"MARIADB_ROOT_PASSWORD": password},
-           "postgres": {"POSTGRES_PASSWORD": password}}.get(spec.engine, {})
+    env = {"mariadb": {"MARIADB_ROOT_PASSWORD": password}, "postgres": {"POSTGRES_PASSWORD": password}}.get(
+        spec.engine, {}
+    )
     name = "%s%s-%s" % (settings.drill_prefix, spec.name, secrets.token_hex(3))
-    body = {"Image": image, "Env": ["%s=%s" % kv for kv in env.items()],
-            "Labels": {"opsbook.backup.drill": spec.name}, "HostConfig": {"NetworkMode": "none"}}
+    body = {
+        "Image": image,
+        "Env": ["%s=%s" % kv for kv in env.items()],
+        "Labels": {"opsbook.backup.drill": spec.name},
+        "HostConfig": {"NetworkMode": "none"},
+    }
     try:
         cid = engine.client.request_json("POST", "/containers/create", query={"name": name}, body=body)["Id"]
     except DockerError as exc:
         raise BackupError(EXIT_DRILL, "cannot create drill container from %s: %s" % (image, exc)) from exc
-    drill_spec = ComponentSpec(**{**asdict(spec), "container": name, "password": password, "user": "",
-                                  "databases": []})
+    drill_spec = ComponentSpec(**{**asdict(spec), "container": name, "password": password, "user": "", "databases": []})
     drill = Engine(drill_spec, settings, engine.client)
     report: dict[str, t.Any] = {"container": name, "image": image}
     try:
@@ -1835,11 +2191,14 @@ def _drill(spec: ComponentSpec, settings: Settings, store: Store, m: Manifest,
             drill.wait_ready(name, settings.drill_timeout, EXIT_DRILL)
             _u, denv = drill.credentials(name)
             size = int(drill._unquote(drill._redis(name, denv, "DBSIZE", code=EXIT_DRILL)))  # pylint: disable=protected-access
-            report.update(dbsize=size, expected_dbsize=m.facts.get("dbsize"),
-                          matches_source=size == m.facts.get("dbsize"))
+            report.update(
+                dbsize=size, expected_dbsize=m.facts.get("dbsize"), matches_source=size == m.facts.get("dbsize")
+            )
             if m.facts.get("dbsize") and not size:
-                raise BackupError(EXIT_DRILL, "drill of %s: the restored Redis is empty, the source had %s keys"
-                                  % (m.id, m.facts.get("dbsize")))
+                raise BackupError(
+                    EXIT_DRILL,
+                    "drill of %s: the restored Redis is empty, the source had %s keys" % (m.id, m.facts.get("dbsize")),
+                )
             return report
         engine.client.request("POST", "/containers/%s/start" % cid)
         drill.wait_ready(name, settings.drill_timeout, EXIT_DRILL)
@@ -1854,14 +2213,17 @@ def _drill(spec: ComponentSpec, settings: Settings, store: Store, m: Manifest,
             expected = (m.facts.get("tables") or {}).get(art.database, {})
             missing = sorted(set(expected) - set(counts))
             if missing:
-                raise BackupError(EXIT_DRILL, "drill of %s: tables missing after restore in %s: %s"
-                                  % (m.id, art.database, ", ".join(missing)))
+                raise BackupError(
+                    EXIT_DRILL,
+                    "drill of %s: tables missing after restore in %s: %s" % (m.id, art.database, ", ".join(missing)),
+                )
             entry: dict[str, t.Any] = {"counts": counts}
             if spec.engine == "mariadb":
                 entry["checksums"] = drill.table_checksums(name, art.database, counts, denv, user, EXIT_DRILL)
                 src = (m.facts.get("checksums") or {}).get(art.database, {})
-                mismatches += ["%s.%s" % (art.database, k) for k, v in entry["checksums"].items()
-                               if k in src and src[k] != v]
+                mismatches += [
+                    "%s.%s" % (art.database, k) for k, v in entry["checksums"].items() if k in src and src[k] != v
+                ]
             if expected:
                 mismatches += ["%s.%s" % (art.database, k) for k, v in counts.items() if expected.get(k) != v]
             tables[art.database] = entry
@@ -1880,6 +2242,7 @@ def _drill(spec: ComponentSpec, settings: Settings, store: Store, m: Manifest,
 # Command line (cron)
 # ------------------------------------------------------------------------------------------------------------
 
+
 def load_config(path: str) -> tuple[Settings, dict[str, ComponentSpec]]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -1893,13 +2256,20 @@ def load_config(path: str) -> tuple[Settings, dict[str, ComponentSpec]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="opsbook-backup", description="Checksummed, verified backups of Docker "
-                                     "databases and volumes (exit codes: see the module docstring).")
+    parser = argparse.ArgumentParser(
+        prog="opsbook-backup",
+        description="Checksummed, verified backups of Docker "
+        "databases and volumes (exit codes: see the module docstring).",
+    )
     parser.add_argument("--config", default="/etc/opsbook/backup.json")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--jitter", type=float, default=0.0, help="sleep a random 0..N seconds first")
-    parser.add_argument("--delay", type=float, default=0.0,
-                        help="sleep exactly N seconds first (cron: the role's stable per-host jitter)")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="sleep exactly N seconds first (cron: the role's stable per-host jitter)",
+    )
     parser.add_argument("--log", default="", help="append one line per run (time, action, exit code, result) here")
     parser.add_argument("action", choices=("backup", "verify", "restore", "drill", "list", "metrics"))
     parser.add_argument("component")
@@ -1924,8 +2294,11 @@ def _run_cli(args: argparse.Namespace) -> tuple[int, str]:
     try:
         settings, components = load_config(args.config)
         if args.component not in components:
-            raise BackupError(EXIT_USAGE, "component %s is not in %s (have: %s)" % (
-                args.component, args.config, ", ".join(sorted(components)) or "none"))
+            raise BackupError(
+                EXIT_USAGE,
+                "component %s is not in %s (have: %s)"
+                % (args.component, args.config, ", ".join(sorted(components)) or "none"),
+            )
         spec = components[args.component]
         if args.delay > 0:
             time.sleep(args.delay)
@@ -1951,10 +2324,16 @@ def _run_cli(args: argparse.Namespace) -> tuple[int, str]:
             out = {"metrics_file": write_metrics(settings, spec, load_state(store))}
         else:
             out = [{"id": m.id, "size": m.size, "problems": store.verify(m)} for m in store.manifests()]
-        sys.stdout.write((json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True)) + "\n")
+        sys.stdout.write(
+            (json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True)) + "\n"
+        )
         if isinstance(out, dict) and out.get("id"):
             return EXIT_OK, "ok id=%s size=%s duration_s=%s pruned=%s" % (
-                out["id"], out.get("size"), out.get("duration_s"), ",".join(out.get("pruned") or []) or "-")
+                out["id"],
+                out.get("size"),
+                out.get("duration_s"),
+                ",".join(out.get("pruned") or []) or "-",
+            )
         return EXIT_OK, "ok " + json.dumps(out, sort_keys=True)[:300]
     except BackupError as exc:
         sys.stderr.write("opsbook-backup: %s: %s\n" % (exc.failure_class, exc.message))

@@ -45,8 +45,10 @@ def valid_name(name: t.Any) -> bool:
 def require_name(name: t.Any, what: str = "name") -> str:
     """name, or ValueError that says what a valid Compose name looks like."""
     if not valid_name(name):
-        raise ValueError("%s %r is not a valid Compose name: letters, digits, '_', '.' and '-', starting with a "
-                         "letter or digit" % (what, name))
+        raise ValueError(
+            "%s %r is not a valid Compose name: letters, digits, '_', '.' and '-', starting with a "
+            "letter or digit" % (what, name)
+        )
     return t.cast(str, name)
 
 
@@ -106,8 +108,9 @@ def health_verdict(info: dict[str, t.Any]) -> Verdict:
     return Verdict(UNHEALTHY, "health is %s" % health, status, health)
 
 
-def published_port(info: dict[str, t.Any], container_port: int | None, host_ip: str = LOOPBACK
-                   ) -> tuple[int | None, str]:
+def published_port(
+    info: dict[str, t.Any], container_port: int | None, host_ip: str = LOOPBACK
+) -> tuple[int | None, str]:
     """The host port published for container_port on host_ip (or on every interface); (None, reason) if none.
 
     container_port None: the container's only published TCP port.
@@ -142,8 +145,12 @@ def project_filter(project: str, service: str | None = None) -> dict[str, str | 
     return labels
 
 
-def list_project_containers(client: t.Any, project: str, service: str | None = None, all: bool = True,
-                            ) -> list[dict[str, t.Any]]:  # pylint: disable=redefined-builtin
+def list_project_containers(
+    client: t.Any,
+    project: str,
+    service: str | None = None,
+    all: bool = True,
+) -> list[dict[str, t.Any]]:  # pylint: disable=redefined-builtin
     """The list items of a project's (or one service's) containers, one-offs left out, in Compose's order."""
     items = client.list_containers(labels=project_filter(project, service), all=all)
     kept = [item for item in items if not is_oneoff(item.get("Labels"))]
@@ -151,8 +158,28 @@ def list_project_containers(client: t.Any, project: str, service: str | None = N
 
 
 __all__ = [
-    "HEALTHY", "LABEL_CONFIG_HASH", "LABEL_NUMBER", "LABEL_ONEOFF", "LABEL_PROJECT", "LABEL_SERVICE", "LOOPBACK",
-    "NAME_RE", "NOT_RUNNING", "STARTING", "UNHEALTHY", "Verdict", "WILDCARD_IPS", "container_labels",
-    "container_name", "container_number", "docker_health", "health_verdict", "is_oneoff", "list_project_containers",
-    "project_filter", "published_port", "require_name", "valid_name",
+    "HEALTHY",
+    "LABEL_CONFIG_HASH",
+    "LABEL_NUMBER",
+    "LABEL_ONEOFF",
+    "LABEL_PROJECT",
+    "LABEL_SERVICE",
+    "LOOPBACK",
+    "NAME_RE",
+    "NOT_RUNNING",
+    "STARTING",
+    "UNHEALTHY",
+    "WILDCARD_IPS",
+    "Verdict",
+    "container_labels",
+    "container_name",
+    "container_number",
+    "docker_health",
+    "health_verdict",
+    "is_oneoff",
+    "list_project_containers",
+    "project_filter",
+    "published_port",
+    "require_name",
+    "valid_name",
 ]

@@ -127,12 +127,14 @@ class StreamDemuxer:
         room = self.limit - len(buf)
         if len(payload) > room:
             self.truncated = True
-            payload = payload[:max(room, 0)]
+            payload = payload[: max(room, 0)]
         buf.extend(payload)
 
     @classmethod
     def _looks_like_header(cls, data: bytes) -> bool:
-        return len(data) >= 4 and data[0] in (STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR) and data[1:4] == b"\x00\x00\x00"
+        return (
+            len(data) >= 4 and data[0] in (STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR) and data[1:4] == b"\x00\x00\x00"
+        )
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -152,11 +154,11 @@ class StreamDemuxer:
         offset = 0
         while len(buf) - offset >= self.HEADER_SIZE:
             stream = buf[offset]
-            size = int.from_bytes(buf[offset + 4:offset + 8], "big")
+            size = int.from_bytes(buf[offset + 4 : offset + 8], "big")
             end = offset + self.HEADER_SIZE + size
             if end > len(buf):
                 break
-            self._keep(stream, buf[offset + self.HEADER_SIZE:end])
+            self._keep(stream, buf[offset + self.HEADER_SIZE : end])
             offset = end
         self._pending = buf[offset:]
 
@@ -168,7 +170,7 @@ class StreamDemuxer:
             if self.tty is None or self.tty:
                 self._keep(STREAM_STDOUT, rest)
             elif len(rest) > self.HEADER_SIZE:
-                self._keep(rest[0], rest[self.HEADER_SIZE:])
+                self._keep(rest[0], rest[self.HEADER_SIZE :])
 
     @property
     def stdout(self) -> bytes:
@@ -341,8 +343,14 @@ class DockerClient:
         self._raise_for_status(method, full_path, resp.status, data)
         return _Response(resp.status, resp.reason, {k.lower(): v for k, v in resp.getheaders()}, data)
 
-    def request_json(self, method: str, path: str, query: dict[str, t.Any] | None = None, body: t.Any = None,
-                     timeout: float | None = None) -> t.Any:
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, t.Any] | None = None,
+        body: t.Any = None,
+        timeout: float | None = None,
+    ) -> t.Any:
         return self.request(method, path, query=query, body=body, timeout=timeout).json()
 
     def _stream(
@@ -370,7 +378,7 @@ class DockerClient:
                 if not chunk:
                     break
                 demuxer.feed(chunk)
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise DockerTimeout("no end of output from %s %s within %.3g s" % (method, path, timeout)) from exc
         except OSError as exc:
             raise self._explain_connect_error(exc) from exc
@@ -437,8 +445,14 @@ class DockerClient:
         """The last `tail` lines of a container's stdout and stderr (not followed)."""
         demuxer = StreamDemuxer(tty=tty)
         query = {"stdout": "1", "stderr": "1", "tail": str(tail), "timestamps": "1" if timestamps else "0"}
-        self._stream("GET", "/containers/%s/logs" % quote(container, safe=""), query, None,
-                     self.timeout if timeout is None else timeout, demuxer)
+        self._stream(
+            "GET",
+            "/containers/%s/logs" % quote(container, safe=""),
+            query,
+            None,
+            self.timeout if timeout is None else timeout,
+            demuxer,
+        )
         return demuxer.stdout.decode("utf-8", errors="replace"), demuxer.stderr.decode("utf-8", errors="replace")
 
     def stop_container(self, container: str, grace_s: int | None = None, timeout: float | None = None) -> None:
@@ -448,8 +462,9 @@ class DockerClient:
         query = {"t": grace_s} if grace_s is not None else None
         self.request("POST", "/containers/%s/stop" % quote(container, safe=""), query=query, timeout=wait)
 
-    def remove_container(self, container: str, force: bool = False, volumes: bool = False,
-                         timeout: float | None = None) -> None:
+    def remove_container(
+        self, container: str, force: bool = False, volumes: bool = False, timeout: float | None = None
+    ) -> None:
         query = {"force": "1" if force else "0", "v": "1" if volumes else "0"}
         self.request("DELETE", "/containers/%s" % quote(container, safe=""), query=query, timeout=timeout)
 
@@ -488,8 +503,9 @@ class DockerClient:
             except ValueError:
                 continue
             if isinstance(event, dict) and event.get("error"):
-                raise DockerAPIError(500, "cannot pull %s: %s" % (ref, event["error"]), "POST", "/images/create",
-                                     str(event["error"]))
+                raise DockerAPIError(
+                    500, "cannot pull %s: %s" % (ref, event["error"]), "POST", "/images/create", str(event["error"])
+                )
 
     def inspect_volume(self, volume: str, timeout: float | None = None) -> dict[str, t.Any]:
         """GET /volumes/{name}; raises DockerNotFound when there is no such volume."""
@@ -525,12 +541,19 @@ class DockerClient:
         data = self.request_json("POST", "/containers/%s/exec" % quote(container, safe=""), body=body, timeout=timeout)
         return data["Id"]
 
-    def exec_start(self, exec_id: str, timeout: float | None = None, limit: int = DEFAULT_OUTPUT_LIMIT
-                   ) -> tuple[bytes, bytes, bool]:
+    def exec_start(
+        self, exec_id: str, timeout: float | None = None, limit: int = DEFAULT_OUTPUT_LIMIT
+    ) -> tuple[bytes, bytes, bool]:
         """Run the exec instance and collect its output; returns (stdout, stderr, truncated)."""
         demuxer = StreamDemuxer(tty=False, limit=limit)
-        self._stream("POST", "/exec/%s/start" % quote(exec_id, safe=""), None, {"Detach": False, "Tty": False},
-                     self.timeout if timeout is None else timeout, demuxer)
+        self._stream(
+            "POST",
+            "/exec/%s/start" % quote(exec_id, safe=""),
+            None,
+            {"Detach": False, "Tty": False},
+            self.timeout if timeout is None else timeout,
+            demuxer,
+        )
         return demuxer.stdout, demuxer.stderr, demuxer.truncated
 
     def exec_inspect(self, exec_id: str, timeout: float | None = None) -> dict[str, t.Any]:

@@ -88,7 +88,7 @@ def write_atomic(path: str, data: bytes | str, mode: int = 0o640) -> None:
         try:
             view = memoryview(payload)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
             os.fchmod(fd, mode)
         finally:
@@ -177,8 +177,9 @@ def flock(path: str, operation: str = "", wait_s: float | None = 0.0, mode: int 
                 waited = time.monotonic() - started
                 if wait_s is not None and waited >= wait_s:
                     holder = read_holder(path)
-                    raise LockHeld("%s is held by %s; waited %g s" % (path, describe_holder(holder), wait_s),
-                                   path, holder) from None
+                    raise LockHeld(
+                        "%s is held by %s; waited %g s" % (path, describe_holder(holder), wait_s), path, holder
+                    ) from None
                 time.sleep(LOCK_POLL_S if wait_s is None else min(LOCK_POLL_S, max(wait_s - waited, 0.01)))
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"operation": operation, "pid": os.getpid(), "since": time.time()}).encode(), 0)
@@ -188,6 +189,19 @@ def flock(path: str, operation: str = "", wait_s: float | None = 0.0, mode: int 
 
 
 __all__ = [
-    "CHUNK", "DISK_FULL_ERRNOS", "HeldLock", "LockHeld", "TMP_SUFFIX", "describe_holder", "flock", "fsync_dir",
-    "read_holder", "read_text", "restore_file", "sha256_file", "unlink_quiet", "write_atomic", "write_json_atomic",
+    "CHUNK",
+    "DISK_FULL_ERRNOS",
+    "TMP_SUFFIX",
+    "HeldLock",
+    "LockHeld",
+    "describe_holder",
+    "flock",
+    "fsync_dir",
+    "read_holder",
+    "read_text",
+    "restore_file",
+    "sha256_file",
+    "unlink_quiet",
+    "write_atomic",
+    "write_json_atomic",
 ]

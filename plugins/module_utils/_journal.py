@@ -41,7 +41,7 @@ class ServiceImage:
     digest: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, t.Any]) -> "ServiceImage":
+    def from_dict(cls, data: dict[str, t.Any]) -> ServiceImage:
         return cls(image=data.get("image", ""), image_id=data.get("image_id", ""), digest=data.get("digest", ""))
 
 
@@ -67,17 +67,24 @@ class Release:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, t.Any]) -> "Release":
+    def from_dict(cls, data: dict[str, t.Any]) -> Release:
         return cls(
-            id=data["id"], project=data["project"], kind=data.get("kind", "deploy"), status=data["status"],
-            created=data.get("created", ""), created_ts=float(data.get("created_ts", 0)),
+            id=data["id"],
+            project=data["project"],
+            kind=data.get("kind", "deploy"),
+            status=data["status"],
+            created=data.get("created", ""),
+            created_ts=float(data.get("created_ts", 0)),
             services={n: ServiceImage.from_dict(s) for n, s in (data.get("services") or {}).items()},
-            compose_hash=data.get("compose_hash", ""), duration_s=data.get("duration_s"),
-            previous=data.get("previous"), detail=data.get("detail", ""), schema=int(data.get("schema", SCHEMA)),
+            compose_hash=data.get("compose_hash", ""),
+            duration_s=data.get("duration_s"),
+            previous=data.get("previous"),
+            detail=data.get("detail", ""),
+            schema=int(data.get("schema", SCHEMA)),
             extra=data.get("extra") or {},
         )
 
-    def same_content(self, other: "Release") -> bool:
+    def same_content(self, other: Release) -> bool:
         """Same compose file and the same image for every service (digest when known, else image id)."""
         if self.compose_hash != other.compose_hash or set(self.services) != set(other.services):
             return False
@@ -238,7 +245,7 @@ def project_images(client: t.Any, project: str) -> dict[str, ServiceImage]:
         if image_id not in image_cache:
             image_cache[image_id] = client.request_json("GET", "/images/%s/json" % image_id)
         info = image_cache[image_id]
-        ref = (summary.get("Image") or "")
+        ref = summary.get("Image") or ""
         repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
         digest = ""
         for repo_digest in info.get("RepoDigests") or []:

@@ -58,8 +58,16 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "exec": ("container", "command"),
 }
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "http": ("method", "status", "body_pattern", "latency_budget_ms", "headers", "validate_certs",
-             "follow_redirects", "use_proxy"),
+    "http": (
+        "method",
+        "status",
+        "body_pattern",
+        "latency_budget_ms",
+        "headers",
+        "validate_certs",
+        "follow_redirects",
+        "use_proxy",
+    ),
     "tcp": (),
     "container": ("max_restarts",),
     "exec": ("expect_rc", "stdout_pattern"),
@@ -400,11 +408,11 @@ def parse_probe(index: int, raw: t.Any) -> Probe:
             **common,  # type: ignore[arg-type]
         )
     if probe_type == "tcp":
-        return TcpProbe(host=f.string("host") or "", port=t.cast(int, f.integer("port", 1, 65535)),
-                        **common)  # type: ignore[arg-type]
+        return TcpProbe(host=f.string("host") or "", port=t.cast(int, f.integer("port", 1, 65535)), **common)  # type: ignore[arg-type]
     if probe_type == "container":
-        return ContainerProbe(container=f.string("container") or "", max_restarts=f.integer("max_restarts", 0),
-                              **common)  # type: ignore[arg-type]
+        return ContainerProbe(
+            container=f.string("container") or "", max_restarts=f.integer("max_restarts", 0), **common
+        )  # type: ignore[arg-type]
 
     command = raw.get("command")
     if isinstance(command, str):
@@ -484,8 +492,10 @@ def _describe_os_error(exc: BaseException, where: str, timeout: float) -> str:
     if isinstance(exc, socket.gaierror):
         return "cannot resolve the host name of %s: %s" % (where, exc.strerror or exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return ("TLS certificate of %s not trusted: %s (fix the certificate, or set validate_certs: false "
-                "for a self-signed one)" % (where, exc.verify_message or exc))
+        return (
+            "TLS certificate of %s not trusted: %s (fix the certificate, or set validate_certs: false "
+            "for a self-signed one)" % (where, exc.verify_message or exc)
+        )
     if isinstance(exc, ssl.SSLError):
         return "TLS error with %s: %s" % (where, exc)
     if isinstance(exc, http.client.RemoteDisconnected):
@@ -541,8 +551,7 @@ def _response_socket(resp: t.Any) -> socket.socket | None:
     return None
 
 
-def _read_body(resp: t.Any, probe: HttpProbe, deadline: float, pattern: re.Pattern[str] | None
-               ) -> tuple[bytes, bool]:
+def _read_body(resp: t.Any, probe: HttpProbe, deadline: float, pattern: re.Pattern[str] | None) -> tuple[bytes, bool]:
     """Read the body until its end, the size limit, or (with a pattern) the first match.
 
     Returns (body, complete). The per-read socket timeout alone would let a server that trickles bytes keep
@@ -553,7 +562,7 @@ def _read_body(resp: t.Any, probe: HttpProbe, deadline: float, pattern: re.Patte
     while len(body) < BODY_LIMIT:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise socket.timeout("body not complete")
+            raise TimeoutError("body not complete")
         sock = _response_socket(resp)
         if sock is not None:
             sock.settimeout(remaining)
@@ -601,7 +610,10 @@ def check_http(probe: HttpProbe) -> ProbeResult:
             reasons[-1] += ", redirects to %s (set follow_redirects: true to follow)" % location
     text = body.decode("utf-8", errors="replace")
     if pattern is not None and not pattern.search(text):
-        reasons.append("body does not match /%s/%s" % (probe.body_pattern, "" if complete else " in its first %d bytes" % len(body)))
+        reasons.append(
+            "body does not match /%s/%s"
+            % (probe.body_pattern, "" if complete else " in its first %d bytes" % len(body))
+        )
     if probe.latency_budget_ms is not None and result.latency_ms > probe.latency_budget_ms:
         reasons.append("took %g ms, over the latency budget of %g ms" % (result.latency_ms, probe.latency_budget_ms))
 
@@ -652,13 +664,18 @@ def _container_failure(probe: ContainerProbe, info: dict[str, t.Any]) -> list[st
     health_status = health.get("Status")
     reasons = []
     if status == "restarting" or state.get("Restarting"):
-        reasons.append("container is restarting (last exit code %s)%s"
-                       % (state.get("ExitCode"), ", OOM killed" if state.get("OOMKilled") else ""))
+        reasons.append(
+            "container is restarting (last exit code %s)%s"
+            % (state.get("ExitCode"), ", OOM killed" if state.get("OOMKilled") else "")
+        )
     elif not state.get("Running") or status != "running":
         what = "container is %s" % status
         if status in ("exited", "dead"):
             what += " (exit code %s%s, finished %s)" % (
-                state.get("ExitCode"), ", OOM killed" if state.get("OOMKilled") else "", state.get("FinishedAt"))
+                state.get("ExitCode"),
+                ", OOM killed" if state.get("OOMKilled") else "",
+                state.get("FinishedAt"),
+            )
         if state.get("Error"):
             what += ": %s" % state["Error"]
         reasons.append(what)
@@ -672,8 +689,9 @@ def _container_failure(probe: ContainerProbe, info: dict[str, t.Any]) -> list[st
         if health_status == "starting":
             reasons.append("health is starting: the healthcheck has not passed yet%s" % last_check)
         elif health_status != "healthy":
-            reasons.append("health is %s after %s failing checks%s"
-                           % (health_status, health.get("FailingStreak", "?"), last_check))
+            reasons.append(
+                "health is %s after %s failing checks%s" % (health_status, health.get("FailingStreak", "?"), last_check)
+            )
     restarts = info.get("RestartCount") or 0
     if probe.max_restarts is not None and restarts > probe.max_restarts:
         reasons.append("restarted %d times (max_restarts %d)" % (restarts, probe.max_restarts))
@@ -696,8 +714,9 @@ def check_container(probe: ContainerProbe, client: DockerClient, final: bool = T
     except DockerNotFound:
         result.latency_ms = _ms(time.monotonic() - started)
         result.status = "missing"
-        result.error = result.detail = ("no container named %r (docker ps -a; is the compose project up?)"
-                                        % probe.container)
+        result.error = result.detail = (
+            "no container named %r (docker ps -a; is the compose project up?)" % probe.container
+        )
         return result
     except DockerError as exc:
         result.latency_ms = _ms(time.monotonic() - started)
@@ -742,8 +761,9 @@ def check_exec(probe: ExecProbe, client: DockerClient) -> ProbeResult:
     except DockerConflict as exc:
         result.error = "cannot exec in container %r: %s" % (probe.container, exc.explanation)
     except DockerTimeout:
-        result.error = ("command did not finish within %g s (it may still be running inside the container)"
-                        % probe.timeout)
+        result.error = (
+            "command did not finish within %g s (it may still be running inside the container)" % probe.timeout
+        )
     except DockerError as exc:
         result.error = str(exc)
     else:
@@ -753,8 +773,9 @@ def check_exec(probe: ExecProbe, client: DockerClient) -> ProbeResult:
         reasons = []
         if outcome.exit_code != probe.expect_rc:
             output = _last_line(stderr) or _last_line(stdout)
-            reasons.append("exit code %s (expected %s)%s"
-                           % (outcome.exit_code, probe.expect_rc, ": %s" % output if output else ""))
+            reasons.append(
+                "exit code %s (expected %s)%s" % (outcome.exit_code, probe.expect_rc, ": %s" % output if output else "")
+            )
         if probe.stdout_pattern and not re.search(probe.stdout_pattern, stdout):
             reasons.append("stdout does not match /%s/: %r" % (probe.stdout_pattern, _last_line(stdout, 120)))
         if reasons:
@@ -849,17 +870,25 @@ def run_probes(
                 results.append(future.result())
             else:
                 message = "probe did not finish within %g s (name resolution hanging?)" % limit_s
-                results.append(ProbeResult(probe.name, probe.probe_type, probe.target, ok=False,
-                                           error=message, detail=message, attempts=0))
+                results.append(
+                    ProbeResult(
+                        probe.name, probe.probe_type, probe.target, ok=False, error=message, detail=message, attempts=0
+                    )
+                )
     finally:
         pool.shutdown(wait=False)
     return HealthReport(results, (time.monotonic() - started) * 1000.0)
 
 
-def check(raw_probes: t.Any, docker_host: str = DEFAULT_DOCKER_HOST, max_workers: int | None = None,
-          client_factory: t.Callable[[str], DockerClient] = DockerClient) -> HealthReport:
+def check(
+    raw_probes: t.Any,
+    docker_host: str = DEFAULT_DOCKER_HOST,
+    max_workers: int | None = None,
+    client_factory: t.Callable[[str], DockerClient] = DockerClient,
+) -> HealthReport:
     """Validate probe definitions (ProbeConfigError) and run them."""
     if max_workers is not None and max_workers < 1:
         raise ProbeConfigError("max_workers must be >= 1, got %r" % max_workers)
-    return run_probes(parse_probes(raw_probes), docker_host=docker_host, max_workers=max_workers,
-                      client_factory=client_factory)
+    return run_probes(
+        parse_probes(raw_probes), docker_host=docker_host, max_workers=max_workers, client_factory=client_factory
+    )

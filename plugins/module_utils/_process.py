@@ -43,12 +43,17 @@ class CommandResult:
 Runner = t.Callable[[t.Sequence[str]], CommandResult]
 
 
-def run_command(argv: t.Sequence[str], timeout: float = DEFAULT_TIMEOUT_S, pass_fds: t.Sequence[int] = (),
-                env: dict[str, str] | None = None) -> CommandResult:
+def run_command(
+    argv: t.Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    pass_fds: t.Sequence[int] = (),
+    env: dict[str, str] | None = None,
+) -> CommandResult:
     """Run argv without a shell; a missing binary or a timeout becomes rc 127 / 124 with the reason."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
-                              pass_fds=tuple(pass_fds), env=env)
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False, pass_fds=tuple(pass_fds), env=env
+        )
     except FileNotFoundError as exc:
         return CommandResult(tuple(argv), RC_NOT_FOUND, "", "%s: %s" % (argv[0], exc.strerror))
     except subprocess.TimeoutExpired:
@@ -56,4 +61,4 @@ def run_command(argv: t.Sequence[str], timeout: float = DEFAULT_TIMEOUT_S, pass_
     return CommandResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "")
 
 
-__all__ = ["CommandResult", "DEFAULT_TIMEOUT_S", "RC_NOT_FOUND", "RC_TIMEOUT", "Runner", "run_command"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RC_NOT_FOUND", "RC_TIMEOUT", "CommandResult", "Runner", "run_command"]

@@ -60,8 +60,10 @@ def project_lock(project: str, operation: str, root: str = DEFAULT_ROOT, wait_s:
     except LockHeld as exc:
         raise ProjectLocked(
             "project %s is locked by %s; this %s waited %g s (lock_timeout) and changed nothing. "
-            "Let the other run finish, or raise lock_timeout to wait for it." % (
-                project, describe_holder(exc.holder), operation, wait_s), exc.holder) from None
+            "Let the other run finish, or raise lock_timeout to wait for it."
+            % (project, describe_holder(exc.holder), operation, wait_s),
+            exc.holder,
+        ) from None
 
 
 __all__ = ["DEFAULT_ROOT", "HeldLock", "ProjectLocked", "lock_path", "project_lock", "read_holder"]

@@ -21,7 +21,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
@@ -39,6 +39,7 @@ class ApiError(Exception):
 # HTTP
 # --------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class HttpSettings:
     """How to reach an API: base URL, timeout, TLS and extra headers (for example Authorization)."""
@@ -53,8 +54,9 @@ class HttpSettings:
         return self.url.rstrip("/")
 
 
-def request_json(settings: HttpSettings, method: str, path: str, query: dict[str, Any] | None = None,
-                 body: Any = None) -> Any:
+def request_json(
+    settings: HttpSettings, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None
+) -> Any:
     """Send one request and decode the JSON answer (None for an empty body)."""
     url = settings.base() + path
     if query:
@@ -96,6 +98,7 @@ def request_json(settings: HttpSettings, method: str, path: str, query: dict[str
 # Prometheus
 # --------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Sample:
     """One series of an instant query result (a scalar or string result has empty labels)."""
@@ -127,8 +130,10 @@ class Assertion:
         if self.compare is not None and self.threshold is not None:
             bad = [s for s in samples if not compare(s.value, self.compare, self.threshold)]
             if bad:
-                problems.append("expected every value %s %s, not so for %s"
-                                % (self.compare, _fmt(self.threshold), describe_samples(bad)))
+                problems.append(
+                    "expected every value %s %s, not so for %s"
+                    % (self.compare, _fmt(self.threshold), describe_samples(bad))
+                )
         return problems
 
 
@@ -187,8 +192,9 @@ def instant_query(settings: HttpSettings, expression: str, at: str | None = None
         except ValueError:
             raise ApiError("query %r returned the string %r, not a number" % (expression, result[1])) from None
     elif result_type == "matrix":
-        raise ApiError("query %r returned a range vector; give an instant expression (no [range] at the end)"
-                       % expression)
+        raise ApiError(
+            "query %r returned a range vector; give an instant expression (no [range] at the end)" % expression
+        )
     return result_type, samples
 
 
@@ -202,8 +208,14 @@ class Alert:
     value: str
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "state": self.state, "labels": self.labels,
-                "annotations": self.annotations, "active_at": self.active_at, "value": self.value}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "active_at": self.active_at,
+            "value": self.value,
+        }
 
 
 def list_alerts(settings: HttpSettings) -> list[Alert]:
@@ -212,14 +224,22 @@ def list_alerts(settings: HttpSettings) -> list[Alert]:
     alerts = []
     for item in data.get("alerts", []) or []:
         labels = dict(item.get("labels", {}))
-        alerts.append(Alert(name=labels.get("alertname", ""), state=item.get("state", ""), labels=labels,
-                            annotations=dict(item.get("annotations", {})), active_at=item.get("activeAt", ""),
-                            value=str(item.get("value", ""))))
+        alerts.append(
+            Alert(
+                name=labels.get("alertname", ""),
+                state=item.get("state", ""),
+                labels=labels,
+                annotations=dict(item.get("annotations", {})),
+                active_at=item.get("activeAt", ""),
+                value=str(item.get("value", "")),
+            )
+        )
     return alerts
 
 
-def select_alerts(alerts: list[Alert], states: list[str], names: list[str] | None,
-                  labels: dict[str, str] | None) -> list[Alert]:
+def select_alerts(
+    alerts: list[Alert], states: list[str], names: list[str] | None, labels: dict[str, str] | None
+) -> list[Alert]:
     chosen = []
     for alert in alerts:
         if states and alert.state not in states:
@@ -268,9 +288,13 @@ class Matcher:
         return {"name": self.name, "value": self.value, "isRegex": self.is_regex, "isEqual": self.is_equal}
 
     @classmethod
-    def from_api(cls, item: dict) -> "Matcher":
-        return cls(name=item["name"], value=item["value"], is_regex=bool(item.get("isRegex", False)),
-                   is_equal=bool(item.get("isEqual", True)))
+    def from_api(cls, item: dict) -> Matcher:
+        return cls(
+            name=item["name"],
+            value=item["value"],
+            is_regex=bool(item.get("isRegex", False)),
+            is_equal=bool(item.get("isEqual", True)),
+        )
 
 
 def matcher_set(matchers: list[Matcher]) -> frozenset:
@@ -288,16 +312,27 @@ class Silence:
     state: str
 
     @classmethod
-    def from_api(cls, item: dict) -> "Silence":
-        return cls(silence_id=item["id"], matchers=[Matcher.from_api(m) for m in item.get("matchers", [])],
-                   starts_at=item.get("startsAt", ""), ends_at=item.get("endsAt", ""),
-                   created_by=item.get("createdBy", ""), comment=item.get("comment", ""),
-                   state=(item.get("status") or {}).get("state", ""))
+    def from_api(cls, item: dict) -> Silence:
+        return cls(
+            silence_id=item["id"],
+            matchers=[Matcher.from_api(m) for m in item.get("matchers", [])],
+            starts_at=item.get("startsAt", ""),
+            ends_at=item.get("endsAt", ""),
+            created_by=item.get("createdBy", ""),
+            comment=item.get("comment", ""),
+            state=(item.get("status") or {}).get("state", ""),
+        )
 
     def to_dict(self) -> dict:
-        return {"id": self.silence_id, "matchers": [m.to_api() for m in self.matchers],
-                "starts_at": self.starts_at, "ends_at": self.ends_at, "created_by": self.created_by,
-                "comment": self.comment, "state": self.state}
+        return {
+            "id": self.silence_id,
+            "matchers": [m.to_api() for m in self.matchers],
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "created_by": self.created_by,
+            "comment": self.comment,
+            "state": self.state,
+        }
 
     @property
     def live(self) -> bool:
@@ -319,8 +354,9 @@ def get_silence(settings: HttpSettings, silence_id: str) -> Silence | None:
         raise
 
 
-def find_equal(silences: list[Silence], matchers: list[Matcher], created_by: str | None = None,
-               comment: str | None = None) -> list[Silence]:
+def find_equal(
+    silences: list[Silence], matchers: list[Matcher], created_by: str | None = None, comment: str | None = None
+) -> list[Silence]:
     """Live silences with exactly these matchers (in any order), and the same author and comment when given."""
     wanted = matcher_set(matchers)
     found = []
@@ -336,16 +372,27 @@ def find_equal(silences: list[Silence], matchers: list[Matcher], created_by: str
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def create_silence(settings: HttpSettings, matchers: list[Matcher], seconds: float, created_by: str,
-                   comment: str, now: float | None = None) -> tuple[str, str, str]:
+def create_silence(
+    settings: HttpSettings,
+    matchers: list[Matcher],
+    seconds: float,
+    created_by: str,
+    comment: str,
+    now: float | None = None,
+) -> tuple[str, str, str]:
     """Create a silence starting now; returns its id, start and end."""
-    start = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    start = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     end = start + timedelta(seconds=seconds)
-    body = {"matchers": [m.to_api() for m in matchers], "startsAt": iso(start), "endsAt": iso(end),
-            "createdBy": created_by, "comment": comment}
+    body = {
+        "matchers": [m.to_api() for m in matchers],
+        "startsAt": iso(start),
+        "endsAt": iso(end),
+        "createdBy": created_by,
+        "comment": comment,
+    }
     answer = request_json(settings, "POST", "/api/v2/silences", body=body)
     if not isinstance(answer, dict) or not answer.get("silenceID"):
         raise ApiError("Alertmanager did not return a silence id: %r" % (answer,))
@@ -365,30 +412,45 @@ class SilenceOutcome:
     msg: str = ""
 
     def to_dict(self) -> dict:
-        return {"changed": self.changed, "silence_id": self.silence_id, "silence": self.silence,
-                "expired": self.expired, "msg": self.msg}
+        return {
+            "changed": self.changed,
+            "silence_id": self.silence_id,
+            "silence": self.silence,
+            "expired": self.expired,
+            "msg": self.msg,
+        }
 
 
-def ensure_silence(settings: HttpSettings, matchers: list[Matcher], seconds: float, created_by: str,
-                   comment: str, check_mode: bool) -> SilenceOutcome:
+def ensure_silence(
+    settings: HttpSettings, matchers: list[Matcher], seconds: float, created_by: str, comment: str, check_mode: bool
+) -> SilenceOutcome:
     """A live silence with these matchers, author and comment exists afterwards; an equal one is reused."""
     if not matchers:
         raise ValueError("matchers must not be empty: a silence without matchers would silence nothing")
     existing = find_equal(list_silences(settings), matchers, created_by, comment)
     if existing:
         silence = existing[0]
-        return SilenceOutcome(changed=False, silence_id=silence.silence_id, silence=silence.to_dict(),
-                              msg="silence %s already active until %s" % (silence.silence_id, silence.ends_at))
+        return SilenceOutcome(
+            changed=False,
+            silence_id=silence.silence_id,
+            silence=silence.to_dict(),
+            msg="silence %s already active until %s" % (silence.silence_id, silence.ends_at),
+        )
     if check_mode:
         return SilenceOutcome(changed=True, msg="would create a silence for %s" % describe_matchers(matchers))
     silence_id, _start, end = create_silence(settings, matchers, seconds, created_by, comment)
     created = get_silence(settings, silence_id)
-    return SilenceOutcome(changed=True, silence_id=silence_id, silence=created.to_dict() if created else None,
-                          msg="created silence %s until %s" % (silence_id, end))
+    return SilenceOutcome(
+        changed=True,
+        silence_id=silence_id,
+        silence=created.to_dict() if created else None,
+        msg="created silence %s until %s" % (silence_id, end),
+    )
 
 
-def remove_silences(settings: HttpSettings, silence_id: str | None, matchers: list[Matcher],
-                    created_by: str | None, check_mode: bool) -> SilenceOutcome:
+def remove_silences(
+    settings: HttpSettings, silence_id: str | None, matchers: list[Matcher], created_by: str | None, check_mode: bool
+) -> SilenceOutcome:
     """Expire one silence by id, or every live silence with exactly these matchers (and author when given)."""
     if silence_id:
         silence = get_silence(settings, silence_id)
@@ -404,8 +466,9 @@ def remove_silences(settings: HttpSettings, silence_id: str | None, matchers: li
         for one in ids:
             expire_silence(settings, one)
     verb = "would expire" if check_mode else "expired"
-    return SilenceOutcome(changed=True, silence_id=ids[0], expired=ids,
-                          msg="%s %d silence(s): %s" % (verb, len(ids), ", ".join(ids)))
+    return SilenceOutcome(
+        changed=True, silence_id=ids[0], expired=ids, msg="%s %d silence(s): %s" % (verb, len(ids), ", ".join(ids))
+    )
 
 
 def describe_matchers(matchers: list[Matcher]) -> str:

@@ -94,8 +94,10 @@ LABEL_PORT = "io.opsbook.port"
 WATCH_INTERVAL_S = 0.2
 COMPOSE_TIMEOUT_S = 600.0
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_LOG_RE = re.compile(r'"(?P<request>[^"]*)" (?P<status>\d{3}) .*? rt=(?P<rt>[0-9.]+) urt="(?P<urt>[^"]*)" '
-                     r'ua="(?P<ua>[^"]*)"')
+_LOG_RE = re.compile(
+    r'"(?P<request>[^"]*)" (?P<status>\d{3}) .*? rt=(?P<rt>[0-9.]+) urt="(?P<urt>[^"]*)" '
+    r'ua="(?P<ua>[^"]*)"'
+)
 _UPSTREAM_SERVER_RE = re.compile(r"^\s*server\s+(\S+?)(\s[^;]*)?;", re.M)
 
 
@@ -145,15 +147,31 @@ COMMON_OPTIONS: dict[str, dict[str, t.Any]] = dict(
 
 def settings_from_params(p: dict[str, t.Any], check_mode: bool, docker_health_gate: bool = True) -> Settings:
     return Settings(
-        project=p["project"], project_dir=p["project_dir"] or os.path.join("/opt", p["project"]),
-        journal_root=p["journal_root"], docker_host=p["docker_host"], pull=p["pull"],
-        lock_timeout_s=p["lock_timeout"], keep=p["keep"], docker_health_gate=docker_health_gate,
-        health_timeout_s=p["health_timeout"], readiness_path=p["readiness_path"], gate_requests=p["gate_requests"],
-        gate_port=p["gate_port"], nginx_url=p["nginx_url"], nginx_host_header=p["nginx_host_header"],
-        bake_s=p["bake_s"], bake_paths=list(p["bake_paths"] or []), bake_rate=p["bake_rate"],
-        bake_min_requests=p["bake_min_requests"], bake_max_error_ratio=p["bake_max_error_ratio"],
-        bake_max_latency_ms=p["bake_max_latency_ms"], canary_weight=p["canary_weight"], canary_s=p["canary_s"],
-        drain_timeout_s=p["drain_timeout"], upstream_dir=p["upstream_dir"], access_log=p["access_log"],
+        project=p["project"],
+        project_dir=p["project_dir"] or os.path.join("/opt", p["project"]),
+        journal_root=p["journal_root"],
+        docker_host=p["docker_host"],
+        pull=p["pull"],
+        lock_timeout_s=p["lock_timeout"],
+        keep=p["keep"],
+        docker_health_gate=docker_health_gate,
+        health_timeout_s=p["health_timeout"],
+        readiness_path=p["readiness_path"],
+        gate_requests=p["gate_requests"],
+        gate_port=p["gate_port"],
+        nginx_url=p["nginx_url"],
+        nginx_host_header=p["nginx_host_header"],
+        bake_s=p["bake_s"],
+        bake_paths=list(p["bake_paths"] or []),
+        bake_rate=p["bake_rate"],
+        bake_min_requests=p["bake_min_requests"],
+        bake_max_error_ratio=p["bake_max_error_ratio"],
+        bake_max_latency_ms=p["bake_max_latency_ms"],
+        canary_weight=p["canary_weight"],
+        canary_s=p["canary_s"],
+        drain_timeout_s=p["drain_timeout"],
+        upstream_dir=p["upstream_dir"],
+        access_log=p["access_log"],
         check_mode=check_mode,
     )
 
@@ -231,7 +249,10 @@ class ServicePlan:
 
     def to_dict(self) -> dict[str, t.Any]:
         return {
-            "service": self.service, "role": self.role, "action": self.action, "replicas": self.replicas,
+            "service": self.service,
+            "role": self.role,
+            "action": self.action,
+            "replicas": self.replicas,
             "from": {"image": self.from_image, "digest": self.from_digest, "image_ids": self.from_image_ids},
             "to": {"image": self.to_image, "digest": self.to_digest, "image_id": self.to_image_id},
         }
@@ -331,9 +352,10 @@ def set_service_image(text: str, service: str, image: str) -> str:
             continue
         match = re.match(r"^(\s*image:\s*)(['\"]?)([^'\"#\s]*)(['\"]?)(\s*(#.*)?)$", line.rstrip("\r\n"))
         if match:
-            ending = line[len(line.rstrip("\r\n")):]
-            lines[index] = "".join((match.group(1), match.group(2), image, match.group(4), match.group(5) or "",
-                                    ending))
+            ending = line[len(line.rstrip("\r\n")) :]
+            lines[index] = "".join(
+                (match.group(1), match.group(2), image, match.group(4), match.group(5) or "", ending)
+            )
             return "".join(lines)
     raise ValueError("cannot find the `image:` line of service %s under `services:` in the compose file" % service)
 
@@ -373,8 +395,9 @@ class BakeVerdict:
         return asdict(self)
 
 
-def judge_bake(samples: list[dict[str, t.Any]], max_error_ratio: float, max_latency_ms: float, min_requests: int,
-               final: bool) -> BakeVerdict | None:
+def judge_bake(
+    samples: list[dict[str, t.Any]], max_error_ratio: float, max_latency_ms: float, min_requests: int, final: bool
+) -> BakeVerdict | None:
     """Verdict on the samples so far: a failure as soon as it is certain, success only at the end (final)."""
     total = len(samples)
     errors = sum(1 for s in samples if s["status"] >= 500 or s["status"] == 0)
@@ -386,7 +409,11 @@ def judge_bake(samples: list[dict[str, t.Any]], max_error_ratio: float, max_late
     if enough and ratio > max_error_ratio:
         verdict.ok = False
         verdict.reason = "5xx ratio %.1f%% (%d of %d) is over the limit of %.1f%%" % (
-            100 * ratio, errors, total, 100 * max_error_ratio)
+            100 * ratio,
+            errors,
+            total,
+            100 * max_error_ratio,
+        )
         return verdict
     if enough and p95 is not None and p95 > max_latency_ms:
         verdict.ok = False
@@ -397,12 +424,13 @@ def judge_bake(samples: list[dict[str, t.Any]], max_error_ratio: float, max_late
     if not enough:
         verdict.ok = False
         verdict.reason = "only %d requests reached the new containers during the bake (bake_min_requests %d)" % (
-            total, min_requests)
+            total,
+            min_requests,
+        )
     return verdict
 
 
-def established_on_ports(ports: t.Iterable[int], tables: t.Iterable[str] = ("/proc/net/tcp", "/proc/net/tcp6")
-                         ) -> int:
+def established_on_ports(ports: t.Iterable[int], tables: t.Iterable[str] = ("/proc/net/tcp", "/proc/net/tcp6")) -> int:
     """Established TCP connections with a local or remote port in `ports` (loopback traffic to old replicas)."""
     wanted = set(ports)
     count = 0
@@ -466,11 +494,21 @@ class Host:
     # -- compose ------------------------------------------------------------------------------------------
 
     def compose_argv(self, *args: str, compose_file: str | None = None) -> list[str]:
-        return ["docker", "compose", "--project-name", self.s.project, "--project-directory", self.s.project_dir,
-                "--file", compose_file or self.s.compose_file, *args]
+        return [
+            "docker",
+            "compose",
+            "--project-name",
+            self.s.project,
+            "--project-directory",
+            self.s.project_dir,
+            "--file",
+            compose_file or self.s.compose_file,
+            *args,
+        ]
 
-    def compose(self, *args: str, compose_file: str | None = None, timeout: float = COMPOSE_TIMEOUT_S
-                ) -> subprocess.CompletedProcess:
+    def compose(
+        self, *args: str, compose_file: str | None = None, timeout: float = COMPOSE_TIMEOUT_S
+    ) -> subprocess.CompletedProcess:
         argv = self.compose_argv(*args, compose_file=compose_file)
         # The lock's descriptor goes to compose: if this process dies, compose still holds the project's lock.
         fds = (self.lock_fd,) if self.lock_fd is not None else ()
@@ -484,8 +522,10 @@ class Host:
     def compose_config(self, compose_file: str | None = None) -> dict[str, ComposeService]:
         done = self.compose("config", "--no-interpolate", "--format", "json", compose_file=compose_file, timeout=60)
         if done.returncode != 0:
-            raise UpgradeError("docker compose config failed for %s: %s" % (
-                compose_file or self.s.compose_file, (done.stderr or done.stdout).strip()[-1500:]))
+            raise UpgradeError(
+                "docker compose config failed for %s: %s"
+                % (compose_file or self.s.compose_file, (done.stderr or done.stdout).strip()[-1500:])
+            )
         data = json.loads(done.stdout)
         out = {}
         for name, svc in (data.get("services") or {}).items():
@@ -498,9 +538,14 @@ class Host:
             if replicas is None:
                 replicas = svc.get("scale", 1)
             health = svc.get("healthcheck") or {}
-            out[name] = ComposeService(name=name, image=svc.get("image", ""), replicas=int(replicas or 1), role=role,
-                                       port=int(port) if port else None,
-                                       has_healthcheck=bool(health) and not health.get("disable"))
+            out[name] = ComposeService(
+                name=name,
+                image=svc.get("image", ""),
+                replicas=int(replicas or 1),
+                role=role,
+                port=int(port) if port else None,
+                has_healthcheck=bool(health) and not health.get("disable"),
+            )
         return out
 
     # -- docker -------------------------------------------------------------------------------------------
@@ -521,9 +566,17 @@ class Host:
                 number = int(labels.get(LABEL_NUMBER, "0"))
             except ValueError:
                 number = 0
-            found.append(Container(id=item["Id"], name=(item.get("Names") or ["/?"])[0].lstrip("/"),
-                                   image_id=item.get("ImageID", ""), state=item.get("State", ""), number=number,
-                                   created=float(item.get("Created", 0)), host_port=host_port))
+            found.append(
+                Container(
+                    id=item["Id"],
+                    name=(item.get("Names") or ["/?"])[0].lstrip("/"),
+                    image_id=item.get("ImageID", ""),
+                    state=item.get("State", ""),
+                    number=number,
+                    created=float(item.get("Created", 0)),
+                    host_port=host_port,
+                )
+            )
         return sorted(found, key=lambda c: (c.created, c.number))
 
     def image(self, ref: str) -> dict[str, t.Any] | None:
@@ -598,8 +651,9 @@ class Host:
         sync_upstream(self.s.project, service, servers=servers, directory=self.s.upstream_dir, nginx=self.nginx)
 
     def sync_from_docker(self, service: str, port: int | None) -> bool:
-        return sync_upstream(self.s.project, service, port=port, directory=self.s.upstream_dir, nginx=self.nginx,
-                             docker=self.client).changed
+        return sync_upstream(
+            self.s.project, service, port=port, directory=self.s.upstream_dir, nginx=self.nginx, docker=self.client
+        ).changed
 
     def gate_file(self, service: str) -> str:
         return upstream_file_for(upstream_name(self.s.project, service) + "_gate", self.s.upstream_dir)
@@ -618,7 +672,8 @@ class Host:
             "        proxy_set_header Connection \"\";\n"
             "        proxy_set_header Host $host;\n"
             "    }\n"
-            "}\n" % (self.s.gate_port, name))
+            "}\n" % (self.s.gate_port, name)
+        )
         activate(self.gate_file(service), content, nginx=self.nginx)
         # `systemctl reload` returns once the signal is sent; the master opens the new listener a moment later.
         deadline = time.monotonic() + 10.0
@@ -628,8 +683,10 @@ class Host:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise UpgradeError("Nginx did not open the gate listener 127.0.0.1:%d within 10 s after the "
-                                       "reload (is the port taken? set gate_port)" % self.s.gate_port) from None
+                    raise UpgradeError(
+                        "Nginx did not open the gate listener 127.0.0.1:%d within 10 s after the "
+                        "reload (is the port taken? set gate_port)" % self.s.gate_port
+                    ) from None
                 time.sleep(0.05)
 
     def close_gate(self, service: str) -> None:
@@ -741,24 +798,34 @@ class Rollout:
             for cid, container in list(pending.items()):
                 info = self.host.inspect(cid)
                 if info is None:
-                    raise UpgradeError("new container %s disappeared during the health gate" % container.name,
-                                       {"failed_container": container.name})
+                    raise UpgradeError(
+                        "new container %s disappeared during the health gate" % container.name,
+                        {"failed_container": container.name},
+                    )
                 state = info.get("State") or {}
                 health = (state.get("Health") or {}).get("Status")
                 if state.get("Restarting") or state.get("Status") in ("exited", "dead") or info.get("RestartCount"):
-                    raise self._gate_failure(container, "exited or restarted (state %s, exit code %s)" % (
-                        state.get("Status"), state.get("ExitCode")), info)
+                    raise self._gate_failure(
+                        container,
+                        "exited or restarted (state %s, exit code %s)" % (state.get("Status"), state.get("ExitCode")),
+                        info,
+                    )
                 if health == "unhealthy":
                     raise self._gate_failure(container, "became unhealthy", info)
-                if health == "healthy" or (health is None and state.get("Running")) or (
-                        not needs_health and state.get("Running")):
+                if (
+                    health == "healthy"
+                    or (health is None and state.get("Running"))
+                    or (not needs_health and state.get("Running"))
+                ):
                     del pending[cid]
             if not pending:
                 break
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending.values())
-                raise UpgradeError("%s not healthy within %g s (health_timeout)" % (names, self.s.health_timeout_s),
-                                   {"evidence": [self.host.evidence(c) for c in pending.values()]})
+                raise UpgradeError(
+                    "%s not healthy within %g s (health_timeout)" % (names, self.s.health_timeout_s),
+                    {"evidence": [self.host.evidence(c) for c in pending.values()]},
+                )
             time.sleep(WATCH_INTERVAL_S)
 
     def _gate_failure(self, container: Container, what: str, info: dict[str, t.Any]) -> UpgradeError:
@@ -773,23 +840,31 @@ class Rollout:
         evidence = self.host.evidence(container)
         evidence["aborted_after_last_check_s"] = detected
         evidence["health_interval_s"] = interval_ns / 1e9
-        return UpgradeError("new container %s %s: gate failed before the switch" % (container.name, what),
-                            {"evidence": [evidence], "failing_probe": "docker health of %s" % container.name})
+        return UpgradeError(
+            "new container %s %s: gate failed before the switch" % (container.name, what),
+            {"evidence": [evidence], "failing_probe": "docker health of %s" % container.name},
+        )
 
     def readiness(self, new: list[Container]) -> None:
         for container in new:
             if not container.host_port:
                 continue
-            probe = HttpProbe(name="readiness:%s" % container.name, url="http://127.0.0.1:%d%s" % (
-                container.host_port, self.s.readiness_path), timeout=3.0, use_proxy=False)
+            probe = HttpProbe(
+                name="readiness:%s" % container.name,
+                url="http://127.0.0.1:%d%s" % (container.host_port, self.s.readiness_path),
+                timeout=3.0,
+                use_proxy=False,
+            )
             deadline = time.monotonic() + self.s.readiness_timeout_s
             while True:
                 result = check_http(probe)
                 if result.ok:
                     break
                 if time.monotonic() > deadline:
-                    raise UpgradeError("new container %s: %s answered %s" % (container.name, probe.url, result.error),
-                                       {"failing_probe": result.to_dict(), "evidence": [self.host.evidence(container)]})
+                    raise UpgradeError(
+                        "new container %s: %s answered %s" % (container.name, probe.url, result.error),
+                        {"failing_probe": result.to_dict(), "evidence": [self.host.evidence(container)]},
+                    )
                 time.sleep(WATCH_INTERVAL_S)
 
     def through_gate(self, service: str, new: list[Container]) -> None:
@@ -799,20 +874,25 @@ class Rollout:
         self.host.open_gate(service, servers)
         try:
             for index in range(self.s.gate_requests):
-                probe = HttpProbe(name="gate:%s#%d" % (service, index + 1), url="http://127.0.0.1:%d%s" % (
-                    self.s.gate_port, self.s.readiness_path), timeout=5.0, use_proxy=False)
+                probe = HttpProbe(
+                    name="gate:%s#%d" % (service, index + 1),
+                    url="http://127.0.0.1:%d%s" % (self.s.gate_port, self.s.readiness_path),
+                    timeout=5.0,
+                    use_proxy=False,
+                )
                 result = check_http(probe)
                 if not result.ok:
-                    raise UpgradeError("synthetic request %d of %d through Nginx to the new %s containers failed: %s" % (
-                        index + 1, self.s.gate_requests, service, result.error),
-                        {"failing_probe": result.to_dict(), "evidence": [self.host.evidence(c) for c in new]})
+                    raise UpgradeError(
+                        "synthetic request %d of %d through Nginx to the new %s containers failed: %s"
+                        % (index + 1, self.s.gate_requests, service, result.error),
+                        {"failing_probe": result.to_dict(), "evidence": [self.host.evidence(c) for c in new]},
+                    )
         finally:
             self.host.close_gate(service)
 
     # -- bake ---------------------------------------------------------------------------------------------
 
-    def bake(self, service: str, new: list[Container], seconds: float, offset: int, share: float = 1.0
-             ) -> BakeVerdict:
+    def bake(self, service: str, new: list[Container], seconds: float, offset: int, share: float = 1.0) -> BakeVerdict:
         addresses = {c.address for c in new}
         paths = self.s.bake_paths or [self.s.readiness_path]
         headers = {"Host": self.s.nginx_host_header} if self.s.nginx_host_header else {}
@@ -825,21 +905,41 @@ class Rollout:
                 info = self.host.inspect(container.id) or {}
                 state = info.get("State") or {}
                 if (state.get("Health") or {}).get("Status") == "unhealthy" or not state.get("Running"):
-                    return BakeVerdict(False, 0, 0, 0.0, None, "new container %s became %s during the bake" % (
-                        container.name, (state.get("Health") or {}).get("Status") or state.get("Status")))
+                    return BakeVerdict(
+                        False,
+                        0,
+                        0,
+                        0.0,
+                        None,
+                        "new container %s became %s during the bake"
+                        % (container.name, (state.get("Health") or {}).get("Status") or state.get("Status")),
+                    )
             if self.s.bake_rate > 0:
                 path = paths[n % len(paths)]
                 n += 1
-                result = check_http(HttpProbe(name="bake", url=self.s.nginx_url.rstrip("/") + path, timeout=5.0,
-                                              headers=headers, status=tuple(range(100, 500)), use_proxy=False))
+                result = check_http(
+                    HttpProbe(
+                        name="bake",
+                        url=self.s.nginx_url.rstrip("/") + path,
+                        timeout=5.0,
+                        headers=headers,
+                        status=tuple(range(100, 500)),
+                        use_proxy=False,
+                    )
+                )
                 if result.status is None:
                     probe_samples.append({"status": 0, "ms": result.latency_ms})
             log_samples, bad = self.host.log_samples(offset, addresses)
             samples = log_samples + probe_samples
             final = time.monotonic() >= deadline
             # A canary sees only its share of the requests (the probes through the site are split too).
-            verdict = judge_bake(samples, self.s.bake_max_error_ratio, self.s.bake_max_latency_ms,
-                                 max(1, int(self.s.bake_min_requests * share)), final)
+            verdict = judge_bake(
+                samples,
+                self.s.bake_max_error_ratio,
+                self.s.bake_max_latency_ms,
+                max(1, int(self.s.bake_min_requests * share)),
+                final,
+            )
             if verdict is not None:
                 if not verdict.ok:
                     self.run.evidence["bake_failing_requests"] = bad
@@ -863,11 +963,14 @@ class Rollout:
         switched = False
         try:
             scale = len(old) + replicas
-            done = self.host.compose("up", "--detach", "--no-deps", "--no-recreate", "--scale",
-                                     "%s=%d" % (service, scale), service)
+            done = self.host.compose(
+                "up", "--detach", "--no-deps", "--no-recreate", "--scale", "%s=%d" % (service, scale), service
+            )
             if done.returncode != 0:
-                raise UpgradeError("docker compose up --scale %s=%d failed: %s" % (
-                    service, scale, (done.stderr or done.stdout).strip()[-1500:]))
+                raise UpgradeError(
+                    "docker compose up --scale %s=%d failed: %s"
+                    % (service, scale, (done.stderr or done.stdout).strip()[-1500:])
+                )
             new = [c for c in self.host.containers(service, plan.port) if c.id not in old_ids]
             started = ", ".join(c.name for c in new)
             beside = ", ".join(c.name for c in old) or "nothing"
@@ -876,7 +979,9 @@ class Rollout:
             if not new:
                 raise UpgradeError("docker compose created no new container for %s" % service)
             self.wait_healthy(new, self.s.docker_health_gate)
-            self.run.step("%s: new containers running%s" % (service, " and healthy" if self.s.docker_health_gate else ""))
+            self.run.step(
+                "%s: new containers running%s" % (service, " and healthy" if self.s.docker_health_gate else "")
+            )
             if plan.port is not None:
                 new = [c for c in self.host.containers(service, plan.port) if c.id not in old_ids]
                 missing = [c.name for c in new if not c.host_port]
@@ -892,9 +997,11 @@ class Rollout:
                 new_servers = [Server(address=c.address, comment=c.name) for c in new]
                 if self.s.canary_weight and old_servers:
                     weight_new, weight_old = self.s.canary_weight, 100 - self.s.canary_weight
-                    self.host.switch(service, [Server(s.address, weight=weight_old, comment=s.comment)
-                                               for s in old_servers]
-                                     + [Server(s.address, weight=weight_new, comment=s.comment) for s in new_servers])
+                    self.host.switch(
+                        service,
+                        [Server(s.address, weight=weight_old, comment=s.comment) for s in old_servers]
+                        + [Server(s.address, weight=weight_new, comment=s.comment) for s in new_servers],
+                    )
                     switched = True
                     self.run.step("%s: canary, new containers take %d%% of requests" % (service, weight_new))
                     offset = self.host.log_offset()
@@ -911,8 +1018,10 @@ class Rollout:
                 self.run.evidence.setdefault("bake", {})[service] = verdict.to_dict()
                 if not verdict.ok:
                     raise UpgradeError("%s bake failed: %s" % (service, verdict.reason))
-                self.run.step("%s: bake passed (%d requests, %d errors, p95 %s ms)" % (
-                    service, verdict.requests, verdict.errors, verdict.p95_ms))
+                self.run.step(
+                    "%s: bake passed (%d requests, %d errors, p95 %s ms)"
+                    % (service, verdict.requests, verdict.errors, verdict.p95_ms)
+                )
         except (UpgradeError, UpstreamError, DockerError, OSError) as exc:
             self._undo(plan, old, new, compose_before, switched, exc)
             raise
@@ -925,14 +1034,23 @@ class Rollout:
                 try:
                     self.wait_healthy(new, True)
                 except UpgradeError as exc:
-                    self.run.warnings.append("%s: upstream left as switched, not re-read from Docker: %s" % (service, exc))
+                    self.run.warnings.append(
+                        "%s: upstream left as switched, not re-read from Docker: %s" % (service, exc)
+                    )
                     self.run.mark("%s_done" % service)
                     return
             self.host.sync_from_docker(service, plan.port)
         self.run.mark("%s_done" % service)
 
-    def _undo(self, plan: ServicePlan, old: list[Container], new: list[Container], compose_before: str,
-              switched: bool, exc: Exception) -> None:
+    def _undo(
+        self,
+        plan: ServicePlan,
+        old: list[Container],
+        new: list[Container],
+        compose_before: str,
+        switched: bool,
+        exc: Exception,
+    ) -> None:
         service = plan.service
         if switched:
             old_servers = [Server(address=c.address, comment=c.name) for c in old if c.host_port]
@@ -981,14 +1099,17 @@ class Rollout:
         service = plan.service
         self.run.warnings.append(
             "%s is stateful: recreated stop-first (%s -> %s), so it was unavailable while it restarted"
-            % (service, plan.from_image, plan.to_image))
+            % (service, plan.from_image, plan.to_image)
+        )
         compose_before = self.write_compose_image(service, plan.to_image)
         done = self.host.compose("up", "--detach", "--no-deps", "--force-recreate", service)
         new = [c for c in self.host.containers(service) if c.state == "running"]
         try:
             if done.returncode != 0:
-                raise UpgradeError("docker compose up --force-recreate %s failed: %s" % (
-                    service, (done.stderr or done.stdout).strip()[-1500:]))
+                raise UpgradeError(
+                    "docker compose up --force-recreate %s failed: %s"
+                    % (service, (done.stderr or done.stdout).strip()[-1500:])
+                )
             self.wait_healthy(new, True)
         except UpgradeError as exc:
             self.run.evidence.update(exc.result)
@@ -1021,12 +1142,23 @@ def plan_service(host: Host, svc: ComposeService, to_image: str, resolve_remote:
     target = host.image(to_image)
     to_id = (target or {}).get("Id", "")
     to_digest = digest_of(target, to_image) or (host.registry_digest(to_image) if resolve_remote else "")
-    up_to_date = (svc.image == to_image and bool(running) and to_id != "" and from_ids == [to_id]
-                  and len(running) == svc.replicas)
+    up_to_date = (
+        svc.image == to_image and bool(running) and to_id != "" and from_ids == [to_id] and len(running) == svc.replicas
+    )
     action = "none" if up_to_date else ("recreate" if svc.role == "stateful" else "rolling")
-    return ServicePlan(service=svc.name, role=svc.role, action=action, replicas=svc.replicas, from_image=svc.image,
-                       from_image_ids=from_ids, from_digest=digest_of(from_image_info, svc.image), to_image=to_image,
-                       to_image_id=to_id, to_digest=to_digest, port=svc.port)
+    return ServicePlan(
+        service=svc.name,
+        role=svc.role,
+        action=action,
+        replicas=svc.replicas,
+        from_image=svc.image,
+        from_image_ids=from_ids,
+        from_digest=digest_of(from_image_info, svc.image),
+        to_image=to_image,
+        to_image_id=to_id,
+        to_digest=to_digest,
+        port=svc.port,
+    )
 
 
 def reconcile(host: Host, services: dict[str, ComposeService], journal: Journal, run: Run) -> None:
@@ -1034,8 +1166,10 @@ def reconcile(host: Host, services: dict[str, ComposeService], journal: Journal,
     for release in journal.releases():
         if release.status == "in_progress":
             release.status = "failed"
-            release.detail = ("interrupted: the %s was stopped before it finished; the next run (%s) put the "
-                              "containers and the upstream in order" % (release.kind, iso_utc(time.time())))
+            release.detail = (
+                "interrupted: the %s was stopped before it finished; the next run (%s) put the "
+                "containers and the upstream in order" % (release.kind, iso_utc(time.time()))
+            )
             journal.record(release)
             run.reconciled.append("journal: %s marked failed (interrupted)" % release.id)
     for svc in services.values():
@@ -1043,8 +1177,9 @@ def reconcile(host: Host, services: dict[str, ComposeService], journal: Journal,
         for container in containers:
             if container.state not in ("running", "restarting", "paused"):
                 host.stop_and_remove(container, grace_s=1)
-                run.reconciled.append("%s: removed leftover container %s (%s)"
-                                      % (svc.name, container.name, container.state))
+                run.reconciled.append(
+                    "%s: removed leftover container %s (%s)" % (svc.name, container.name, container.state)
+                )
         running = [c for c in containers if c.state == "running"]
         if svc.role == "stateful" or len(running) <= svc.replicas:
             continue
@@ -1052,20 +1187,23 @@ def reconcile(host: Host, services: dict[str, ComposeService], journal: Journal,
         in_upstream = [c for c in running if c.address in serving]
         if svc.port is None or not in_upstream:
             # No upstream to tell who serves: keep the oldest replicas (the ones that served before the run).
-            keep = running[:svc.replicas]
+            keep = running[: svc.replicas]
         elif len(in_upstream) > svc.replicas:
             # Killed during a canary: both generations take traffic. Go back to the old ones first.
-            keep = running[:svc.replicas]
+            keep = running[: svc.replicas]
             host.switch(svc.name, [Server(address=c.address, comment=c.name) for c in keep])
-            run.reconciled.append("%s: upstream put back to %s (an interrupted canary)" % (
-                svc.name, ", ".join(c.name for c in keep)))
+            run.reconciled.append(
+                "%s: upstream put back to %s (an interrupted canary)" % (svc.name, ", ".join(c.name for c in keep))
+            )
         else:
             keep = in_upstream
         for container in running:
             if container not in keep:
                 host.stop_and_remove(container)
-                run.reconciled.append("%s: removed %s, which the upstream did not list (left by an interrupted run)"
-                                      % (svc.name, container.name))
+                run.reconciled.append(
+                    "%s: removed %s, which the upstream did not list (left by an interrupted run)"
+                    % (svc.name, container.name)
+                )
         if svc.port is not None:
             host.sync_from_docker(svc.name, svc.port)
     if run.reconciled:
@@ -1086,27 +1224,53 @@ def _result(run: Run, plans: list[ServicePlan], **extra: t.Any) -> dict[str, t.A
     return out
 
 
-def _record(host: Host, journal: Journal, release_id: str, kind: str, status: str, started_wall: float,
-            previous: Release | None, detail: str, services: dict[str, ServiceImage] | None = None,
-            extra: dict[str, t.Any] | None = None) -> Release:
+def _record(
+    host: Host,
+    journal: Journal,
+    release_id: str,
+    kind: str,
+    status: str,
+    started_wall: float,
+    previous: Release | None,
+    detail: str,
+    services: dict[str, ServiceImage] | None = None,
+    extra: dict[str, t.Any] | None = None,
+) -> Release:
     if services is None:
         services = project_images(host.client, host.s.project)
-    release = Release(id=release_id, project=host.s.project, kind=kind, status=status, created=iso_utc(started_wall),
-                      created_ts=started_wall, services=services, compose_hash=file_sha256(host.s.compose_file),
-                      duration_s=round(time.time() - started_wall, 3), previous=previous.id if previous else None,
-                      detail=detail, extra=extra or {})
+    release = Release(
+        id=release_id,
+        project=host.s.project,
+        kind=kind,
+        status=status,
+        created=iso_utc(started_wall),
+        created_ts=started_wall,
+        services=services,
+        compose_hash=file_sha256(host.s.compose_file),
+        duration_s=round(time.time() - started_wall, 3),
+        previous=previous.id if previous else None,
+        detail=detail,
+        extra=extra or {},
+    )
     journal.record(release)
     return release
 
 
-def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", host: Host | None = None,
-            rollback_of: str | None = None, services: dict[str, ComposeService] | None = None) -> dict[str, t.Any]:
+def execute(
+    settings: Settings,
+    targets: dict[str, str],
+    kind: str = "upgrade",
+    host: Host | None = None,
+    rollback_of: str | None = None,
+    services: dict[str, ComposeService] | None = None,
+) -> dict[str, t.Any]:
     """Plan, and unless in check mode carry out, the move of `targets` (service -> image reference)."""
     host = host or Host(settings)
     run = Run()
     if not os.path.isfile(settings.compose_file):
-        raise BadRequest("%s does not exist: deploy the project (compose_app role) before upgrading it"
-                         % settings.compose_file)
+        raise BadRequest(
+            "%s does not exist: deploy the project (compose_app role) before upgrading it" % settings.compose_file
+        )
     if services is None:
         try:
             services = host.compose_config()
@@ -1114,15 +1278,22 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
             raise BadRequest(str(exc)) from exc
     unknown = sorted(set(targets) - set(services))
     if unknown:
-        raise BadRequest("unknown service%s %s in project %s (its services: %s); nothing was changed" % (
-            "s" if len(unknown) > 1 else "", ", ".join(unknown), settings.project, ", ".join(sorted(services))))
+        raise BadRequest(
+            "unknown service%s %s in project %s (its services: %s); nothing was changed"
+            % ("s" if len(unknown) > 1 else "", ", ".join(unknown), settings.project, ", ".join(sorted(services)))
+        )
     journal = Journal(settings.journal_root, settings.project)
 
     if settings.check_mode:
         plans = [plan_service(host, services[name], image, True) for name, image in targets.items()]
         changed = any(p.action != "none" for p in plans)
-        return _result(run, plans, changed=changed, release=None,
-                       previous_release=(journal.latest("succeeded").id if journal.latest("succeeded") else None))
+        return _result(
+            run,
+            plans,
+            changed=changed,
+            release=None,
+            previous_release=(journal.latest("succeeded").id if journal.latest("succeeded") else None),
+        )
 
     try:
         lock = project_lock(settings.project, kind, settings.journal_root, settings.lock_timeout_s)
@@ -1144,11 +1315,27 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
             release = None
             if run.reconciled and (previous is None or content_key(previous.services) != content_key(current)):
                 started_wall = time.time()
-                rid = new_release_id(started_wall, file_sha256(settings.compose_file), (r.id for r in journal.releases()))
-                release = _record(host, journal, rid, kind, "succeeded", started_wall, previous,
-                                  "completed by reconciling an interrupted run", current).to_dict()
-            return _result(run, plans, changed=bool(run.reconciled), release=release or (
-                previous.to_dict() if previous else None), previous_release=previous.id if previous else None)
+                rid = new_release_id(
+                    started_wall, file_sha256(settings.compose_file), (r.id for r in journal.releases())
+                )
+                release = _record(
+                    host,
+                    journal,
+                    rid,
+                    kind,
+                    "succeeded",
+                    started_wall,
+                    previous,
+                    "completed by reconciling an interrupted run",
+                    current,
+                ).to_dict()
+            return _result(
+                run,
+                plans,
+                changed=bool(run.reconciled),
+                release=release or (previous.to_dict() if previous else None),
+                previous_release=previous.id if previous else None,
+            )
         for plan in todo:
             if settings.pull == "always" or not plan.to_image_id:
                 host.pull(plan.to_image)
@@ -1160,9 +1347,18 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
         rid = new_release_id(started_wall, file_sha256(settings.compose_file), (r.id for r in journal.releases()))
         intended = {p.service: ServiceImage(p.to_image, p.to_image_id, p.to_digest) for p in plans}
         extra = {"rollback_of": rollback_of} if rollback_of else {}
-        _record(host, journal, rid, kind, "in_progress", started_wall, previous,
-                "%s in progress (pid %d)" % (kind, os.getpid()), {**project_images(host.client, settings.project),
-                                                                  **intended}, extra)
+        _record(
+            host,
+            journal,
+            rid,
+            kind,
+            "in_progress",
+            started_wall,
+            previous,
+            "%s in progress (pid %d)" % (kind, os.getpid()),
+            {**project_images(host.client, settings.project), **intended},
+            extra,
+        )
         rollout = Rollout(host, run)
         done: list[ServicePlan] = []
         try:
@@ -1174,30 +1370,66 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
             failed_service = next((p.service for p in todo if p not in done), "?")
             # Services already moved in this run go back too: a release is all or nothing.
             for plan in reversed(done):
-                back = ServicePlan(plan.service, plan.role, "rolling", plan.replicas, plan.to_image, [plan.to_image_id],
-                                   plan.to_digest, plan.from_image, plan.from_image_ids[0] if plan.from_image_ids else "",
-                                   plan.from_digest, plan.port)
+                back = ServicePlan(
+                    plan.service,
+                    plan.role,
+                    "rolling",
+                    plan.replicas,
+                    plan.to_image,
+                    [plan.to_image_id],
+                    plan.to_digest,
+                    plan.from_image,
+                    plan.from_image_ids[0] if plan.from_image_ids else "",
+                    plan.from_digest,
+                    plan.port,
+                )
                 try:
                     rollout.replace(back)
                     run.step("%s: moved back to %s" % (plan.service, plan.from_image))
                 except (UpgradeError, UpstreamError, DockerError, OSError) as undo_exc:
-                    run.warnings.append("%s could not be moved back to %s: %s" % (plan.service, plan.from_image, undo_exc))
-            release = _record(host, journal, rid, kind, "failed", started_wall, previous,
-                              "%s failed on %s: %s" % (kind, failed_service, message),
-                              {**project_images(host.client, settings.project), **intended},
-                              {**extra, "evidence": run.evidence, "steps": run.steps})
+                    run.warnings.append(
+                        "%s could not be moved back to %s: %s" % (plan.service, plan.from_image, undo_exc)
+                    )
+            release = _record(
+                host,
+                journal,
+                rid,
+                kind,
+                "failed",
+                started_wall,
+                previous,
+                "%s failed on %s: %s" % (kind, failed_service, message),
+                {**project_images(host.client, settings.project), **intended},
+                {**extra, "evidence": run.evidence, "steps": run.steps},
+            )
             journal.prune(settings.keep)
-            raise UpgradeError("%s of %s failed on service %s and was undone; the previous release keeps serving. %s"
-                               % (kind, settings.project, failed_service, message),
-                               _result(run, plans, changed=True, release=release.to_dict(),
-                                       previous_release=previous.id if previous else None,
-                                       failed_service=failed_service)) from exc
-        release = _record(host, journal, rid, kind, "succeeded", started_wall, previous,
-                          "%s of %s" % (kind, ", ".join("%s to %s" % (p.service, p.to_image) for p in todo)),
-                          extra={**extra, "timings": run.timings})
+            raise UpgradeError(
+                "%s of %s failed on service %s and was undone; the previous release keeps serving. %s"
+                % (kind, settings.project, failed_service, message),
+                _result(
+                    run,
+                    plans,
+                    changed=True,
+                    release=release.to_dict(),
+                    previous_release=previous.id if previous else None,
+                    failed_service=failed_service,
+                ),
+            ) from exc
+        release = _record(
+            host,
+            journal,
+            rid,
+            kind,
+            "succeeded",
+            started_wall,
+            previous,
+            "%s of %s" % (kind, ", ".join("%s to %s" % (p.service, p.to_image) for p in todo)),
+            extra={**extra, "timings": run.timings},
+        )
         journal.prune(settings.keep)
-        return _result(run, plans, changed=True, release=release.to_dict(),
-                       previous_release=previous.id if previous else None)
+        return _result(
+            run, plans, changed=True, release=release.to_dict(), previous_release=previous.id if previous else None
+        )
     finally:
         host.lock_fd = None
         lock.__exit__(None, None, None)
@@ -1211,16 +1443,19 @@ def execute(settings: Settings, targets: dict[str, str], kind: str = "upgrade", 
 def rolling_upgrade(settings: Settings, services: dict[str, str], host: Host | None = None) -> dict[str, t.Any]:
     """services: name -> new tag (or a full image reference)."""
     if not services:
-        raise BadRequest("services is empty: give at least one service and its new tag, e.g. {backend: '2.0'}; "
-                         "nothing was changed")
+        raise BadRequest(
+            "services is empty: give at least one service and its new tag, e.g. {backend: '2.0'}; nothing was changed"
+        )
     host = host or Host(settings)
     missing = sorted(name for name, tag in services.items() if not tag or not str(tag).strip())
     if missing:
-        raise BadRequest("no tag given for %s: every service needs its new image tag; nothing was changed"
-                         % ", ".join(missing))
+        raise BadRequest(
+            "no tag given for %s: every service needs its new image tag; nothing was changed" % ", ".join(missing)
+        )
     if not os.path.isfile(settings.compose_file):
-        raise BadRequest("%s does not exist: deploy the project (compose_app role) before upgrading it"
-                         % settings.compose_file)
+        raise BadRequest(
+            "%s does not exist: deploy the project (compose_app role) before upgrading it" % settings.compose_file
+        )
     try:
         current = host.compose_config()
     except UpgradeError as exc:
@@ -1228,8 +1463,10 @@ def rolling_upgrade(settings: Settings, services: dict[str, str], host: Host | N
     targets = {}
     for name, tag in services.items():
         if name not in current:
-            raise BadRequest("unknown service %s in project %s (its services: %s); nothing was changed" % (
-                name, settings.project, ", ".join(sorted(current))))
+            raise BadRequest(
+                "unknown service %s in project %s (its services: %s); nothing was changed"
+                % (name, settings.project, ", ".join(sorted(current)))
+            )
         try:
             targets[name] = target_image(current[name].image, str(tag).strip())
         except ValueError as exc:
@@ -1253,11 +1490,14 @@ def choose_release(host: Host, journal: Journal, wanted: str | None) -> Release:
         except JournalError as exc:
             raise BadRequest("%s; nothing was changed" % exc) from exc
         if release.status not in ("succeeded",):
-            raise BadRequest("release %s has status %s: only a release that succeeded can be returned to" % (
-                wanted, release.status))
+            raise BadRequest(
+                "release %s has status %s: only a release that succeeded can be returned to" % (wanted, release.status)
+            )
         if not intact(host, release):
-            raise BadRequest("release %s is not intact on this host (one of its images is gone); pick another "
-                             "with release_info" % wanted)
+            raise BadRequest(
+                "release %s is not intact on this host (one of its images is gone); pick another "
+                "with release_info" % wanted
+            )
         return release
     current = project_images(host.client, host.s.project)
     for release in reversed(releases):
@@ -1267,8 +1507,9 @@ def choose_release(host: Host, journal: Journal, wanted: str | None) -> Release:
             continue  # what runs now
         if intact(host, release):
             return release
-    raise BadRequest("no previous succeeded release of %s is intact on this host (release_info lists the journal)"
-                     % host.s.project)
+    raise BadRequest(
+        "no previous succeeded release of %s is intact on this host (release_info lists the journal)" % host.s.project
+    )
 
 
 def rollback(settings: Settings, release_id: str | None = None, host: Host | None = None) -> dict[str, t.Any]:
@@ -1286,8 +1527,27 @@ def rollback(settings: Settings, release_id: str | None = None, host: Host | Non
 
 
 __all__ = [
-    "COMMON_OPTIONS", "settings_from_params", "BadRequest", "BakeVerdict", "ComposeService", "Host", "Rollout", "ServicePlan", "Settings", "UpgradeError",
-    "choose_release", "content_key", "established_on_ports", "execute", "judge_bake", "parse_access_line",
-    "parse_docker_time", "rollback", "rolling_upgrade", "set_service_image", "split_image", "target_image",
+    "COMMON_OPTIONS",
+    "BadRequest",
+    "BakeVerdict",
+    "ComposeService",
+    "Host",
+    "Rollout",
+    "ServicePlan",
+    "Settings",
+    "UpgradeError",
+    "choose_release",
+    "content_key",
+    "established_on_ports",
+    "execute",
+    "judge_bake",
+    "parse_access_line",
+    "parse_docker_time",
+    "rollback",
+    "rolling_upgrade",
+    "set_service_image",
+    "settings_from_params",
+    "split_image",
+    "target_image",
     "upstream_addresses",
 ]

@@ -300,7 +300,8 @@ def upstream_name(project: str, service: str) -> str:
     for what, value in (("project", project), ("service", service)):
         if not value or not _NAME_RE.match(value):
             raise UpstreamConfigError(
-                "%s %r is not a valid Compose %s name (letters, digits, '_', '.', '-')" % (what, value, what))
+                "%s %r is not a valid Compose %s name (letters, digits, '_', '.', '-')" % (what, value, what)
+            )
     return "%s_%s" % (project, service)
 
 
@@ -314,7 +315,8 @@ def validate_name(name: str) -> None:
     if not name or not _NAME_RE.match(name):
         raise UpstreamConfigError(
             "upstream name %r is not valid: use letters, digits, '_', '.' and '-', starting with a letter or digit"
-            % (name,))
+            % (name,)
+        )
 
 
 def validate_address(address: str) -> None:
@@ -348,8 +350,9 @@ def validate_server(server: Server) -> None:
     if server.max_fails is not None and server.max_fails < 0:
         raise UpstreamConfigError("server %s: max_fails must be 0 or more" % server.address)
     if server.fail_timeout is not None and not _TIME_RE.match(server.fail_timeout):
-        raise UpstreamConfigError("server %s: fail_timeout %r is not an nginx time such as 10s"
-                                  % (server.address, server.fail_timeout))
+        raise UpstreamConfigError(
+            "server %s: fail_timeout %r is not an nginx time such as 10s" % (server.address, server.fail_timeout)
+        )
     if "\n" in server.comment:
         raise UpstreamConfigError("server %s: a comment must be one line" % server.address)
 
@@ -357,8 +360,9 @@ def validate_server(server: Server) -> None:
 def validate_upstream(upstream: Upstream) -> None:
     validate_name(upstream.name)
     if not upstream.servers:
-        raise NoHealthyServers("upstream %s has no server: nginx would reject it, and it would serve nothing"
-                               % upstream.name)
+        raise NoHealthyServers(
+            "upstream %s has no server: nginx would reject it, and it would serve nothing" % upstream.name
+        )
     seen: set[str] = set()
     for server in upstream.servers:
         validate_server(server)
@@ -595,7 +599,8 @@ def activate(
                 raise NginxConfigRejected(
                     "nginx -t rejected %s and putting the previous file back failed too (%s): fix the file by hand "
                     "before nginx reloads. nginx said: %s" % (path, exc, nginx_error_line(test.output)),
-                    nginx_error_line(test.output), {"path": path, "nginx_output": test.output},
+                    nginx_error_line(test.output),
+                    {"path": path, "nginx_output": test.output},
                 ) from exc
             after = nginx.test()
             error = nginx_error_line(test.output)
@@ -670,14 +675,17 @@ def sync_upstream(
         try:
             found = discover_servers(docker or DockerClient(docker_host), project, service, port, host_ip, weights)
         except DockerError as exc:
-            raise UpstreamError("cannot ask Docker for the containers of %s/%s: %s" % (project, service, exc),
-                                {"project": project, "service": service}) from exc
+            raise UpstreamError(
+                "cannot ask Docker for the containers of %s/%s: %s" % (project, service, exc),
+                {"project": project, "service": service},
+            ) from exc
         chosen, skipped = found.servers, found.skipped
         source = 'the healthy containers of Compose service "%s" of project "%s"' % (service, project)
     else:
         chosen = list(servers)
-        source = "servers given explicitly" + (' for service "%s" of project "%s"' % (service, project)
-                                               if project and service else "")
+        source = "servers given explicitly" + (
+            ' for service "%s" of project "%s"' % (service, project) if project and service else ""
+        )
     if not chosen:
         why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
         raise NoHealthyServers(
@@ -689,8 +697,18 @@ def sync_upstream(
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
     done = activate(path, content, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path)
-    return SyncResult(name, path, done.changed, content, done.previous, sorted(chosen, key=Server.sort_key), skipped,
-                      done.reloaded, done.reload_command, done.note)
+    return SyncResult(
+        name,
+        path,
+        done.changed,
+        content,
+        done.previous,
+        sorted(chosen, key=Server.sort_key),
+        skipped,
+        done.reloaded,
+        done.reload_command,
+        done.note,
+    )
 
 
 def remove_upstream(
@@ -702,13 +720,32 @@ def remove_upstream(
     lock_path: str | None = DEFAULT_LOCK_PATH,
 ) -> ActivationResult:
     """Remove an upstream file with the same safety (a site still using it makes nginx -t fail: it comes back)."""
-    return activate(upstream_file_for(name, directory), None, nginx=nginx, check_mode=check_mode, reload=reload,
-                    lock_path=lock_path)
+    return activate(
+        upstream_file_for(name, directory), None, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path
+    )
 
 
 __all__ = [
-    "ActivationResult", "CommandResult", "DEFAULT_UPSTREAM_DIR", "Discovery", "NginxConfigRejected", "NginxControl",
-    "NginxReloadFailed", "NoHealthyServers", "Server", "SkippedContainer", "SyncResult", "Upstream",
-    "UpstreamConfigError", "UpstreamError", "activate", "discover_servers", "nginx_error_line", "remove_upstream",
-    "render_upstream", "sync_upstream", "upstream_file_for", "upstream_name",
+    "DEFAULT_UPSTREAM_DIR",
+    "ActivationResult",
+    "CommandResult",
+    "Discovery",
+    "NginxConfigRejected",
+    "NginxControl",
+    "NginxReloadFailed",
+    "NoHealthyServers",
+    "Server",
+    "SkippedContainer",
+    "SyncResult",
+    "Upstream",
+    "UpstreamConfigError",
+    "UpstreamError",
+    "activate",
+    "discover_servers",
+    "nginx_error_line",
+    "remove_upstream",
+    "render_upstream",
+    "sync_upstream",
+    "upstream_file_for",
+    "upstream_name",
 ]

@@ -224,15 +224,22 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    settings = HttpSettings(url=p["url"], timeout=p["timeout"], validate_certs=p["validate_certs"],
-                            headers={str(k): str(v) for k, v in p["headers"].items()}, use_proxy=p["use_proxy"])
-    matchers = [Matcher(name=m["name"], value=m["value"], is_regex=m["is_regex"], is_equal=m["is_equal"])
-                for m in p["matchers"]]
+    settings = HttpSettings(
+        url=p["url"],
+        timeout=p["timeout"],
+        validate_certs=p["validate_certs"],
+        headers={str(k): str(v) for k, v in p["headers"].items()},
+        use_proxy=p["use_proxy"],
+    )
+    matchers = [
+        Matcher(name=m["name"], value=m["value"], is_regex=m["is_regex"], is_equal=m["is_equal"]) for m in p["matchers"]
+    ]
     try:
         if p["state"] == "present":
             if p["silence_id"]:
-                module.fail_json(msg="silence_id only selects a silence to expire (state=absent); "
-                                     "with state=present give matchers")
+                module.fail_json(
+                    msg="silence_id only selects a silence to expire (state=absent); with state=present give matchers"
+                )
             try:
                 seconds = parse_duration(p["duration"])
             except ValueError as exc:

@@ -217,8 +217,15 @@ exit_code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
-    BackupError, ComponentSpec, Settings, load_config, plan_backup, run_backup, run_drill,
+    BackupError,
+    ComponentSpec,
+    Settings,
+    load_config,
+    plan_backup,
+    run_backup,
+    run_drill,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
@@ -228,16 +235,32 @@ TYPES = ["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]
 def spec_from_params(p: dict) -> tuple[ComponentSpec, Settings]:
     """The job from the module's own options (no config file)."""
     spec = ComponentSpec(
-        name=p["component"], type=p["type"], container=p["container"] or "", volume=p["volume"] or "",
-        databases=p["databases"], user=p["user"], password=p["password"], zstd_level=p["zstd_level"],
-        min_bytes=p["min_bytes"], keep_last=p["keep_last"], keep_daily=p["keep_daily"],
-        keep_weekly=p["keep_weekly"], helper_image=p["helper_image"], stop_owners=p["stop_owners"],
+        name=p["component"],
+        type=p["type"],
+        container=p["container"] or "",
+        volume=p["volume"] or "",
+        databases=p["databases"],
+        user=p["user"],
+        password=p["password"],
+        zstd_level=p["zstd_level"],
+        min_bytes=p["min_bytes"],
+        keep_last=p["keep_last"],
+        keep_daily=p["keep_daily"],
+        keep_weekly=p["keep_weekly"],
+        helper_image=p["helper_image"],
+        stop_owners=p["stop_owners"],
         api_port=p["api_port"],
-        source_counts=p["source_counts"], source_checksums=p["source_checksums"],
+        source_counts=p["source_counts"],
+        source_checksums=p["source_checksums"],
     )
-    settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
-                        drill_prefix=p["drill_prefix"], age_recipients=p["age_recipients"],
-                        age_identity=p["age_identity"])
+    settings = Settings(
+        dest=p["dest"],
+        metrics_dir=p["metrics_dir"],
+        docker_host=p["docker_host"],
+        drill_prefix=p["drill_prefix"],
+        age_recipients=p["age_recipients"],
+        age_identity=p["age_identity"],
+    )
     return spec, settings
 
 
@@ -270,9 +293,14 @@ def main() -> None:
             drill_prefix=dict(type="str", default="opsbook-drill-"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
-        required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
-                     ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
-                     ("type", "redis", ["container"]), ("type", "prometheus", ["container"])],
+        required_if=[
+            ("type", "volume", ["volume"]),
+            ("type", "mariadb", ["container"]),
+            ("type", "mysql", ["container"]),
+            ("type", "postgres", ["container"]),
+            ("type", "redis", ["container"]),
+            ("type", "prometheus", ["container"]),
+        ],
         required_one_of=[("config", "type")],
         mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
@@ -282,8 +310,11 @@ def main() -> None:
         if p["config"]:
             settings, components = load_config(p["config"])
             if p["component"] not in components:
-                raise BackupError(2, "component %s is not in %s (have: %s)" % (
-                    p["component"], p["config"], ", ".join(sorted(components)) or "none"))
+                raise BackupError(
+                    2,
+                    "component %s is not in %s (have: %s)"
+                    % (p["component"], p["config"], ", ".join(sorted(components)) or "none"),
+                )
             spec = components[p["component"]]
         else:
             spec, settings = spec_from_params(p)
@@ -293,8 +324,9 @@ def main() -> None:
         if p["drill"]:
             result["drill"] = run_drill(spec, settings, result["backup"]["id"])
     except BackupError as exc:
-        module.fail_json(msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code,
-                         evidence=exc.evidence)
+        module.fail_json(
+            msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code, evidence=exc.evidence
+        )
     except (DockerError, OSError) as exc:
         module.fail_json(msg="backup of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=4)
     module.exit_json(**result)

@@ -77,6 +77,7 @@ report:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 
@@ -111,9 +112,10 @@ def render_report(entries: list[dict], services: list[str], unhealthy: list[str]
     for e in entries:
         if e["ok"]:
             continue
-        lines.append("- service %s, container %s (%s): %s, health %s, exit code %s, %d restarts"
-                     % (e["service"], e["name"], e["image"], e["status"], e["health"], e["exit_code"],
-                        e["restart_count"]))
+        lines.append(
+            "- service %s, container %s (%s): %s, health %s, exit code %s, %d restarts"
+            % (e["service"], e["name"], e["image"], e["status"], e["health"], e["exit_code"], e["restart_count"])
+        )
         for out in e["health_log"]:
             lines.append("    health check: %s" % out)
         if e["logs"]:
@@ -134,8 +136,9 @@ def main() -> None:
     client = DockerClient(module.params["docker_host"])
     try:
         found = client.list_containers(labels={"com.docker.compose.project": module.params["project"]}, all=True)
-        entries = sorted((describe(client, c, module.params["log_tail"]) for c in found),
-                         key=lambda e: (e["service"], e["name"]))
+        entries = sorted(
+            (describe(client, c, module.params["log_tail"]) for c in found), key=lambda e: (e["service"], e["name"])
+        )
     except DockerError as exc:
         module.fail_json(msg="cannot read project %s from Docker: %s" % (module.params["project"], exc))
     services = sorted({e["service"] for e in entries})

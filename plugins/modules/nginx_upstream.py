@@ -304,8 +304,15 @@ def main() -> None:
         if p["state"] == "absent":
             name = p["name"] or upstream_name(p["project"], p["service"])
             done = remove_upstream(name, p["directory"], **common)
-            result = dict(changed=done.changed, upstream=name, path=done.path, content="", skipped=[],
-                          reloaded=done.reloaded, note=done.note)
+            result = dict(
+                changed=done.changed,
+                upstream=name,
+                path=done.path,
+                content="",
+                skipped=[],
+                reloaded=done.reloaded,
+                note=done.note,
+            )
             if done.changed and module._diff:
                 result["diff"] = _diff(done.path, done.previous, "")
             module.exit_json(**result)
@@ -313,9 +320,18 @@ def main() -> None:
         if p["servers"] is not None:
             servers = [Server(**{k: v for k, v in item.items() if k in SERVER_OPTIONS}) for item in p["servers"]]
         synced = sync_upstream(
-            p["project"], p["service"], name=p["name"], port=p["port"], servers=servers, weights=p["weights"],
-            directory=p["directory"], keepalive=p["keepalive"], zone_size=p["zone_size"], host_ip=p["host_ip"],
-            docker_host=p["docker_host"], **common,
+            p["project"],
+            p["service"],
+            name=p["name"],
+            port=p["port"],
+            servers=servers,
+            weights=p["weights"],
+            directory=p["directory"],
+            keepalive=p["keepalive"],
+            zone_size=p["zone_size"],
+            host_ip=p["host_ip"],
+            docker_host=p["docker_host"],
+            **common,
         )
     except NginxConfigRejected as exc:
         module.fail_json(msg=str(exc), changed=False, nginx_error=exc.nginx_error, **exc.evidence)

@@ -258,8 +258,13 @@ def main() -> None:
         module.fail_json(msg="give exactly one of query (an expression to evaluate) and alerts=true (list alerts)")
     if p["alerts"] and p["compare"]:
         module.fail_json(msg="compare/threshold apply to query results, not to alerts; use expect with alerts=true")
-    settings = HttpSettings(url=p["url"], timeout=p["timeout"], validate_certs=p["validate_certs"],
-                            headers={str(k): str(v) for k, v in p["headers"].items()}, use_proxy=p["use_proxy"])
+    settings = HttpSettings(
+        url=p["url"],
+        timeout=p["timeout"],
+        validate_certs=p["validate_certs"],
+        headers={str(k): str(v) for k, v in p["headers"].items()},
+        use_proxy=p["use_proxy"],
+    )
     assertion = Assertion(expect=p["expect"], compare=p["compare"], threshold=p["threshold"])
 
     attempts = 0
@@ -269,15 +274,20 @@ def main() -> None:
         attempts += 1
         try:
             if p["alerts"]:
-                chosen = select_alerts(list_alerts(settings), p["alert_states"], p["alert_names"],
-                                       {str(k): str(v) for k, v in p["alert_labels"].items()})
+                chosen = select_alerts(
+                    list_alerts(settings),
+                    p["alert_states"],
+                    p["alert_names"],
+                    {str(k): str(v) for k, v in p["alert_labels"].items()},
+                )
                 problems = _alert_problems(assertion, chosen)
                 result = dict(result_type=None, samples=[], alerts=[a.to_dict() for a in chosen], count=len(chosen))
             else:
                 result_type, samples = instant_query(settings, p["query"], p["time"])
                 problems = assertion.failures(samples)
-                result = dict(result_type=result_type, samples=[s.to_dict() for s in samples], alerts=[],
-                              count=len(samples))
+                result = dict(
+                    result_type=result_type, samples=[s.to_dict() for s in samples], alerts=[], count=len(samples)
+                )
         except ApiError as exc:
             module.fail_json(msg=str(exc), changed=False, attempts=attempts)
         if not problems or attempts > p["retries"]:

@@ -81,6 +81,7 @@ broken:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError, DockerNotFound
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, project_images
 
@@ -119,8 +120,13 @@ def main() -> None:
                 images = [img.image_id for img in record.services.values()]
                 data["intact"] = bool(images) and all(image_id and has(image_id) for image_id in images)
             for record in reversed(records):
-                if record.status == "succeeded" and record.services and all(
-                        running.get(n) and running[n].image_id == img.image_id for n, img in record.services.items()):
+                if (
+                    record.status == "succeeded"
+                    and record.services
+                    and all(
+                        running.get(n) and running[n].image_id == img.image_id for n, img in record.services.items()
+                    )
+                ):
                     current = record.id
                     break
         except DockerError:

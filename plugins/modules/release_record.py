@@ -112,9 +112,16 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
-    Journal, JournalError, Release, file_sha256, iso_utc, new_release_id, project_images,
+    Journal,
+    JournalError,
+    Release,
+    file_sha256,
+    iso_utc,
+    new_release_id,
+    project_images,
 )
 
 
@@ -135,7 +142,9 @@ def main() -> None:
     )
     p = module.params
     if not os.path.isfile(p["compose_file"]):
-        module.fail_json(msg="compose_file %s does not exist; deploy the project before recording it" % p["compose_file"])
+        module.fail_json(
+            msg="compose_file %s does not exist; deploy the project before recording it" % p["compose_file"]
+        )
     try:
         services = project_images(DockerClient(p["docker_host"]), p["project"])
     except DockerError as exc:
@@ -149,17 +158,25 @@ def main() -> None:
     previous = journal.latest("succeeded")
     release = Release(
         id=new_release_id(now, compose_hash, (r.id for r in journal.releases())),
-        project=p["project"], kind=p["kind"], status=p["status"], created=iso_utc(now), created_ts=now,
-        services=services, compose_hash=compose_hash,
+        project=p["project"],
+        kind=p["kind"],
+        status=p["status"],
+        created=iso_utc(now),
+        created_ts=now,
+        services=services,
+        compose_hash=compose_hash,
         duration_s=round(now - p["started"], 3) if p["started"] else None,
-        previous=previous.id if previous else None, detail=p["detail"],
+        previous=previous.id if previous else None,
+        detail=p["detail"],
     )
     if p["status"] == "succeeded" and previous is not None and previous.same_content(release):
-        module.exit_json(changed=False, release=previous.to_dict(),
-                         path=os.path.join(journal.path, previous.id + ".json"), pruned=[])
+        module.exit_json(
+            changed=False, release=previous.to_dict(), path=os.path.join(journal.path, previous.id + ".json"), pruned=[]
+        )
     if module.check_mode:
-        module.exit_json(changed=True, release=release.to_dict(), path=os.path.join(journal.path, release.id + ".json"),
-                         pruned=[])
+        module.exit_json(
+            changed=True, release=release.to_dict(), path=os.path.join(journal.path, release.id + ".json"), pruned=[]
+        )
     try:
         path = journal.record(release)
         pruned = journal.prune(p["keep"])

@@ -169,8 +169,15 @@ exit_code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
-    BackupError, ComponentSpec, Settings, load_config, plan_restore, run_drill, run_restore,
+    BackupError,
+    ComponentSpec,
+    Settings,
+    load_config,
+    plan_restore,
+    run_drill,
+    run_restore,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
@@ -197,9 +204,14 @@ def main() -> None:
             project_lock=dict(type="path"),
             docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
-        required_if=[("type", "volume", ["volume"]), ("type", "mariadb", ["container"]),
-                     ("type", "mysql", ["container"]), ("type", "postgres", ["container"]),
-                     ("type", "redis", ["container"]), ("type", "prometheus", ["container"])],
+        required_if=[
+            ("type", "volume", ["volume"]),
+            ("type", "mariadb", ["container"]),
+            ("type", "mysql", ["container"]),
+            ("type", "postgres", ["container"]),
+            ("type", "redis", ["container"]),
+            ("type", "prometheus", ["container"]),
+        ],
         required_one_of=[("config", "type")],
         mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
@@ -210,43 +222,66 @@ def main() -> None:
         if p["config"]:
             settings, components = load_config(p["config"])
             if p["component"] not in components:
-                raise BackupError(2, "component %s is not in %s (have: %s)" % (
-                    p["component"], p["config"], ", ".join(sorted(components)) or "none"))
+                raise BackupError(
+                    2,
+                    "component %s is not in %s (have: %s)"
+                    % (p["component"], p["config"], ", ".join(sorted(components)) or "none"),
+                )
             spec = components[p["component"]]
         else:
-            spec = ComponentSpec(name=p["component"], type=p["type"], container=p["container"] or "",
-                                 volume=p["volume"] or "", user=p["user"], password=p["password"],
-                                 helper_image=p["helper_image"], api_port=p["api_port"])
-            settings = Settings(dest=p["dest"], metrics_dir=p["metrics_dir"], docker_host=p["docker_host"],
-                                drill_prefix=p["drill_prefix"])
+            spec = ComponentSpec(
+                name=p["component"],
+                type=p["type"],
+                container=p["container"] or "",
+                volume=p["volume"] or "",
+                user=p["user"],
+                password=p["password"],
+                helper_image=p["helper_image"],
+                api_port=p["api_port"],
+            )
+            settings = Settings(
+                dest=p["dest"],
+                metrics_dir=p["metrics_dir"],
+                docker_host=p["docker_host"],
+                drill_prefix=p["drill_prefix"],
+            )
         if p["age_identity"]:
             settings.age_identity = p["age_identity"]
         plan = plan_restore(spec, settings, p["backup_id"])
         result.update(plan=plan, backup_id=plan["backup_id"])
         if not plan["verified"]:
-            module.fail_json(msg="backup %s of %s fails verification, refusing to use it: %s"
-                             % (plan["backup_id"], spec.name, "; ".join(plan["problems"])),
-                             failure_class="verify_failed", exit_code=9, **result)
+            module.fail_json(
+                msg="backup %s of %s fails verification, refusing to use it: %s"
+                % (plan["backup_id"], spec.name, "; ".join(plan["problems"])),
+                failure_class="verify_failed",
+                exit_code=9,
+                **result,
+            )
         if p["state"] == "verified":
             module.exit_json(**result)
         if module.check_mode:
             # Nothing is restored in check mode: the plan says what a real run would do.
             result["changed"] = p["state"] == "restored"
             result["msg"] = "check mode: backup %s verified; would %s" % (
-                plan["backup_id"], "restore it" if p["state"] == "restored" else "drill it")
+                plan["backup_id"],
+                "restore it" if p["state"] == "restored" else "drill it",
+            )
             module.exit_json(**result)
         if p["state"] == "drilled":
             result["drill"] = run_drill(spec, settings, plan["backup_id"])
         else:
-            done = run_restore(spec, settings, plan["backup_id"], databases=p["databases"] or None,
-                               project_lock=p["project_lock"])
+            done = run_restore(
+                spec, settings, plan["backup_id"], databases=p["databases"] or None, project_lock=p["project_lock"]
+            )
             result.update(changed=True, restored=done["restored"], duration_s=done["duration_s"])
     except BackupError as exc:
-        module.fail_json(msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code,
-                         evidence=exc.evidence, **result)
+        module.fail_json(
+            msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code, evidence=exc.evidence, **result
+        )
     except (DockerError, OSError) as exc:
-        module.fail_json(msg="restore of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=4,
-                         **result)
+        module.fail_json(
+            msg="restore of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=4, **result
+        )
     module.exit_json(**result)
 
 

@@ -95,15 +95,21 @@ evidence:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
-    COMMON_OPTIONS, BadRequest, UpgradeError, rollback, settings_from_params,
+    COMMON_OPTIONS,
+    BadRequest,
+    UpgradeError,
+    rollback,
+    settings_from_params,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(release=dict(type="str"), wait_docker_health=dict(type="bool", default=False),
-                           **COMMON_OPTIONS),
+        argument_spec=dict(
+            release=dict(type="str"), wait_docker_health=dict(type="bool", default=False), **COMMON_OPTIONS
+        ),
         supports_check_mode=True,
     )
     if not 0 <= module.params["canary_weight"] < 100:

@@ -143,8 +143,13 @@ evidence:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
-    COMMON_OPTIONS, BadRequest, UpgradeError, rolling_upgrade, settings_from_params,
+    COMMON_OPTIONS,
+    BadRequest,
+    UpgradeError,
+    rolling_upgrade,
+    settings_from_params,
 )
 
 

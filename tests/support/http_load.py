@@ -4,6 +4,7 @@ A request counts as failed when it gets no answer or an answer other than 200. E
 connection: an idle keep-alive connection that Nginx closes at a graceful reload races with the next request sent
 on it, which is a client retry question and not what these tests measure (see rolling_upgrade's notes).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -19,8 +20,9 @@ class HttpLoad:
     version that served it); with ``paths`` every request is a GET, the paths taken in turn.
     """
 
-    def __init__(self, address: str, port: int = 80, workers: int = 4, paths: list[str] | None = None,
-                 timeout: float = 10.0):
+    def __init__(
+        self, address: str, port: int = 80, workers: int = 4, paths: list[str] | None = None, timeout: float = 10.0
+    ):
         self.address, self.port, self.paths, self.timeout = address, port, paths, timeout
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -76,7 +78,7 @@ class HttpLoad:
                     self.seen[version] = self.seen.get(version, 0) + 1
             time.sleep(0.01)
 
-    def __enter__(self) -> "HttpLoad":
+    def __enter__(self) -> HttpLoad:
         for thread in self.threads:
             thread.start()
         time.sleep(0.5)
@@ -89,5 +91,10 @@ class HttpLoad:
             thread.join(self.timeout + 5)
 
     def figures(self) -> dict:
-        return {"requests": self.total, "failed": self.failed, "longest_gap_s": round(self.longest_gap, 3),
-                "errors": self.errors[:5], "versions_seen": dict(self.seen)}
+        return {
+            "requests": self.total,
+            "failed": self.failed,
+            "longest_gap_s": round(self.longest_gap, 3),
+            "errors": self.errors[:5],
+            "versions_seen": dict(self.seen),
+        }

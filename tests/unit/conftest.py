@@ -63,6 +63,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # A local HTTP server for probe tests: real sockets on 127.0.0.1, no network.
 # --------------------------------------------------------------------------------------------------------
 
+
 class _ProbeTargetHandler(BaseHTTPRequestHandler):
     """Routes that imitate what health checks meet in the field.
 
@@ -89,10 +90,10 @@ class _ProbeTargetHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path
@@ -159,7 +160,7 @@ class LocalHTTPServer:
     def url(self, path: str) -> str:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         self.thread.start()
         return self
 

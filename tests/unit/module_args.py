@@ -13,7 +13,6 @@ import json
 import typing as t
 
 import pytest
-
 from ansible.module_utils import basic
 
 try:  # ansible-core >= 2.19

@@ -130,22 +130,40 @@ def monitoring(tmp_path_factory):
     names = {"prometheus": PREFIX + "prometheus-" + run, "alertmanager": PREFIX + "alertmanager-" + run}
     loopback = {"HostIp": "127.0.0.1", "HostPort": ""}
     try:
-        client.request_json("POST", "/containers/create", query={"name": names["prometheus"]}, body={
-            "Image": PROMETHEUS_IMAGE,
-            "Cmd": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
-                    "--web.listen-address=:9090", "--web.enable-lifecycle"],
-            "ExposedPorts": {"9090/tcp": {}},
-            "HostConfig": {"PortBindings": {"9090/tcp": [loopback]},
-                           "Binds": ["%s/prometheus.yml:/etc/prometheus/prometheus.yml:ro" % conf,
-                                     "%s/rules.yml:/etc/prometheus/rules.yml:ro" % conf]},
-            "Labels": {"io.opsbook.test": "runbooks"},
-        })
-        client.request_json("POST", "/containers/create", query={"name": names["alertmanager"]}, body={
-            "Image": ALERTMANAGER_IMAGE,
-            "ExposedPorts": {"9093/tcp": {}},
-            "HostConfig": {"PortBindings": {"9093/tcp": [loopback]}},
-            "Labels": {"io.opsbook.test": "runbooks"},
-        })
+        client.request_json(
+            "POST",
+            "/containers/create",
+            query={"name": names["prometheus"]},
+            body={
+                "Image": PROMETHEUS_IMAGE,
+                "Cmd": [
+                    "--config.file=/etc/prometheus/prometheus.yml",
+                    "--storage.tsdb.path=/prometheus",
+                    "--web.listen-address=:9090",
+                    "--web.enable-lifecycle",
+                ],
+                "ExposedPorts": {"9090/tcp": {}},
+                "HostConfig": {
+                    "PortBindings": {"9090/tcp": [loopback]},
+                    "Binds": [
+                        "%s/prometheus.yml:/etc/prometheus/prometheus.yml:ro" % conf,
+                        "%s/rules.yml:/etc/prometheus/rules.yml:ro" % conf,
+                    ],
+                },
+                "Labels": {"io.opsbook.test": "runbooks"},
+            },
+        )
+        client.request_json(
+            "POST",
+            "/containers/create",
+            query={"name": names["alertmanager"]},
+            body={
+                "Image": ALERTMANAGER_IMAGE,
+                "ExposedPorts": {"9093/tcp": {}},
+                "HostConfig": {"PortBindings": {"9093/tcp": [loopback]}},
+                "Labels": {"io.opsbook.test": "runbooks"},
+            },
+        )
         for name in names.values():
             client.request("POST", "/containers/%s/start" % name)
         prom = "http://127.0.0.1:%d" % _published_port(client, names["prometheus"], "9090/tcp")
@@ -154,8 +172,12 @@ def monitoring(tmp_path_factory):
         _wait_http(prom + "/-/ready", 60)
         _wait_http(prom + "/api/v1/alerts", 60, _firing)
         _wait_http(prom + "/api/v1/query?query=count(up)%3D%3D2", 60, _has_result)
-        yield Monitoring(prometheus_url=prom, alertmanager_url=am, prometheus_container=names["prometheus"],
-                         alertmanager_container=names["alertmanager"])
+        yield Monitoring(
+            prometheus_url=prom,
+            alertmanager_url=am,
+            prometheus_container=names["prometheus"],
+            alertmanager_container=names["alertmanager"],
+        )
     finally:
         for name in names.values():
             try:

@@ -1,4 +1,5 @@
 """Each role's defaults, argument spec and README describe the same variables (STYLE.md: a test fails on drift)."""
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,12 @@ def test_argument_spec_matches_defaults(role):
     spec = load(ROOT / "roles" / role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
     assert set(defaults) - set(spec) == set(), f"{role}: in defaults but not in meta/argument_specs.yml"
     assert {k for k, v in spec.items() if not v.get("required")} - set(defaults) == set(), (
-        f"{role}: optional in meta/argument_specs.yml but without a default")
+        f"{role}: optional in meta/argument_specs.yml but without a default"
+    )
     for name, value in defaults.items():
-        assert spec[name].get("default") == value, f"{role}: {name} default differs: {value!r} vs {spec[name].get('default')!r}"
+        assert spec[name].get("default") == value, (
+            f"{role}: {name} default differs: {value!r} vs {spec[name].get('default')!r}"
+        )
         assert spec[name].get("description"), f"{role}: {name} has no description"
 
 

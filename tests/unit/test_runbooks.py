@@ -31,8 +31,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The contract (/work/notes/contract.md, docs/architecture.md): runbook ids and the alerts each answers.
 RUNBOOK_IDS = [
-    "service-down", "high-error-rate", "high-latency", "database-connection", "redis-problems", "host-resources",
-    "planned-upgrade", "rollback", "backup-failed", "restore-from-backup", "monitoring-broken",
+    "service-down",
+    "high-error-rate",
+    "high-latency",
+    "database-connection",
+    "redis-problems",
+    "host-resources",
+    "planned-upgrade",
+    "rollback",
+    "backup-failed",
+    "restore-from-backup",
+    "monitoring-broken",
     "tls-certificate-expiry",
 ]
 PROCEDURES = {"planned-upgrade", "rollback", "restore-from-backup"}  # may answer no alert
@@ -46,13 +55,14 @@ TASK_NAME = re.compile(r"^\[([^\]]+)\] (.+)$")
 # The checker
 # --------------------------------------------------------------------------------------------------------
 
+
 def split_front_matter(text: str) -> tuple[dict, str]:
     if not text.startswith("---\n"):
         raise ValueError("no YAML front matter: the file must start with a line '---'")
     end = text.find("\n---\n", 4)
     if end < 0:
         raise ValueError("front matter is not closed by a line '---'")
-    return yaml.safe_load(text[4:end]) or {}, text[end + 5:]
+    return yaml.safe_load(text[4:end]) or {}, text[end + 5 :]
 
 
 def check_front_matter(rid: str, meta: dict) -> list[str]:
@@ -110,8 +120,10 @@ def check_body(rid: str, meta: dict, body: str) -> list[str]:
         change_line = next((ln for ln in text_lines if "**Changes:**" in ln), "")
         says_nothing = change_line.split("**Changes:**", 1)[-1].strip().lower().startswith("nothing")
         if sid in by_id and says_nothing == bool(by_id[sid].get("changes")):
-            problems.append("%s.md: step %s: the body's Changes line (%r) contradicts changes: %s"
-                            % (rid, sid, change_line.strip(), by_id[sid].get("changes")))
+            problems.append(
+                "%s.md: step %s: the body's Changes line (%r) contradicts changes: %s"
+                % (rid, sid, change_line.strip(), by_id[sid].get("changes"))
+            )
         if "[%s]" % sid not in text:
             problems.append("%s.md: step %s does not name its task [%s] under Automation" % (rid, sid, sid))
     return problems
@@ -124,8 +136,12 @@ def _is_gated_block(entry: dict) -> bool:
         return False
     pause, stop = inner[0], inner[1]
     approved = "not (runbook_approved | bool)"
-    return ("ansible.builtin.pause" in pause and pause.get("when") == approved
-            and "ansible.builtin.assert" in stop and stop.get("when") == approved)
+    return (
+        "ansible.builtin.pause" in pause
+        and pause.get("when") == approved
+        and "ansible.builtin.assert" in stop
+        and stop.get("when") == approved
+    )
 
 
 def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
@@ -147,7 +163,9 @@ def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
     for index, task in enumerate(tasks, 1):
         match = TASK_NAME.match(str(task.get("name", "")))
         if not match:
-            problems.append("%s.yml: task %d name %r does not read '[<step id>] <title>'" % (rid, index, task.get("name")))
+            problems.append(
+                "%s.yml: task %d name %r does not read '[<step id>] <title>'" % (rid, index, task.get("name"))
+            )
             task_ids.append(None)
             continue
         sid, title = match.groups()
@@ -157,12 +175,16 @@ def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
             problems.append("%s.yml: task %r has no step %s in runbooks/%s.md" % (rid, task["name"], sid, rid))
             continue
         if title != step.get("title"):
-            problems.append("%s.yml: task of step %s is titled %r, the runbook says %r" % (rid, sid, title, step.get("title")))
+            problems.append(
+                "%s.yml: task of step %s is titled %r, the runbook says %r" % (rid, sid, title, step.get("title"))
+            )
         if task.get("tags") != [sid]:
             problems.append("%s.yml: task of step %s must be tagged [%s], is %r" % (rid, sid, sid, task.get("tags")))
         if step.get("changes") and not _is_gated_block(task):
-            problems.append("%s.yml: step %s changes something but does not ask for approval "
-                            "(block: pause + assert when not approved, then the action)" % (rid, sid))
+            problems.append(
+                "%s.yml: step %s changes something but does not ask for approval "
+                "(block: pause + assert when not approved, then the action)" % (rid, sid)
+            )
         if not step.get("changes") and "block" in task:
             problems.append("%s.yml: step %s changes nothing and must be one plain task, not a block" % (rid, sid))
     step_ids = [s.get("id") for s in steps]
@@ -214,8 +236,10 @@ def render_alert_rules(root: Path) -> dict[str, dict]:
     defaults_file = root / "roles" / "monitoring" / "defaults" / "main.yml"
     templates = sorted(rules_dir.glob("*.yml.j2"))
     if not templates or not defaults_file.exists():
-        raise AssertionError("no alert rules to check: %s/*.yml.j2 or %s is missing (the monitoring role, issue 5, "
-                             "has not landed)" % (rules_dir.relative_to(root), defaults_file.relative_to(root)))
+        raise AssertionError(
+            "no alert rules to check: %s/*.yml.j2 or %s is missing (the monitoring role, issue 5, "
+            "has not landed)" % (rules_dir.relative_to(root), defaults_file.relative_to(root))
+        )
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     variables = yaml.safe_load(defaults_file.read_text()) or {}
     for _round in range(5):  # defaults that refer to other defaults
@@ -235,10 +259,14 @@ def render_alert_rules(root: Path) -> dict[str, dict]:
                     continue
                 name = rule["alert"]
                 if name in alerts:
-                    raise AssertionError("alert %s is defined twice (%s and %s)" % (name, alerts[name]["file"], template.name))
-                alerts[name] = {"runbook_id": (rule.get("labels") or {}).get("runbook_id"),
-                                "runbook_url": (rule.get("annotations") or {}).get("runbook_url"),
-                                "file": template.name}
+                    raise AssertionError(
+                        "alert %s is defined twice (%s and %s)" % (name, alerts[name]["file"], template.name)
+                    )
+                alerts[name] = {
+                    "runbook_id": (rule.get("labels") or {}).get("runbook_id"),
+                    "runbook_url": (rule.get("annotations") or {}).get("runbook_url"),
+                    "file": template.name,
+                }
     return alerts
 
 
@@ -262,13 +290,16 @@ def check_alerts(root: Path) -> list[str]:
             if name not in alerts:
                 problems.append("runbook %s names alert %s, which no rule defines" % (rid, name))
             elif alerts[name]["runbook_id"] != rid:
-                problems.append("runbook %s names alert %s, whose runbook_id is %s" % (rid, name, alerts[name]["runbook_id"]))
+                problems.append(
+                    "runbook %s names alert %s, whose runbook_id is %s" % (rid, name, alerts[name]["runbook_id"])
+                )
     return problems
 
 
 # --------------------------------------------------------------------------------------------------------
 # The real tree
 # --------------------------------------------------------------------------------------------------------
+
 
 def test_every_runbook_agrees_with_its_playbook():
     problems = check_runbooks(REPO)
@@ -284,6 +315,7 @@ def test_alert_rules_and_runbooks_point_at_each_other():
 # --------------------------------------------------------------------------------------------------------
 # The checker itself, on temporary copies
 # --------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def tree(tmp_path):
@@ -318,8 +350,13 @@ def test_a_removed_task_fails(tree):
 
 
 def test_a_task_without_step_fails(tree):
-    _edit_playbook(tree, "service-down", lambda tasks: tasks.insert(2, {
-        "name": "[sneaky] Restart everything", "tags": ["sneaky"], "ansible.builtin.command": "true"}))
+    _edit_playbook(
+        tree,
+        "service-down",
+        lambda tasks: tasks.insert(
+            2, {"name": "[sneaky] Restart everything", "tags": ["sneaky"], "ansible.builtin.command": "true"}
+        ),
+    )
     assert any("has no step sneaky" in p for p in check_runbooks(tree))
 
 
@@ -331,6 +368,7 @@ def test_a_second_task_for_one_step_fails(tree):
 def test_swapped_tasks_fail(tree):
     def swap(tasks):
         tasks[0], tasks[1] = tasks[1], tasks[0]
+
     _edit_playbook(tree, "service-down", swap)
     assert any(p.startswith("service-down: task order") for p in check_runbooks(tree))
 
@@ -349,21 +387,22 @@ def test_a_changing_step_without_approval_fails(tree):
     def ungate(tasks):
         block = next(t for t in tasks if "block" in t)
         block["block"] = block["block"][2:]
+
     _edit_playbook(tree, "service-down", ungate)
     assert any("does not ask for approval" in p for p in check_runbooks(tree))
 
 
 def test_a_step_removed_from_the_front_matter_fails(tree):
-    _edit_runbook(tree, "service-down", "  - id: check-nginx\n    title: Check the Nginx configuration\n"
-                  "    changes: false\n", "")
+    _edit_runbook(
+        tree, "service-down", "  - id: check-nginx\n    title: Check the Nginx configuration\n    changes: false\n", ""
+    )
     problems = check_runbooks(tree)
     assert any("has no step check-nginx" in p for p in problems)
     assert any("body steps" in p for p in problems)
 
 
 def test_a_body_heading_that_drifted_fails(tree):
-    _edit_runbook(tree, "service-down", "### Step 3: Check the Nginx configuration",
-                  "### Step 3: Check Nginx")
+    _edit_runbook(tree, "service-down", "### Step 3: Check the Nginx configuration", "### Step 3: Check Nginx")
     assert any(p.startswith("service-down.md: body steps") for p in check_runbooks(tree))
 
 
@@ -373,9 +412,12 @@ def test_a_body_without_the_manual_command_fails(tree):
 
 
 def test_a_changes_flag_that_contradicts_the_body_fails(tree):
-    _edit_runbook(tree, "service-down", "  - id: read-logs\n    title: Read the recent logs of the service\n"
-                  "    changes: false", "  - id: read-logs\n    title: Read the recent logs of the service\n"
-                  "    changes: true")
+    _edit_runbook(
+        tree,
+        "service-down",
+        "  - id: read-logs\n    title: Read the recent logs of the service\n    changes: false",
+        "  - id: read-logs\n    title: Read the recent logs of the service\n    changes: true",
+    )
     problems = check_runbooks(tree)
     assert any("step read-logs: the body's Changes line" in p for p in problems)
     assert any("step read-logs changes something but does not ask for approval" in p for p in problems)

@@ -1,4 +1,5 @@
 """The sandbox script's own logic: cache keys, refusal without root, the host capability set."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,9 +47,22 @@ def test_every_stack_image_has_a_build_context():
     for spec_ in sandbox.STACK_IMAGES:
         assert (spec_.context / "Dockerfile").is_file(), spec_.name
     names = {s.name for s in sandbox.STACK_IMAGES}
-    assert {"demo-backend", "demo-frontend", "mariadb", "postgres", "redis", "prometheus", "alertmanager",
-            "node-exporter", "nginx-exporter", "mysqld-exporter", "postgres-exporter", "redis-exporter",
-            "blackbox-exporter", "registry"} <= names
+    assert {
+        "demo-backend",
+        "demo-frontend",
+        "mariadb",
+        "postgres",
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "node-exporter",
+        "nginx-exporter",
+        "mysqld-exporter",
+        "postgres-exporter",
+        "redis-exporter",
+        "blackbox-exporter",
+        "registry",
+    } <= names
     assert [s.tag for s in sandbox.STACK_IMAGES if s.name == "demo-backend"] == ["1.0", "2.0", "3.0", "4.0"]
 
 
@@ -76,8 +90,11 @@ def test_failed_build_names_the_image_and_keeps_the_previous_tag(tmp_path, monke
         good = sandbox.out(["docker", "image", "inspect", "--format", "{{.Id}}", spec_.local_ref])
         assert sandbox.build_image(spec_, "base") is False  # unchanged context: no rebuild
         (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN exit 3\n")
-        with pytest.raises(sandbox.SandboxError, match=r"building image opsbook/opsbook-unit-build:1 failed "
-                                                       r"\(the previous image keeps the tag\)"):
+        with pytest.raises(
+            sandbox.SandboxError,
+            match=r"building image opsbook/opsbook-unit-build:1 failed "
+            r"\(the previous image keeps the tag\)",
+        ):
             sandbox.build_image(spec_, "base")
         assert sandbox.out(["docker", "image", "inspect", "--format", "{{.Id}}", spec_.local_ref]) == good
     finally:

@@ -71,7 +71,7 @@ class Config:
     keepalive_timeout: float = 75.0
 
     @classmethod
-    def from_env(cls) -> "Config":
+    def from_env(cls) -> Config:
         return cls(
             version=os.environ.get("APP_VERSION", "1.0") or "1.0",
             broken=os.environ.get("APP_BROKEN", "0").strip().lower() in ("1", "true", "yes", "on"),
@@ -135,8 +135,10 @@ class Metrics:
             "# TYPE http_requests_total counter",
         ]
         for (method, path, status), count in requests:
-            out.append(f'http_requests_total{{method="{_escape_label(method)}",path="{_escape_label(path)}",'
-                       f'status="{status}"}} {count}')
+            out.append(
+                f'http_requests_total{{method="{_escape_label(method)}",path="{_escape_label(path)}",'
+                f'status="{status}"}} {count}'
+            )
         out += [
             "# HELP http_request_duration_seconds HTTP request duration in seconds by method and path.",
             "# TYPE http_request_duration_seconds histogram",
@@ -163,7 +165,7 @@ class HTTPError(Exception):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "demo-backend"
-    server: "DemoServer"
+    server: DemoServer
 
     def version_string(self) -> str:
         return self.server_version
@@ -237,8 +239,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self._start(status, {"Content-Type": content_type, "Content-Length": str(len(body)),
-                             "Cache-Control": "no-store"})
+        self._start(
+            status, {"Content-Type": content_type, "Content-Length": str(len(body)), "Cache-Control": "no-store"}
+        )
         if self.command != "HEAD":
             self.wfile.write(body)
             self._sent = len(body)
@@ -311,13 +314,20 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/api/version":
                 self._json(200, {"version": cfg.version, "hostname": socket.gethostname()})
             elif path == "/api/echo":
-                self._json(200, {
-                    "method": self.command, "path": path, "query": parts.query,
-                    "request_id": self.headers.get("X-Request-ID"), "body_length": len(body),
-                    "content_type": self.headers.get("Content-Type"),
-                    "forwarded_for": self.headers.get("X-Forwarded-For"),
-                    "version": cfg.version, "hostname": socket.gethostname(),
-                })
+                self._json(
+                    200,
+                    {
+                        "method": self.command,
+                        "path": path,
+                        "query": parts.query,
+                        "request_id": self.headers.get("X-Request-ID"),
+                        "body_length": len(body),
+                        "content_type": self.headers.get("Content-Type"),
+                        "forwarded_for": self.headers.get("X-Forwarded-For"),
+                        "version": cfg.version,
+                        "hostname": socket.gethostname(),
+                    },
+                )
             elif path == "/api/slow":
                 ms = self._number(query, "ms", 1000, 0, 600_000)
                 time.sleep(ms / 1000.0)
@@ -328,9 +338,22 @@ class Handler(BaseHTTPRequestHandler):
                     raise HTTPError(400, "code must be 200..599 and carry a body (not 204/304)")
                 self._json(code, {"status": code, "version": cfg.version})
             elif path == "/":
-                self._json(200, {"service": "demo-backend", "version": cfg.version,
-                                 "endpoints": ["/health", "/metrics", "/api/version", "/api/echo",
-                                               "/api/slow?ms=N", "/api/fail?code=N", *SSE_PATHS]})
+                self._json(
+                    200,
+                    {
+                        "service": "demo-backend",
+                        "version": cfg.version,
+                        "endpoints": [
+                            "/health",
+                            "/metrics",
+                            "/api/version",
+                            "/api/echo",
+                            "/api/slow?ms=N",
+                            "/api/fail?code=N",
+                            *SSE_PATHS,
+                        ],
+                    },
+                )
             else:
                 raise HTTPError(404, "not found")
         except HTTPError as err:
@@ -338,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             else:
                 self._json(err.status, {"error": err.message, "status": err.status, "version": cfg.version})
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             self._status = self._status or 499  # client went away
         finally:
@@ -348,8 +371,10 @@ class Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _route_label(path: str) -> str:
-        if path in ("/", "/health", "/metrics", "/api/version", "/api/echo", "/api/slow", "/api/fail") \
-                or path in SSE_PATHS:
+        if (
+            path in ("/", "/health", "/metrics", "/api/version", "/api/echo", "/api/slow", "/api/fail")
+            or path in SSE_PATHS
+        ):
             return path
         return "/api/other" if path.startswith("/api/") else "other"
 
@@ -402,8 +427,11 @@ class Handler(BaseHTTPRequestHandler):
             emit("data: " + json.dumps({"n": i, "version": cfg.version}, separators=(",", ":")) + "\n\n")
             if interval and i < events - 1:
                 time.sleep(interval)
-        emit("event: end\ndata: " + json.dumps({"events": events, "version": cfg.version},
-                                               separators=(",", ":")) + "\n\n")
+        emit(
+            "event: end\ndata: "
+            + json.dumps({"events": events, "version": cfg.version}, separators=(",", ":"))
+            + "\n\n"
+        )
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -484,14 +512,19 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    print(f"demo-backend {config.version} listening on {host}:{server.server_port} "
-          f"(broken={int(config.broken)} fail_ratio={config.fail_ratio} grace={config.shutdown_grace}s)",
-          flush=True)
+    print(
+        f"demo-backend {config.version} listening on {host}:{server.server_port} "
+        f"(broken={int(config.broken)} fail_ratio={config.fail_ratio} grace={config.shutdown_grace}s)",
+        flush=True,
+    )
     while not stop.wait(1.0):
         pass
     name = signal.Signals(received[0]).name if received else "signal"
-    print(f"demo-backend: {name} received, draining {server.busy()} in-flight request(s) "
-          f"for up to {config.shutdown_grace:g}s", flush=True)
+    print(
+        f"demo-backend: {name} received, draining {server.busy()} in-flight request(s) "
+        f"for up to {config.shutdown_grace:g}s",
+        flush=True,
+    )
     server.begin_drain()
     if server.wait_drained(config.shutdown_grace):
         print("demo-backend: drained, exiting", flush=True)

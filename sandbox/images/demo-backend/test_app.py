@@ -19,15 +19,14 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import app  # noqa: E402
+import app
 
 
 class Running:
     def __init__(self, **config) -> None:
         self.server = app.DemoServer(("127.0.0.1", 0), app.Config(**config))
         self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def conn(self, timeout: float = 5) -> http.client.HTTPConnection:
@@ -106,8 +105,9 @@ def test_api_endpoints(running):
     assert status == 200
     assert json.loads(body) == {"version": "2.0", "hostname": socket.gethostname()}
 
-    status, headers, body = r.request("POST", "/api/echo?x=1", body=b"0123456789",
-                                      headers={"X-Request-ID": "req-42", "Content-Type": "text/plain"})
+    status, headers, body = r.request(
+        "POST", "/api/echo?x=1", body=b"0123456789", headers={"X-Request-ID": "req-42", "Content-Type": "text/plain"}
+    )
     echo = json.loads(body)
     assert status == 200 and headers["X-Request-ID"] == "req-42"
     assert echo["request_id"] == "req-42" and echo["body_length"] == 10 and echo["method"] == "POST"
@@ -129,8 +129,10 @@ def test_fail_ratio_fails_api_but_not_health(running):
     assert r.request("GET", "/health")[0] == 200
 
 
-METRIC_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? '
-                         r'[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|\+Inf|-Inf|NaN)$')
+METRIC_LINE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? '
+    r'[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|\+Inf|-Inf|NaN)$'
+)
 
 
 def test_metrics_format(running):
@@ -153,16 +155,35 @@ def test_metrics_format(running):
     assert 'http_requests_total{method="GET",path="/health",status="200"} 2' in text
     assert 'http_requests_total{method="GET",path="/api/fail",status="502"} 1' in text
 
-    buckets = re.findall(r'^http_request_duration_seconds_bucket\{method="GET",path="/health",le="([^"]+)"\} (\d+)$',
-                         text, re.M)
-    assert [le for le, _ in buckets] == ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5",
-                                         "5.0", "10.0", "+Inf"]
+    buckets = re.findall(
+        r'^http_request_duration_seconds_bucket\{method="GET",path="/health",le="([^"]+)"\} (\d+)$', text, re.M
+    )
+    assert [le for le, _ in buckets] == [
+        "0.005",
+        "0.01",
+        "0.025",
+        "0.05",
+        "0.1",
+        "0.25",
+        "0.5",
+        "1.0",
+        "2.5",
+        "5.0",
+        "10.0",
+        "+Inf",
+    ]
     counts = [int(c) for _, c in buckets]
     assert counts == sorted(counts) and counts[-1] == 2
     assert re.search(r'^http_request_duration_seconds_count\{method="GET",path="/health"\} 2$', text, re.M)
     assert re.search(r'^http_request_duration_seconds_sum\{method="GET",path="/health"\} [0-9.e-]+$', text, re.M)
-    slow = dict(re.findall(r'^http_request_duration_seconds_bucket\{method="GET",path="/api/slow",le="([^"]+)"\} '
-                           r'(\d+)$', text, re.M))
+    slow = dict(
+        re.findall(
+            r'^http_request_duration_seconds_bucket\{method="GET",path="/api/slow",le="([^"]+)"\} '
+            r'(\d+)$',
+            text,
+            re.M,
+        )
+    )
     assert slow["0.025"] == "0" and slow["0.05"] == "1"
 
 
@@ -187,7 +208,7 @@ def _dechunk(data: bytes) -> tuple[bytes, bool]:
             done = True
             break
         out += data[:size]
-        data = data[size + 2:]
+        data = data[size + 2 :]
     return out, done
 
 
@@ -221,13 +242,14 @@ def test_sse_streams_before_the_end(running):
     finally:
         sock.close()
     blocks = [b for b in body.split("\n\n") if b]
-    data = [json.loads(b[len("data: "):]) for b in blocks if b.startswith("data: ")]
+    data = [json.loads(b[len("data: ") :]) for b in blocks if b.startswith("data: ")]
     assert data == [{"n": i, "version": "2.0"} for i in range(events)]
     assert blocks[-1].startswith("event: end\n")
 
 
-@pytest.mark.parametrize("method,path", [("POST", "/workflow/v1/chat/completions"),
-                                         ("GET", "/console-api/chat-message/")])
+@pytest.mark.parametrize(
+    "method,path", [("POST", "/workflow/v1/chat/completions"), ("GET", "/console-api/chat-message/")]
+)
 def test_sse_alias_paths(running, method, path):
     r = running()
     status, headers, body = r.request(method, f"{path}?events=2&interval=0", body=b"{}" if method == "POST" else None)
@@ -265,8 +287,9 @@ def test_graceful_shutdown_drains_in_flight(running):
 
 def test_sigterm_process_exits_zero_after_in_flight(tmp_path):
     env = dict(os.environ, PORT="0", HOST="127.0.0.1", APP_VERSION="9.9", APP_SHUTDOWN_GRACE="5")
-    proc = subprocess.Popen([sys.executable, str(HERE / "app.py")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "app.py")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))

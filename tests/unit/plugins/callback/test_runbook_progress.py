@@ -27,7 +27,9 @@ from ansible_collections.opsbook.stack.plugins.callback import runbook_progress
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 REPO = Path(__file__).resolve().parents[4]
-COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[5]  # <root>/ansible_collections/opsbook/stack/plugins/callback
+COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[
+    5
+]  # <root>/ansible_collections/opsbook/stack/plugins/callback
 RUNBOOK = "monitoring-broken"
 STEP_TASK = re.compile(r"^\[([a-z0-9-]+)\] ")
 
@@ -45,18 +47,45 @@ def private_data_dir(tmp_path: Path, mon, approved: bool = True) -> Path:
     pdd = tmp_path / "pdd"
     shutil.copytree(REPO / "playbooks" / "runbooks", pdd / "project")
     (pdd / "inventory").mkdir()
-    (pdd / "inventory" / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"monitoring": {"hosts": {
-        "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
+    (pdd / "inventory" / "hosts.yml").write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "children": {
+                        "monitoring": {
+                            "hosts": {
+                                "localhost": {
+                                    "ansible_connection": "local",
+                                    "ansible_python_interpreter": sys.executable,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        )
+    )
     (pdd / "env").mkdir()
-    (pdd / "env" / "extravars").write_text(yaml.safe_dump({
-        "runbook_approved": approved, "runbook_prometheus_url": mon.prometheus_url,
-        "runbook_alertmanager_url": mon.alertmanager_url,
-        # The test Prometheus scrapes a target that never answers on purpose; the verify step checks the rest.
-        "runbook_target_selector": 'job="prometheus"'}))
-    (pdd / "env" / "envvars").write_text(yaml.safe_dump({
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS_ROOT),
-        "ANSIBLE_CALLBACKS_ENABLED": "opsbook.stack.runbook_progress",
-        "OPSBOOK_RUNBOOK_AUDIT_FILE": str(tmp_path / "audit" / "runbooks.jsonl")}))
+    (pdd / "env" / "extravars").write_text(
+        yaml.safe_dump(
+            {
+                "runbook_approved": approved,
+                "runbook_prometheus_url": mon.prometheus_url,
+                "runbook_alertmanager_url": mon.alertmanager_url,
+                # The test Prometheus scrapes a target that never answers on purpose; the verify step checks the rest.
+                "runbook_target_selector": 'job="prometheus"',
+            }
+        )
+    )
+    (pdd / "env" / "envvars").write_text(
+        yaml.safe_dump(
+            {
+                "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS_ROOT),
+                "ANSIBLE_CALLBACKS_ENABLED": "opsbook.stack.runbook_progress",
+                "OPSBOOK_RUNBOOK_AUDIT_FILE": str(tmp_path / "audit" / "runbooks.jsonl"),
+            }
+        )
+    )
     (pdd / "env" / "settings").write_text(yaml.safe_dump({"idle_timeout": 120, "job_timeout": 300}))
     return pdd
 
@@ -106,8 +135,13 @@ def test_ansible_runner_cli(monitoring, tmp_path):  # noqa: F811
     if not os.path.exists(runner):
         pytest.skip("ansible-runner CLI not installed")
     pdd = private_data_dir(tmp_path, monitoring)
-    proc = subprocess.run([runner, "run", str(pdd), "-p", "%s.yml" % RUNBOOK, "--ident", "cli"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [runner, "run", str(pdd), "-p", "%s.yml" % RUNBOOK, "--ident", "cli"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     events_dir = pdd / "artifacts" / "cli" / "job_events"
     events = sorted((json.loads(p.read_text()) for p in events_dir.glob("*.json")), key=lambda e: e["counter"])
@@ -121,16 +155,28 @@ def test_unattended_run_without_approval_stops_before_the_change(monitoring, tmp
     env = dict(os.environ, **yaml.safe_load((pdd / "env" / "envvars").read_text()))
     extravars = yaml.safe_load((pdd / "env" / "extravars").read_text())
     playbook = Path(sys.executable).with_name("ansible-playbook")
-    proc = subprocess.run([str(playbook), "-i", str(pdd / "inventory" / "hosts.yml"), "-e", json.dumps(extravars),
-                           str(pdd / "project" / ("%s.yml" % RUNBOOK))],
-                          capture_output=True, text=True, timeout=300, check=False, env=env,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            str(playbook),
+            "-i",
+            str(pdd / "inventory" / "hosts.yml"),
+            "-e",
+            json.dumps(extravars),
+            str(pdd / "project" / ("%s.yml" % RUNBOOK)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert "reload-prometheus was not approved" in proc.stdout
     records = audit(tmp_path)
     steps = front_matter_steps(RUNBOOK)
     stop = steps.index("reload-prometheus")
-    assert [r["step"] for r in records] == steps[:stop + 1]
+    assert [r["step"] for r in records] == steps[: stop + 1]
     assert records[-1]["status"] == "failed" and records[-1]["changed"] is False
 
 
@@ -139,8 +185,13 @@ def test_steps_of_reads_block_and_task_names():
         def __init__(self, name, block=None):
             self.name, self.block, self.rescue, self.always = name, block or [], [], []
 
-    play = Item("play", [Item("", [Item("[one] First"), Item("not a step")]),
-                         Item("[two] Second", [Item("[two] Ask for approval"), Item("[two] Act")]),
-                         Item("", [Item("[three] Third")])])
+    play = Item(
+        "play",
+        [
+            Item("", [Item("[one] First"), Item("not a step")]),
+            Item("[two] Second", [Item("[two] Ask for approval"), Item("[two] Act")]),
+            Item("", [Item("[three] Third")]),
+        ],
+    )
     play.tasks = play.block
     assert runbook_progress.steps_of(play) == [("one", "First"), ("two", "Second"), ("three", "Third")]

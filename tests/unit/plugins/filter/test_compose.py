@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
+
 from ansible_collections.opsbook.stack.plugins.filter.compose import compose_project, web_services
 
 DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[4] / "roles/compose_app/defaults/main.yml").read_text())
@@ -24,9 +25,15 @@ def render(services, settings=None, project="demo"):
 
 def stack():
     return {
-        "backend": {"image": "reg/backend", "tag": "1.0", "preset": "web", "replicas": 2,
-                    "environment": {"A": "x$y", "DEBUG": False}, "secret_env": ["DB_PASSWORD=DB_PASS"],
-                    "depends_on": ["db", "cache"]},
+        "backend": {
+            "image": "reg/backend",
+            "tag": "1.0",
+            "preset": "web",
+            "replicas": 2,
+            "environment": {"A": "x$y", "DEBUG": False},
+            "secret_env": ["DB_PASSWORD=DB_PASS"],
+            "depends_on": ["db", "cache"],
+        },
         "db": {"image": "reg/mariadb", "tag": "10.11", "preset": "mariadb", "secret_env": ["ROOT_PASS"]},
         "cache": {"image": "reg/redis", "tag": "7.0", "preset": "redis"},
     }
@@ -69,7 +76,9 @@ def test_secrets_are_references_and_plain_values_are_literal():
 def test_depends_on_waits_for_healthy_dependencies_and_named_volumes_are_declared():
     doc = render(stack())
     assert doc["services"]["backend"]["depends_on"] == {
-        "db": {"condition": "service_healthy"}, "cache": {"condition": "service_healthy"}}
+        "db": {"condition": "service_healthy"},
+        "cache": {"condition": "service_healthy"},
+    }
     assert doc["services"]["db"]["volumes"] == ["db-data:/var/lib/mysql"]
     assert doc["volumes"] == {"cache-data": {}, "db-data": {}}
 
@@ -87,15 +96,21 @@ def test_disabled_service_is_left_out():
     assert "cache" not in render(services)["services"]
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda s: s["backend"].pop("tag"), "compose_app_services.backend: 'tag' is required"),
-    (lambda s: s["backend"].update(preset="nope"), "preset 'nope' is not one of"),
-    (lambda s: s["backend"].update(secret_env=["X"]), "secret_env names 'X', which compose_app_secrets does not define"),
-    (lambda s: s["backend"].update(depends_on=["ghost"]), "depends_on 'ghost', which is not a service"),
-    (lambda s: s["db"].update(replicas=2), "compose_app_services.db: replicas > 1 only for stateless web services"),
-    (lambda s: s["backend"].update(ports=["0.0.0.0:80:8000"]), "would listen on every address"),
-    (lambda s: s["backend"].update(imgae="typo"), "unknown keys ['imgae']"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s["backend"].pop("tag"), "compose_app_services.backend: 'tag' is required"),
+        (lambda s: s["backend"].update(preset="nope"), "preset 'nope' is not one of"),
+        (
+            lambda s: s["backend"].update(secret_env=["X"]),
+            "secret_env names 'X', which compose_app_secrets does not define",
+        ),
+        (lambda s: s["backend"].update(depends_on=["ghost"]), "depends_on 'ghost', which is not a service"),
+        (lambda s: s["db"].update(replicas=2), "compose_app_services.db: replicas > 1 only for stateless web services"),
+        (lambda s: s["backend"].update(ports=["0.0.0.0:80:8000"]), "would listen on every address"),
+        (lambda s: s["backend"].update(imgae="typo"), "unknown keys ['imgae']"),
+    ],
+)
 def test_bad_definitions_name_the_service_and_the_fix(mutate, message):
     services = stack()
     mutate(services)

@@ -37,6 +37,7 @@ MIB = 1024 * 1024
 # Pure logic
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _fake_backup(store: bk.Store, backup_id: str, created: float, payload: bytes = b"data") -> bk.Manifest:
     directory = store.path(backup_id)
     os.makedirs(directory)
@@ -117,8 +118,11 @@ def test_no_backup_is_a_verify_failure(tmp_path):
 
 def test_metrics_are_written_atomically_in_textfile_format(tmp_path):
     settings = bk.Settings(dest=str(tmp_path / "d"), metrics_dir=str(tmp_path / "m"))
-    path = bk.write_metrics(settings, _spec(), {"last_attempt": 5.5, "last_success": 5.0, "verify_ok": 1,
-                                                "last_exit_code": 0, "drill_duration": None})
+    path = bk.write_metrics(
+        settings,
+        _spec(),
+        {"last_attempt": 5.5, "last_success": 5.0, "verify_ok": 1, "last_exit_code": 0, "drill_duration": None},
+    )
     text = open(path, encoding="utf-8").read()
     assert 'opsbook_backup_last_success_timestamp_seconds{component="c",type="mariadb"} 5.0' in text
     assert "drill_duration" not in text and "# TYPE opsbook_backup_verify_ok gauge" in text
@@ -140,20 +144,23 @@ def test_preflight_refuses_when_the_last_size_does_not_fit(tmp_path):
     store = bk.Store(str(tmp_path), "c")
     settings = bk.Settings(dest=str(tmp_path))
     with pytest.raises(bk.BackupError) as err:
-        bk.preflight_space(store, settings, {"last_size": 10 ** 15})
+        bk.preflight_space(store, settings, {"last_size": 10**15})
     assert err.value.exit_code == bk.EXIT_DISK and store.root in err.value.message
     assert err.value.evidence["needed_bytes"] > err.value.evidence["free_bytes"]
 
 
-@pytest.mark.parametrize("kind,head,tail,ok", [
-    ("sql", b"-- MariaDB dump", b"\n-- Dump completed on 2026-11-22\n", True),
-    ("sql", b"-- MariaDB dump", b"INSERT INTO t VALUES (1", False),
-    ("pg_custom", b"PGDMP\x01", b"", True),
-    ("pg_custom", b"pg_dump: error", b"", False),
-    ("rdb", b"REDIS0010", b"\xff" + b"\0" * 8, True),
-    ("tar", b"", b"\0" * 1024, True),
-    ("tar", b"", b"x" * 1024, False),
-])
+@pytest.mark.parametrize(
+    "kind,head,tail,ok",
+    [
+        ("sql", b"-- MariaDB dump", b"\n-- Dump completed on 2026-11-22\n", True),
+        ("sql", b"-- MariaDB dump", b"INSERT INTO t VALUES (1", False),
+        ("pg_custom", b"PGDMP\x01", b"", True),
+        ("pg_custom", b"pg_dump: error", b"", False),
+        ("rdb", b"REDIS0010", b"\xff" + b"\0" * 8, True),
+        ("tar", b"", b"\0" * 1024, True),
+        ("tar", b"", b"x" * 1024, False),
+    ],
+)
 def test_plausibility(kind, head, tail, ok):
     assert (bk._plausibility(kind, head, tail) == "") is ok  # pylint: disable=protected-access
 
@@ -182,8 +189,13 @@ def test_runs_standalone_without_ansible(tmp_path):
     here = os.path.dirname(bk.__file__)
     for name in ("_backup.py", "_docker.py"):
         shutil.copy(os.path.join(here, name), tmp_path / name)
-    proc = subprocess.run(["python3", "-S", str(tmp_path / "_backup.py"), "--config", str(tmp_path / "none.json"),
-                           "list", "x"], capture_output=True, text=True, check=False, timeout=30)
+    proc = subprocess.run(
+        ["python3", "-S", str(tmp_path / "_backup.py"), "--config", str(tmp_path / "none.json"), "list", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert proc.returncode == bk.EXIT_USAGE, proc.stderr
     assert "cannot read config" in proc.stderr
 
@@ -193,7 +205,9 @@ def _age_key(tmp_path):
         pytest.skip("age is not installed (apt-get install age)")
     key = tmp_path / "identity.txt"
     subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    recipient = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     return str(key), recipient
 
 
@@ -203,7 +217,7 @@ def test_age_encryption_round_trip_and_missing_identity(tmp_path):
     path = str(tmp_path / "app.sql.zst.age")
     writer = bk.ArtifactWriter(path, age_recipients=[recipient])
     for i in range(0, len(payload), 65536):
-        writer.write(payload[i:i + 65536])
+        writer.write(payload[i : i + 65536])
     size, digest = writer.finish()
     data = open(path, "rb").read()
     assert data.startswith(b"age-encryption.org/v1") and len(data) == size
@@ -247,6 +261,7 @@ def test_cli_log_line_and_fixed_delay(tmp_path):
 # Real containers
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _docker_ready() -> str:
     if not os.path.exists(SOCKET):
         return "no Docker Engine socket at %s" % SOCKET
@@ -267,12 +282,19 @@ def dbs():
     client = DockerClient()
     run = secrets.token_hex(3)
     names = {kind: "%s%s-%s" % (PREFIX, kind, run) for kind in IMAGES}
-    env = {"mariadb": ["MARIADB_ROOT_PASSWORD=root-%s" % run, "MARIADB_DATABASE=app"],
-           "postgres": ["POSTGRES_PASSWORD=pg-%s" % run], "redis": []}
+    env = {
+        "mariadb": ["MARIADB_ROOT_PASSWORD=root-%s" % run, "MARIADB_DATABASE=app"],
+        "postgres": ["POSTGRES_PASSWORD=pg-%s" % run],
+        "redis": [],
+    }
     try:
         for kind, image in IMAGES.items():
-            client.request_json("POST", "/containers/create", query={"name": names[kind]},
-                                body={"Image": image, "Env": env[kind], "HostConfig": {"NetworkMode": "none"}})
+            client.request_json(
+                "POST",
+                "/containers/create",
+                query={"name": names[kind]},
+                body={"Image": image, "Env": env[kind], "HostConfig": {"NetworkMode": "none"}},
+            )
             client.request("POST", "/containers/%s/start" % names[kind])
         settings = bk.Settings(dest="/nonexistent")
         specs = {kind: bk.ComponentSpec(name=kind, type=kind, container=names[kind]) for kind in IMAGES}
@@ -293,7 +315,18 @@ def _sh(container, *argv, env=None):
 
 
 def _maria(dbs, sql):
-    return _sh(dbs["mariadb"], "mariadb", "-uroot", "-N", "-B", "-D", "app", "-e", sql, env=["MYSQL_PWD=root-%s" % dbs["mariadb"][-6:]])
+    return _sh(
+        dbs["mariadb"],
+        "mariadb",
+        "-uroot",
+        "-N",
+        "-B",
+        "-D",
+        "app",
+        "-e",
+        sql,
+        env=["MYSQL_PWD=root-%s" % dbs["mariadb"][-6:]],
+    )
 
 
 def _pg(dbs, sql, db="app"):
@@ -305,29 +338,41 @@ def _redis(dbs, *args):
 
 
 def _settings(tmp_path, **kw):
-    base = {"dest": str(tmp_path / "backups"), "metrics_dir": str(tmp_path / "metrics"),
-            "drill_prefix": PREFIX + "drill-", "min_free_bytes": 0}
+    base = {
+        "dest": str(tmp_path / "backups"),
+        "metrics_dir": str(tmp_path / "metrics"),
+        "drill_prefix": PREFIX + "drill-",
+        "min_free_bytes": 0,
+    }
     base.update(kw)
     return bk.Settings(**base)
 
 
 @pytest.mark.docker
 def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
-    _maria(dbs, "CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40), data BLOB);"
-                "INSERT INTO app.items SELECT seq, CONCAT('item-', seq), RANDOM_BYTES(16) FROM seq_1_to_500;"
-                "CREATE TABLE app.empty (x INT)")
+    _maria(
+        dbs,
+        "CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40), data BLOB);"
+        "INSERT INTO app.items SELECT seq, CONCAT('item-', seq), RANDOM_BYTES(16) FROM seq_1_to_500;"
+        "CREATE TABLE app.empty (x INT)",
+    )
     before = _maria(dbs, "CHECKSUM TABLE app.items, app.empty")
     settings = _settings(tmp_path)
     spec = bk.ComponentSpec(name="mariadb", type="mariadb", container=dbs["mariadb"], source_checksums=True)
     result = bk.run_backup(spec, settings)
     assert result.size > 0 and result.raw_size > 500 * 16
-    assert os.listdir(result.path) == sorted(["app.sql.zst", "manifest.json"]) or \
-        sorted(os.listdir(result.path)) == ["app.sql.zst", "manifest.json"]
+    assert os.listdir(result.path) == sorted(["app.sql.zst", "manifest.json"]) or sorted(os.listdir(result.path)) == [
+        "app.sql.zst",
+        "manifest.json",
+    ]
     metrics = open(result.metrics_file, encoding="utf-8").read()
     assert 'opsbook_backup_last_exit_code{component="mariadb",type="mariadb"} 0' in metrics
 
-    _maria(dbs, "DELETE FROM app.items WHERE id <= 100; UPDATE app.items SET name = 'changed'; DROP TABLE app.empty;"
-                "CREATE TABLE app.later (x INT)")
+    _maria(
+        dbs,
+        "DELETE FROM app.items WHERE id <= 100; UPDATE app.items SET name = 'changed'; DROP TABLE app.empty;"
+        "CREATE TABLE app.later (x INT)",
+    )
     restored = bk.run_restore(spec, settings)
     assert restored["restored"] == ["app.sql.zst"]
     assert _maria(dbs, "CHECKSUM TABLE app.items, app.empty") == before
@@ -342,8 +387,11 @@ def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
 @pytest.mark.docker
 def test_postgres_backup_modify_restore_drill(dbs, tmp_path):
     _pg(dbs, "CREATE DATABASE app", db="postgres")
-    _pg(dbs, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
-             "generate_series(1, 1000) g; CREATE SCHEMA s; CREATE TABLE s.u (x int); INSERT INTO s.u VALUES (1)")
+    _pg(
+        dbs,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
+        "generate_series(1, 1000) g; CREATE SCHEMA s; CREATE TABLE s.u (x int); INSERT INTO s.u VALUES (1)",
+    )
     before = _pg(dbs, "SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM t")
     settings = _settings(tmp_path)
     spec = bk.ComponentSpec(name="postgres", type="postgres", container=dbs["postgres"])
@@ -423,8 +471,11 @@ def test_disk_full_removes_partial_and_keeps_older_backups(dbs, tmp_path):
     target.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
     try:
-        _maria(dbs, "CREATE DATABASE IF NOT EXISTS fill; CREATE TABLE IF NOT EXISTS fill.t (id INT, b BLOB);"
-                    "TRUNCATE fill.t; INSERT INTO fill.t VALUES (1, 'small')")
+        _maria(
+            dbs,
+            "CREATE DATABASE IF NOT EXISTS fill; CREATE TABLE IF NOT EXISTS fill.t (id INT, b BLOB);"
+            "TRUNCATE fill.t; INSERT INTO fill.t VALUES (1, 'small')",
+        )
         settings = _settings(tmp_path, dest=str(target))
         spec = bk.ComponentSpec(name="fill", type="mariadb", container=dbs["mariadb"], databases=["fill"])
         first = bk.run_backup(spec, settings)
@@ -440,8 +491,10 @@ def test_disk_full_removes_partial_and_keeps_older_backups(dbs, tmp_path):
         store = bk.Store(str(target), "fill")
         assert [m.id for m in store.manifests()] == [first.id]
         assert store.verify(store.get()) == []
-        assert os.listdir(store.root).count(first.id) == 1 and len([e for e in os.listdir(store.root)
-                                                                    if e[0].isdigit()]) == 1
+        assert (
+            os.listdir(store.root).count(first.id) == 1
+            and len([e for e in os.listdir(store.root) if e[0].isdigit()]) == 1
+        )
         state = json.load(open(os.path.join(store.root, "state.json"), encoding="utf-8"))
         assert state["last_exit_code"] == bk.EXIT_DISK
     finally:
@@ -451,8 +504,7 @@ def test_disk_full_removes_partial_and_keeps_older_backups(dbs, tmp_path):
 @pytest.mark.docker
 def test_retention_keeps_newest_verified_with_real_backups(dbs, tmp_path):
     settings = _settings(tmp_path)
-    spec = bk.ComponentSpec(name="ret", type="redis", container=dbs["redis"], keep_last=2, keep_daily=0,
-                            keep_weekly=0)
+    spec = bk.ComponentSpec(name="ret", type="redis", container=dbs["redis"], keep_last=2, keep_daily=0, keep_weekly=0)
     ids = []
     for _i in range(3):
         ids.append(bk.run_backup(spec, settings).id)
@@ -476,9 +528,16 @@ def test_volume_backup_and_restore(dbs, tmp_path):
     owner = "%svol-owner-%s" % (PREFIX, secrets.token_hex(3))
     client.request_json("POST", "/volumes/create", body={"Name": volume})
     try:
-        client.request_json("POST", "/containers/create", query={"name": owner}, body={
-            "Image": IMAGES["redis"], "Labels": {"opsbook.backup.stop": "true"},
-            "HostConfig": {"Binds": ["%s:/data" % volume], "NetworkMode": "none"}})
+        client.request_json(
+            "POST",
+            "/containers/create",
+            query={"name": owner},
+            body={
+                "Image": IMAGES["redis"],
+                "Labels": {"opsbook.backup.stop": "true"},
+                "HostConfig": {"Binds": ["%s:/data" % volume], "NetworkMode": "none"},
+            },
+        )
         client.request("POST", "/containers/%s/start" % owner)
         _sh(owner, "sh", "-c", "mkdir -p /data/sub && seq 1 5000 > /data/sub/numbers && echo one > /data/a.txt")
         settings = _settings(tmp_path)
@@ -505,16 +564,33 @@ def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
     for name in ("_backup.py", "_docker.py"):
         shutil.copy(os.path.join(here, name), lib / name)
     config = tmp_path / "backup.json"
-    config.write_text(json.dumps({"dest": str(tmp_path / "b"), "metrics_dir": str(tmp_path / "m"),
-                                  "components": {"cache": {"type": "redis", "container": dbs["redis"]}}}))
-    proc = subprocess.run(["python3", str(lib / "_backup.py"), "--config", str(config), "--jitter", "0.2",
-                           "backup", "cache"], capture_output=True, text=True, check=False, timeout=60)
+    config.write_text(
+        json.dumps(
+            {
+                "dest": str(tmp_path / "b"),
+                "metrics_dir": str(tmp_path / "m"),
+                "components": {"cache": {"type": "redis", "container": dbs["redis"]}},
+            }
+        )
+    )
+    proc = subprocess.run(
+        ["python3", str(lib / "_backup.py"), "--config", str(config), "--jitter", "0.2", "backup", "cache"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["component"] == "cache"
     metrics = (tmp_path / "m" / "opsbook_backup_cache.prom").read_text()
     assert 'opsbook_backup_last_exit_code{component="cache",type="redis"} 0' in metrics
-    proc = subprocess.run(["python3", str(lib / "_backup.py"), "--config", str(config), "verify", "cache"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = subprocess.run(
+        ["python3", str(lib / "_backup.py"), "--config", str(config), "verify", "cache"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -540,6 +616,7 @@ def test_encrypted_backup_restores_and_drills_with_the_identity_only(dbs, tmp_pa
 def _prom_query(url, query, at=None):
     import urllib.parse
     import urllib.request
+
     params = {"query": query}
     if at is not None:
         params["time"] = repr(at)
@@ -556,9 +633,19 @@ def test_prometheus_snapshot_backup_and_restore(tmp_path):
     except DockerError as exc:
         pytest.skip("sandbox image %s missing: %s" % (image, exc))
     name = "%sprom-%s" % (PREFIX, secrets.token_hex(3))
-    client.request_json("POST", "/containers/create", query={"name": name}, body={
-        "Image": image, "Cmd": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
-                                "--web.enable-admin-api"]})
+    client.request_json(
+        "POST",
+        "/containers/create",
+        query={"name": name},
+        body={
+            "Image": image,
+            "Cmd": [
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                "--web.enable-admin-api",
+            ],
+        },
+    )
     try:
         client.request("POST", "/containers/%s/start" % name)
         spec = bk.ComponentSpec(name="prom", type="prometheus", container=name)
@@ -581,9 +668,17 @@ def test_prometheus_snapshot_backup_and_restore(tmp_path):
         # Wipe the TSDB: a fresh Prometheus holds no sample from before.
         _sh(name, "sh", "-c", "rm -rf /prometheus/snapshots")
         client.stop_container(name)
-        client.request_json("POST", "/containers/create", query={"name": name + "-wipe"}, body={
-            "Image": image, "Entrypoint": ["sh", "-c", "rm -rf /prometheus/*"], "User": "0",
-            "HostConfig": {"VolumesFrom": [name], "NetworkMode": "none"}})
+        client.request_json(
+            "POST",
+            "/containers/create",
+            query={"name": name + "-wipe"},
+            body={
+                "Image": image,
+                "Entrypoint": ["sh", "-c", "rm -rf /prometheus/*"],
+                "User": "0",
+                "HostConfig": {"VolumesFrom": [name], "NetworkMode": "none"},
+            },
+        )
         client.request("POST", "/containers/%s-wipe/start" % name)
         client.request_json("POST", "/containers/%s-wipe/wait" % name)
         client.remove_container(name + "-wipe", force=True)

@@ -57,7 +57,7 @@ def test_demux_frames_split_anywhere():
     for size in (1, 3, 7, 9, 13):
         demuxer = StreamDemuxer()
         for start in range(0, len(data), size):
-            demuxer.feed(data[start:start + size])
+            demuxer.feed(data[start : start + size])
         demuxer.close()
         assert (demuxer.stdout, demuxer.stderr) == (b"hello world", b"oops"), size
 
@@ -73,8 +73,10 @@ def test_demux_limit_truncates():
     assert demuxer.stdout == b"0123" and demuxer.truncated
 
 
-@pytest.mark.parametrize("server, expected", [("1.41", "1.41"), ("1.40", "1.40"), ("1.45", "1.43"),
-                                              ("garbage", docker_api.DEFAULT_API_VERSION)])
+@pytest.mark.parametrize(
+    "server, expected",
+    [("1.41", "1.41"), ("1.40", "1.40"), ("1.45", "1.43"), ("garbage", docker_api.DEFAULT_API_VERSION)],
+)
 def test_negotiate_api_version(server, expected):
     assert negotiate_api_version(server) == expected
 
@@ -147,7 +149,7 @@ class FakeEngineHandler(BaseHTTPRequestHandler):
         prefix = "/v%s" % server.api_version
         if not path.startswith(prefix + "/"):
             return self._json(400, {"message": "client version mismatch: %s" % path})
-        path = path[len(prefix):]
+        path = path[len(prefix) :]
         if method == "GET" and path == "/containers/json":
             return self._json(200, [{"Id": "abc", "Names": ["/demo-web-1"]}])
         if method == "GET" and path.endswith("/json") and path.startswith("/containers/"):
@@ -173,21 +175,25 @@ class FakeEngineHandler(BaseHTTPRequestHandler):
             running = server.inspects[exec_id] == 1  # the stream may end before the exit code is recorded
             return self._json(200, {"ID": exec_id, "Running": running, "ExitCode": None if running else 3})
         if method == "GET" and path == "/containers/web/logs":
-            return self._chunked([frame(1, b"GET /health 200\n") + frame(2, b"WARN slow query\n")[:5],
-                                  frame(2, b"WARN slow query\n")[5:]])
+            return self._chunked(
+                [
+                    frame(1, b"GET /health 200\n") + frame(2, b"WARN slow query\n")[:5],
+                    frame(2, b"WARN slow query\n")[5:],
+                ]
+            )
         if method == "POST" and path == "/containers/web/stop":
             return self._empty(204)
         if method == "DELETE" and path == "/containers/web":
             return self._empty(204)
         return self._json(404, {"message": "page not found"})
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._route("GET")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._route("POST")
 
-    def do_DELETE(self):  # noqa: N802
+    def do_DELETE(self):
         self._route("DELETE")
 
 
@@ -287,8 +293,9 @@ def test_list_containers_by_labels(fake_engine):
     assert containers[0]["Id"] == "abc"
     _method, path, query, _body = server.requests[-1]
     assert path == "/v1.41/containers/json" and query["all"] == "1"
-    assert json.loads(query["filters"]) == {"label": ["com.docker.compose.project=demo",
-                                                      "com.docker.compose.service=web", "opsbook"]}
+    assert json.loads(query["filters"]) == {
+        "label": ["com.docker.compose.project=demo", "com.docker.compose.service=web", "opsbook"]
+    }
 
 
 def test_container_logs_tail(fake_engine):
@@ -311,12 +318,21 @@ def test_stop_and_remove(fake_engine):
 
 def test_probes_through_the_fake_engine(fake_engine):
     _server, host = fake_engine
-    report = check([
-        {"type": "container", "name": "web", "container": "web"},
-        {"type": "exec", "name": "ping", "container": "web", "command": ["mysqladmin", "ping"], "expect_rc": 3,
-         "stdout_pattern": "alive"},
-        {"type": "exec", "name": "stopped", "container": "stopped", "command": ["true"]},
-    ], docker_host=host)
+    report = check(
+        [
+            {"type": "container", "name": "web", "container": "web"},
+            {
+                "type": "exec",
+                "name": "ping",
+                "container": "web",
+                "command": ["mysqladmin", "ping"],
+                "expect_rc": 3,
+                "stdout_pattern": "alive",
+            },
+            {"type": "exec", "name": "stopped", "container": "stopped", "command": ["true"]},
+        ],
+        docker_host=host,
+    )
     assert report.failed_probes == ["stopped"]
     assert report.results[2].error == "cannot exec in container 'stopped': Container stopped is not running"
 
@@ -389,8 +405,12 @@ def engine():
     def start(suffix, command, healthcheck=None, wait_running=True):
         name = "opsbook-unit-%s-%s" % (run_id, suffix)
         # Long-running ones remove themselves when their sleep ends, should the teardown below not happen.
-        body = {"Image": image, "Cmd": command, "Labels": {"opsbook.test": "unit", "opsbook.run": run_id},
-                "HostConfig": {"NetworkMode": "none", "AutoRemove": wait_running}}
+        body = {
+            "Image": image,
+            "Cmd": command,
+            "Labels": {"opsbook.test": "unit", "opsbook.run": run_id},
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": wait_running},
+        }
         if healthcheck:
             body["Healthcheck"] = healthcheck
         client.request("POST", "/containers/create", query={"name": name}, body=body)
@@ -446,13 +466,20 @@ def test_real_engine_exec_and_state(engine):
     listed = client.list_containers(labels={"opsbook.run": run_id})
     assert [c["Names"][0] for c in listed] == ["/" + name]
 
-    report = check([
-        {"type": "container", "name": "plain", "container": name, "max_restarts": 0},
-        {"type": "exec", "name": "true", "container": name, "command": ["true"]},
-        {"type": "exec", "name": "false", "container": name, "command": ["false"]},
-        {"type": "exec", "name": "pattern", "container": name, "command": ["sh", "-c", "echo mysqld is alive"],
-         "stdout_pattern": "is alive$"},
-    ])
+    report = check(
+        [
+            {"type": "container", "name": "plain", "container": name, "max_restarts": 0},
+            {"type": "exec", "name": "true", "container": name, "command": ["true"]},
+            {"type": "exec", "name": "false", "container": name, "command": ["false"]},
+            {
+                "type": "exec",
+                "name": "pattern",
+                "container": name,
+                "command": ["sh", "-c", "echo mysqld is alive"],
+                "stdout_pattern": "is alive$",
+            },
+        ]
+    )
     assert report.failed_probes == ["false"], report.failure_message()
     plain = report.results[0]
     assert plain.status == "running" and plain.health is None and plain.evidence["restart_count"] == 0
@@ -465,20 +492,21 @@ def test_real_engine_health_states(engine):
     interval = {"Interval": NS // 5, "Timeout": 2 * NS, "Retries": 1}
     good = start("healthy", ["sleep", "300"], {"Test": ["CMD", "true"], **interval})
     bad = start("unhealthy", ["sleep", "300"], {"Test": ["CMD-SHELL", "echo db-down >&2; exit 1"], **interval})
-    slow = start("starting", ["sleep", "300"], {"Test": ["CMD", "true"], "Interval": 300 * NS,
-                                                "StartPeriod": 300 * NS})
+    slow = start("starting", ["sleep", "300"], {"Test": ["CMD", "true"], "Interval": 300 * NS, "StartPeriod": 300 * NS})
     exited = start("exited", ["sh", "-c", "echo bye; exit 3"], wait_running=False)
     wait_for(lambda: client.inspect_container(bad)["State"]["Health"]["Status"] == "unhealthy")
     wait_for(lambda: client.inspect_container(exited)["State"]["Status"] == "exited")
 
-    report = check([
-        {"type": "container", "name": "good", "container": good, "retries": 40, "delay": 0.25},
-        {"type": "container", "name": "bad", "container": bad},
-        {"type": "container", "name": "slow", "container": slow},
-        {"type": "container", "name": "exited", "container": exited},
-        {"type": "exec", "name": "exec-exited", "container": exited, "command": ["true"]},
-        {"type": "container", "name": "ghost", "container": "opsbook-unit-no-such-container"},
-    ])
+    report = check(
+        [
+            {"type": "container", "name": "good", "container": good, "retries": 40, "delay": 0.25},
+            {"type": "container", "name": "bad", "container": bad},
+            {"type": "container", "name": "slow", "container": slow},
+            {"type": "container", "name": "exited", "container": exited},
+            {"type": "exec", "name": "exec-exited", "container": exited, "command": ["true"]},
+            {"type": "container", "name": "ghost", "container": "opsbook-unit-no-such-container"},
+        ]
+    )
     by_name = {result.name: result for result in report.results}
     assert by_name["good"].ok and by_name["good"].health == "healthy", by_name["good"].error
     assert report.failed_probes == ["bad", "slow", "exited", "exec-exited", "ghost"]

@@ -11,15 +11,29 @@ import json
 import os
 
 import pytest
+
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
-    MIN_KEEP, Journal, JournalError, Release, ServiceImage, new_release_id, project_images,
+    MIN_KEEP,
+    Journal,
+    JournalError,
+    Release,
+    ServiceImage,
+    new_release_id,
+    project_images,
 )
 
 
 def release(n, status="succeeded", digest="sha256:aa", compose_hash="h1"):
-    return Release(id="r%02d" % n, project="demo", kind="deploy", status=status, created="", created_ts=1000.0 + n,
-                   services={"web": ServiceImage(image="reg/web:1", image_id="sha256:id", digest="reg/web@" + digest)},
-                   compose_hash=compose_hash)
+    return Release(
+        id="r%02d" % n,
+        project="demo",
+        kind="deploy",
+        status=status,
+        created="",
+        created_ts=1000.0 + n,
+        services={"web": ServiceImage(image="reg/web:1", image_id="sha256:id", digest="reg/web@" + digest)},
+        compose_hash=compose_hash,
+    )
 
 
 def test_record_is_whole_json_and_leaves_no_temporary_file(tmp_path):
@@ -93,11 +107,17 @@ def test_project_images_resolve_digests_and_prefer_the_newest_replica():
     containers = [
         {"Labels": {"com.docker.compose.service": "web"}, "Image": "reg:5000/web:1", "ImageID": "old", "Created": 1},
         {"Labels": {"com.docker.compose.service": "web"}, "Image": "reg:5000/web:2", "ImageID": "new", "Created": 2},
-        {"Labels": {"com.docker.compose.service": "job", "com.docker.compose.oneoff": "True"}, "Image": "x",
-         "ImageID": "x", "Created": 3},
+        {
+            "Labels": {"com.docker.compose.service": "job", "com.docker.compose.oneoff": "True"},
+            "Image": "x",
+            "ImageID": "x",
+            "Created": 3,
+        },
     ]
-    images = {"old": {"RepoDigests": ["reg:5000/web@sha256:01"]},
-              "new": {"RepoDigests": ["other/web@sha256:ff", "reg:5000/web@sha256:02"]}}
+    images = {
+        "old": {"RepoDigests": ["reg:5000/web@sha256:01"]},
+        "new": {"RepoDigests": ["other/web@sha256:ff", "reg:5000/web@sha256:02"]},
+    }
     found = project_images(FakeClient(containers, images), "demo")
     assert list(found) == ["web"]
     assert found["web"].digest == "reg:5000/web@sha256:02"

@@ -44,12 +44,14 @@ def one(raw: dict, **kwargs) -> probes.ProbeResult:
 
 
 def test_parse_applies_defaults_and_types():
-    parsed = parse_probes([
-        {"type": "http", "url": "http://127.0.0.1/health", "status": 204},
-        {"type": "tcp", "host": "127.0.0.1", "port": "6379"},
-        {"type": "container", "container": "web"},
-        {"type": "exec", "container": "db", "command": ["mysqladmin", "ping"]},
-    ])
+    parsed = parse_probes(
+        [
+            {"type": "http", "url": "http://127.0.0.1/health", "status": 204},
+            {"type": "tcp", "host": "127.0.0.1", "port": "6379"},
+            {"type": "container", "container": "web"},
+            {"type": "exec", "container": "db", "command": ["mysqladmin", "ping"]},
+        ]
+    )
     http, tcp, container, exe = parsed
     assert isinstance(http, HttpProbe) and http.status == (204,) and http.method == "GET"
     assert (http.timeout, http.retries, http.delay) == (5.0, 0, 1.0)
@@ -58,7 +60,11 @@ def test_parse_applies_defaults_and_types():
     assert isinstance(container, ContainerProbe) and container.max_restarts is None
     assert isinstance(exe, ExecProbe) and exe.command == ("mysqladmin", "ping") and exe.expect_rc == 0
     assert [p.name for p in parsed] == [
-        "http://127.0.0.1/health", "tcp:127.0.0.1:6379", "container:web", "exec:db:mysqladmin ping"]
+        "http://127.0.0.1/health",
+        "tcp:127.0.0.1:6379",
+        "container:web",
+        "exec:db:mysqladmin ping",
+    ]
     assert exe.target == "db: mysqladmin ping"
 
 
@@ -79,31 +85,48 @@ def test_derived_duplicate_names_are_made_unique():
 @pytest.mark.parametrize(
     "raw_probes, message",
     [
-        ([{"type": "tcp", "host": "h", "port": 1}, {"type": "tcp", "host": "h", "port": 2}, {"type": "http"}],
-         "probes[2]: type 'http' needs 'url'"),
-        ([{"type": "ftp", "url": "ftp://x"}],
-         "probes[0]: unknown type 'ftp' (expected one of: http, tcp, container, exec)"),
+        (
+            [{"type": "tcp", "host": "h", "port": 1}, {"type": "tcp", "host": "h", "port": 2}, {"type": "http"}],
+            "probes[2]: type 'http' needs 'url'",
+        ),
+        (
+            [{"type": "ftp", "url": "ftp://x"}],
+            "probes[0]: unknown type 'ftp' (expected one of: http, tcp, container, exec)",
+        ),
         ([{"url": "http://x/"}], "probes[0]: 'type' is required"),
         ([{"type": "tcp", "host": "h"}], "probes[0]: type 'tcp' needs 'port'"),
         ([{"type": "exec", "container": "db"}], "probes[0]: type 'exec' needs 'command'"),
         ([{"type": "container"}], "probes[0]: type 'container' needs 'container'"),
         ([{"type": "tcp", "host": "h", "port": 70000}], "probes[0]: 'port' must be between 1 and 65535"),
-        ([{"type": "tcp", "host": "h", "port": 1, "url": "http://x/"}],
-         "probes[0]: field(s) 'url' do not apply to type 'tcp'"),
+        (
+            [{"type": "tcp", "host": "h", "port": 1, "url": "http://x/"}],
+            "probes[0]: field(s) 'url' do not apply to type 'tcp'",
+        ),
         ([{"type": "http", "url": "http://x/", "hots": "y"}], "probes[0]: unknown field(s) 'hots'"),
-        ([{"type": "http", "url": "http://x/", "body_pattern": "(unclosed"}],
-         "probes[0]: 'body_pattern' is not a valid regular expression"),
+        (
+            [{"type": "http", "url": "http://x/", "body_pattern": "(unclosed"}],
+            "probes[0]: 'body_pattern' is not a valid regular expression",
+        ),
         ([{"type": "http", "url": "127.0.0.1/health"}], "probes[0]: 'url' must be an absolute http:// or https://"),
         ([{"type": "http", "url": "http://x:http/"}], "probes[0]: 'url' has an invalid port"),
         ([{"type": "http", "url": "http://x/", "status": [200, 700]}], "probes[0]: 'status' must be between 100"),
         ([{"type": "http", "url": "http://x/", "timeout": 0}], "probes[0]: 'timeout' must be > 0"),
         ([{"type": "http", "url": "http://x/", "retries": -1}], "probes[0]: 'retries' must be >= 0"),
-        ([{"type": "exec", "container": "db", "command": "mysqladmin ping"}],
-         "probes[0]: 'command' must be a list (argv)"),
-        ([{"type": "exec", "container": "db", "command": ["mysqladmin ping"]}],
-         "probes[0]: 'command' is one argv element with spaces"),
-        ([{"type": "tcp", "host": "h", "port": 1, "name": "x"}, {"type": "tcp", "host": "h", "port": 2, "name": "x"}],
-         "probes[1]: name 'x' is already used by probes[0]"),
+        (
+            [{"type": "exec", "container": "db", "command": "mysqladmin ping"}],
+            "probes[0]: 'command' must be a list (argv)",
+        ),
+        (
+            [{"type": "exec", "container": "db", "command": ["mysqladmin ping"]}],
+            "probes[0]: 'command' is one argv element with spaces",
+        ),
+        (
+            [
+                {"type": "tcp", "host": "h", "port": 1, "name": "x"},
+                {"type": "tcp", "host": "h", "port": 2, "name": "x"},
+            ],
+            "probes[1]: name 'x' is already used by probes[0]",
+        ),
         (["not a dict"], "probes[0]: must be a dict"),
         ([], "probes is empty"),
     ],
@@ -158,8 +181,14 @@ def test_http_redirect_not_followed_by_default(http_server):
 
 
 def test_http_host_header_is_sent(http_server):
-    result = one({"type": "http", "url": http_server.url("/echo-host"), "headers": {"Host": "app.example.com"},
-                  "body_pattern": "^host=app.example.com$"})
+    result = one(
+        {
+            "type": "http",
+            "url": http_server.url("/echo-host"),
+            "headers": {"Host": "app.example.com"},
+            "body_pattern": "^host=app.example.com$",
+        }
+    )
     assert result.ok, result.error
     assert result.target.endswith("(Host: app.example.com)")
 
@@ -212,8 +241,17 @@ def test_http_retries_until_ready(http_server):
 
 def test_http_retries_exhausted(http_server):
     key = uuid.uuid4().hex
-    report = check([{"type": "http", "name": "warming", "url": http_server.url("/flaky?n=5&key=%s" % key),
-                     "retries": 1, "delay": 0.05}])
+    report = check(
+        [
+            {
+                "type": "http",
+                "name": "warming",
+                "url": http_server.url("/flaky?n=5&key=%s" % key),
+                "retries": 1,
+                "delay": 0.05,
+            }
+        ]
+    )
     (result,) = report.results
     assert not result.ok and result.attempts == 2 and result.status == 503
     assert "after 2 attempts" in report.failure_message()
@@ -241,12 +279,14 @@ def test_tcp_closed(closed_port):
 
 
 def test_report_summary_and_failure_message(http_server, tcp_listener, closed_port):
-    report = check([
-        {"type": "http", "name": "api", "url": http_server.url("/ok")},
-        {"type": "tcp", "name": "redis", "host": "127.0.0.1", "port": tcp_listener},
-        {"type": "tcp", "name": "db", "host": "127.0.0.1", "port": closed_port},
-        {"type": "http", "name": "frontend", "url": http_server.url("/status/502")},
-    ])
+    report = check(
+        [
+            {"type": "http", "name": "api", "url": http_server.url("/ok")},
+            {"type": "tcp", "name": "redis", "host": "127.0.0.1", "port": tcp_listener},
+            {"type": "tcp", "name": "db", "host": "127.0.0.1", "port": closed_port},
+            {"type": "http", "name": "frontend", "url": http_server.url("/status/502")},
+        ]
+    )
     assert not report.healthy
     assert report.failed_probes == ["db", "frontend"]
     assert report.summary == "2/4 probes healthy; failing: db, frontend"
@@ -256,8 +296,19 @@ def test_report_summary_and_failure_message(http_server, tcp_listener, closed_po
     assert "[frontend] http GET %s: HTTP 502 (expected 200)" % http_server.url("/status/502") in message
     as_dict = report.to_dict()
     assert [p["name"] for p in as_dict["probes"]] == ["api", "redis", "db", "frontend"]
-    assert set(as_dict["probes"][0]) == {"name", "type", "target", "ok", "status", "health", "latency_ms",
-                                         "attempts", "detail", "error", "evidence"}
+    assert set(as_dict["probes"][0]) == {
+        "name",
+        "type",
+        "target",
+        "ok",
+        "status",
+        "health",
+        "latency_ms",
+        "attempts",
+        "detail",
+        "error",
+        "evidence",
+    }
 
 
 def test_all_healthy_summary(http_server):
@@ -267,8 +318,7 @@ def test_all_healthy_summary(http_server):
 
 def test_probes_run_concurrently(http_server):
     count, each_s = 20, 0.5
-    raw = [{"type": "http", "name": "slow-%d" % i, "url": http_server.url("/slow?s=%s" % each_s)}
-           for i in range(count)]
+    raw = [{"type": "http", "name": "slow-%d" % i, "url": http_server.url("/slow?s=%s" % each_s)} for i in range(count)]
     started = time.monotonic()
     report = check(raw)
     wall = time.monotonic() - started
@@ -314,13 +364,24 @@ def test_a_crashing_probe_does_not_hide_the_others(http_server, monkeypatch):
 
 
 def _inspect(status="running", health=None, restarts=0, exit_code=0, oom=False, log=None, streak=0):
-    state = {"Status": status, "Running": status in ("running", "restarting"), "Restarting": status == "restarting",
-             "ExitCode": exit_code, "OOMKilled": oom, "Error": "", "StartedAt": "2024-05-01T10:00:00Z",
-             "FinishedAt": "2024-05-01T10:05:00Z"}
+    state = {
+        "Status": status,
+        "Running": status in ("running", "restarting"),
+        "Restarting": status == "restarting",
+        "ExitCode": exit_code,
+        "OOMKilled": oom,
+        "Error": "",
+        "StartedAt": "2024-05-01T10:00:00Z",
+        "FinishedAt": "2024-05-01T10:05:00Z",
+    }
     if health:
         state["Health"] = {"Status": health, "FailingStreak": streak, "Log": log or []}
-    return {"Id": "0123456789abcdef", "RestartCount": restarts, "State": state,
-            "Config": {"Image": "registry:5000/demo-backend:1.0"}}
+    return {
+        "Id": "0123456789abcdef",
+        "RestartCount": restarts,
+        "State": state,
+        "Config": {"Image": "registry:5000/demo-backend:1.0"},
+    }
 
 
 class FakeDocker:
@@ -353,8 +414,9 @@ def run_with(fake, raw):
     return check(raw, client_factory=lambda host: fake)
 
 
-CHECK_LOG = [{"Start": "s%d" % i, "End": "e%d" % i, "ExitCode": 1, "Output": "curl: (7) connection refused\n"}
-             for i in range(7)]
+CHECK_LOG = [
+    {"Start": "s%d" % i, "End": "e%d" % i, "ExitCode": 1, "Output": "curl: (7) connection refused\n"} for i in range(7)
+]
 
 
 @pytest.mark.parametrize(
@@ -362,8 +424,11 @@ CHECK_LOG = [{"Start": "s%d" % i, "End": "e%d" % i, "ExitCode": 1, "Output": "cu
     [
         (_inspect(), True, None),
         (_inspect(health="healthy"), True, None),
-        (_inspect(health="unhealthy", log=CHECK_LOG, streak=7), False,
-         "health is unhealthy after 7 failing checks; last check exit 1: curl: (7) connection refused"),
+        (
+            _inspect(health="unhealthy", log=CHECK_LOG, streak=7),
+            False,
+            "health is unhealthy after 7 failing checks; last check exit 1: curl: (7) connection refused",
+        ),
         (_inspect(health="starting"), False, "health is starting: the healthcheck has not passed yet"),
         (_inspect(status="exited", exit_code=137, oom=True), False, "container is exited (exit code 137, OOM killed"),
         (_inspect(status="restarting", exit_code=1), False, "container is restarting (last exit code 1)"),
@@ -421,12 +486,25 @@ def test_container_probe_retries_until_healthy():
         (ExecResult(0, b"mysqld is alive\n"), {}, True, None),
         (ExecResult(0, b"mysqld is alive\n"), {"stdout_pattern": "alive"}, True, None),
         (ExecResult(0, b"hello\n"), {"stdout_pattern": "alive"}, False, "stdout does not match /alive/: 'hello'"),
-        (ExecResult(1, b"", b"error: 'Can't connect to local server'\n"), {}, False,
-         "exit code 1 (expected 0): error: 'Can't connect to local server'"),
+        (
+            ExecResult(1, b"", b"error: 'Can't connect to local server'\n"),
+            {},
+            False,
+            "exit code 1 (expected 0): error: 'Can't connect to local server'",
+        ),
         (ExecResult(3, b""), {"expect_rc": 3}, True, None),
-        (DockerConflict(409, "Docker API POST /x: HTTP 409: Container 0123 is not running", "POST", "/x",
-                        "Container 0123 is not running"), {}, False,
-         "cannot exec in container 'db': Container 0123 is not running"),
+        (
+            DockerConflict(
+                409,
+                "Docker API POST /x: HTTP 409: Container 0123 is not running",
+                "POST",
+                "/x",
+                "Container 0123 is not running",
+            ),
+            {},
+            False,
+            "cannot exec in container 'db': Container 0123 is not running",
+        ),
         (DockerTimeout("slow"), {"timeout": 0.5}, False, "command did not finish within 0.5 s"),
         (DockerNotFound(404, "No such container: db"), {}, False, "no container named 'db'"),
     ],
@@ -446,9 +524,11 @@ def test_exec_outcomes(outcome, raw_extra, ok, error_part):
 
 def test_docker_unreachable_fails_only_docker_probes(http_server, tmp_path):
     report = check(
-        [{"type": "http", "name": "api", "url": http_server.url("/ok")},
-         {"type": "container", "name": "web", "container": "web"},
-         {"type": "exec", "name": "db", "container": "db", "command": ["true"]}],
+        [
+            {"type": "http", "name": "api", "url": http_server.url("/ok")},
+            {"type": "container", "name": "web", "container": "web"},
+            {"type": "exec", "name": "db", "container": "db", "command": ["true"]},
+        ],
         docker_host="unix://%s/docker.sock" % tmp_path,
     )
     assert report.failed_probes == ["web", "db"]

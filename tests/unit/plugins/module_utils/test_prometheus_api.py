@@ -16,8 +16,9 @@ from ansible_collections.opsbook.stack.plugins.module_utils import _prometheus a
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 
-@pytest.mark.parametrize("text,seconds", [("2h", 7200), ("1h30m", 5400), ("90s", 90), ("1d", 86400),
-                                          ("500ms", 0.5), ("1w", 604800)])
+@pytest.mark.parametrize(
+    "text,seconds", [("2h", 7200), ("1h30m", 5400), ("90s", 90), ("1d", 86400), ("500ms", 0.5), ("1w", 604800)]
+)
 def test_parse_duration(text, seconds):
     assert api.parse_duration(text) == seconds
 
@@ -54,8 +55,9 @@ def test_matchers_compare_as_sets():
 
 def test_unreachable_prometheus_names_the_url(closed_port):
     settings = api.HttpSettings(url="http://127.0.0.1:%d" % closed_port, timeout=2)
-    with pytest.raises(api.ApiError, match=r"GET http://127\.0\.0\.1:%d/api/v1/query\?query=up: cannot connect"
-                       % closed_port):
+    with pytest.raises(
+        api.ApiError, match=r"GET http://127\.0\.0\.1:%d/api/v1/query\?query=up: cannot connect" % closed_port
+    ):
         api.instant_query(settings, "up")
 
 
@@ -84,8 +86,9 @@ def test_alerts_firing_and_pending(monitoring):  # noqa: F811
     assert by_name["PendingForAnHour"].state == "pending"
     assert "NeverFires" not in by_name
     assert [a.name for a in api.select_alerts(alerts, ["firing"], None, None)] == ["AlwaysFiring"]
-    assert [a.name for a in api.select_alerts(alerts, ["firing", "pending"], None, {"runbook_id": "service-down"})] \
-        == ["PendingForAnHour"]
+    assert [a.name for a in api.select_alerts(alerts, ["firing", "pending"], None, {"runbook_id": "service-down"})] == [
+        "PendingForAnHour"
+    ]
     assert api.select_alerts(alerts, ["firing"], ["NeverFires"], None) == []
 
 

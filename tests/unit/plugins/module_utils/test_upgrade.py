@@ -14,11 +14,23 @@ import time
 
 import pytest
 import yaml
+
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, Release, ServiceImage
 from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import ProjectLocked, project_lock
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
-    BadRequest, ComposeService, Settings, choose_release, content_key, established_on_ports, judge_bake,
-    parse_access_line, parse_docker_time, plan_service, set_service_image, split_image, target_image,
+    BadRequest,
+    ComposeService,
+    Settings,
+    choose_release,
+    content_key,
+    established_on_ports,
+    judge_bake,
+    parse_access_line,
+    parse_docker_time,
+    plan_service,
+    set_service_image,
+    split_image,
+    target_image,
     upstream_addresses,
 )
 
@@ -46,12 +58,15 @@ services:
 """
 
 
-@pytest.mark.parametrize("ref, expected", [
-    ("registry:5000/demo-backend:1.0", ("registry:5000/demo-backend", "1.0")),
-    ("registry:5000/demo-backend", ("registry:5000/demo-backend", "latest")),
-    ("nginx", ("nginx", "latest")),
-    ("reg/app@sha256:abc", ("reg/app", "")),
-])
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("registry:5000/demo-backend:1.0", ("registry:5000/demo-backend", "1.0")),
+        ("registry:5000/demo-backend", ("registry:5000/demo-backend", "latest")),
+        ("nginx", ("nginx", "latest")),
+        ("reg/app@sha256:abc", ("reg/app", "")),
+    ],
+)
 def test_split_image(ref, expected):
     assert split_image(ref) == expected
 
@@ -87,8 +102,10 @@ def test_set_service_image_refuses_a_service_without_image_line():
         set_service_image(COMPOSE, "nosuch", "x:1")
 
 
-LOG = ('127.0.0.1 - - [22/Nov/2026:16:00:00 +0000] "GET /api/version HTTP/1.1" %s 60 "-" "load" "-" '
-       'rt=0.004 urt="%s" ua="%s" rid=abc')
+LOG = (
+    '127.0.0.1 - - [22/Nov/2026:16:00:00 +0000] "GET /api/version HTTP/1.1" %s 60 "-" "load" "-" '
+    'rt=0.004 urt="%s" ua="%s" rid=abc'
+)
 
 
 def test_parse_access_line_takes_the_last_upstream_try():
@@ -135,15 +152,18 @@ def test_established_on_ports_counts_only_established_rows(tmp_path):
         "   0: 0100007F:8000 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1\n"  # est
         "   1: 0100007F:8000 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2\n"  # listen
         "   2: 0100007F:D432 0100007F:8000 01 00000000:00000000 00:00000000 00000000     0        0 3\n"  # est
-        "   3: 0100007F:D433 0100007F:9000 06 00000000:00000000 00:00000000 00000000     0        0 4\n")  # wait
+        "   3: 0100007F:D433 0100007F:9000 06 00000000:00000000 00:00000000 00000000     0        0 4\n"
+    )  # wait
     assert established_on_ports([0x8000], [str(table)]) == 2
     assert established_on_ports([0x9000], [str(table)]) == 0
     assert established_on_ports([0x8000], [str(tmp_path / "missing")]) == 0
 
 
 def test_upstream_addresses_reads_the_shared_functions_file():
-    content = ("upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:32768;  # demo-backend-1\n"
-               "    server 127.0.0.1:32770 weight=10;  # demo-backend-3\n    keepalive 32;\n}\n")
+    content = (
+        "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:32768;  # demo-backend-1\n"
+        "    server 127.0.0.1:32770 weight=10;  # demo-backend-3\n    keepalive 32;\n}\n"
+    )
     assert upstream_addresses(content) == ["127.0.0.1:32768", "127.0.0.1:32770"]
     assert upstream_addresses(None) == []
 
@@ -187,6 +207,7 @@ class FakeHost:
 
     def containers(self, service, port=None):
         from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Container
+
         return [Container(c["Id"], c["Id"], c["ImageID"], c["State"], 1, 0.0, 30000) for c in self.client.containers]
 
 
@@ -195,8 +216,17 @@ IMG2 = {"Id": "sha256:two", "RepoDigests": ["reg/app@sha256:d2"]}
 
 
 def running(image_id, n=2, ref="reg/app:1"):
-    return [{"Id": "c%d" % i, "ImageID": image_id, "State": "running", "Image": ref, "Created": i,
-             "Labels": {"com.docker.compose.service": "web"}} for i in range(n)]
+    return [
+        {
+            "Id": "c%d" % i,
+            "ImageID": image_id,
+            "State": "running",
+            "Image": ref,
+            "Created": i,
+            "Labels": {"com.docker.compose.service": "web"},
+        }
+        for i in range(n)
+    ]
 
 
 def test_plan_is_none_when_every_replica_runs_the_target(tmp_path):
@@ -222,14 +252,25 @@ def test_plan_in_check_mode_asks_the_registry_for_an_image_not_pulled_yet(tmp_pa
 
 
 def rel(n, image_id, status="succeeded"):
-    return Release(id="r%d" % n, project="demo", kind="upgrade", status=status, created="", created_ts=1000.0 + n,
-                   services={"web": ServiceImage("reg/app:%d" % n, image_id, "reg/app@sha256:d%d" % n)})
+    return Release(
+        id="r%d" % n,
+        project="demo",
+        kind="upgrade",
+        status=status,
+        created="",
+        created_ts=1000.0 + n,
+        services={"web": ServiceImage("reg/app:%d" % n, image_id, "reg/app@sha256:d%d" % n)},
+    )
 
 
 def test_choose_release_skips_what_runs_failed_ones_and_missing_images(tmp_path):
     journal = Journal(str(tmp_path / "journal"), "demo")
-    for release in (rel(1, "sha256:one"), rel(2, "sha256:gone"), rel(3, "sha256:three", "failed"),
-                    rel(4, "sha256:two")):
+    for release in (
+        rel(1, "sha256:one"),
+        rel(2, "sha256:gone"),
+        rel(3, "sha256:three", "failed"),
+        rel(4, "sha256:two"),
+    ):
         journal.record(release)
     images = {"sha256:one": IMG1, "sha256:two": IMG2, "sha256:three": {"Id": "sha256:three"}}
     host = FakeHost(tmp_path, running("sha256:two", ref="reg/app:4"), images)
@@ -297,8 +338,10 @@ class LeftoverHost:
 
     def __init__(self, containers, serving):
         from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Container
-        self.items = [Container(name, name, "img", state, n, float(n), port)
-                      for n, (name, state, port) in enumerate(containers)]
+
+        self.items = [
+            Container(name, name, "img", state, n, float(n), port) for n, (name, state, port) in enumerate(containers)
+        ]
         self.upstream = list(serving)
         self.removed = []
         self.switched = []
@@ -323,6 +366,7 @@ class LeftoverHost:
 
 def reconciled(tmp_path, containers, serving, records=()):
     from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Run, reconcile
+
     journal = Journal(str(tmp_path), "demo")
     for record in records:
         journal.record(record)
@@ -356,8 +400,12 @@ def test_killed_during_a_canary_goes_back_to_the_old_containers_first(tmp_path):
 
 
 def test_an_interrupted_record_is_marked_failed_and_a_clean_host_is_left_alone(tmp_path):
-    host, journal, run = reconciled(tmp_path, [("web-1", "running", 1), ("web-2", "running", 2)],
-                                    ["127.0.0.1:1", "127.0.0.1:2"], [rel(1, "sha256:one", "in_progress")])
+    host, journal, run = reconciled(
+        tmp_path,
+        [("web-1", "running", 1), ("web-2", "running", 2)],
+        ["127.0.0.1:1", "127.0.0.1:2"],
+        [rel(1, "sha256:one", "in_progress")],
+    )
     assert not host.removed and not host.switched
     record = journal.get("r1")
     assert record.status == "failed" and record.detail.startswith("interrupted")

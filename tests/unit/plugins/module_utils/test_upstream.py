@@ -20,7 +20,6 @@ import uuid
 
 import pytest
 
-
 from ansible_collections.opsbook.stack.plugins.module_utils import _upstream as up
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerNotFound
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
@@ -40,9 +39,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     upstream_name,
 )
 from ansible_collections.opsbook.stack.plugins.modules import nginx_upstream
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
-
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers: a recording nginx, a fake engine, a fake nginx binary for the failing test
@@ -62,7 +59,9 @@ class RecordingRunner:
         argv = list(argv)
         self.calls.append(argv)
         if argv[1:2] == ["-t"]:
-            return CommandResult(tuple(argv), self.test_rc, "", "nginx: configuration file /etc/nginx/nginx.conf test is successful")
+            return CommandResult(
+                tuple(argv), self.test_rc, "", "nginx: configuration file /etc/nginx/nginx.conf test is successful"
+            )
         if argv[:2] == ["systemctl", "is-active"]:
             return CommandResult(tuple(argv), 0 if self.running else 3, "", "")
         return CommandResult(tuple(argv), self.reload_rc, "", "" if self.reload_rc == 0 else "reload failed")
@@ -78,16 +77,26 @@ def systemd_nginx(runner, tmp_path) -> NginxControl:
     return NginxControl(runner=runner, systemd_dir=str(systemd))
 
 
-def container(cid, name, number, status="running", health="healthy", ports=None, oneoff=False,
-              project="demo", service="backend"):
-    labels = {up.LABEL_PROJECT: project, up.LABEL_SERVICE: service, up.LABEL_NUMBER: str(number),
-              up.LABEL_ONEOFF: "True" if oneoff else "False"}
+def container(
+    cid, name, number, status="running", health="healthy", ports=None, oneoff=False, project="demo", service="backend"
+):
+    labels = {
+        up.LABEL_PROJECT: project,
+        up.LABEL_SERVICE: service,
+        up.LABEL_NUMBER: str(number),
+        up.LABEL_ONEOFF: "True" if oneoff else "False",
+    }
     state = {"Status": status, "Running": status == "running", "Restarting": False, "Paused": False}
     if health is not None:
         state["Health"] = {"Status": health, "Log": []}
     listing = {"Id": cid, "Names": ["/" + name], "Labels": labels, "State": status}
-    inspect = {"Id": cid, "Name": "/" + name, "Config": {"Labels": labels}, "State": state,
-               "NetworkSettings": {"Ports": ports if ports is not None else {}}}
+    inspect = {
+        "Id": cid,
+        "Name": "/" + name,
+        "Config": {"Labels": labels},
+        "State": state,
+        "NetworkSettings": {"Ports": ports if ports is not None else {}},
+    }
     return listing, inspect
 
 
@@ -201,17 +210,20 @@ def test_render_without_keepalive():
     assert "keepalive" not in text
 
 
-@pytest.mark.parametrize("server, message", [
-    (Server("127.0.0.1"), "host:port"),
-    (Server("127.0.0.1:0"), "host:port"),
-    (Server("127.0.0.1:70000"), "host:port"),
-    (Server("127.0.0.1:80; include /etc/shadow"), "host:port"),
-    (Server("evil;host:80"), "neither"),
-    (Server("[zz::1]:80"), "IPv6"),
-    (Server("127.0.0.1:80", weight=0), "weight must be 1 or more"),
-    (Server("127.0.0.1:80", fail_timeout="soon"), "fail_timeout"),
-    (Server("unix:/run/app.sock;x"), "characters"),
-])
+@pytest.mark.parametrize(
+    "server, message",
+    [
+        (Server("127.0.0.1"), "host:port"),
+        (Server("127.0.0.1:0"), "host:port"),
+        (Server("127.0.0.1:70000"), "host:port"),
+        (Server("127.0.0.1:80; include /etc/shadow"), "host:port"),
+        (Server("evil;host:80"), "neither"),
+        (Server("[zz::1]:80"), "IPv6"),
+        (Server("127.0.0.1:80", weight=0), "weight must be 1 or more"),
+        (Server("127.0.0.1:80", fail_timeout="soon"), "fail_timeout"),
+        (Server("unix:/run/app.sock;x"), "characters"),
+    ],
+)
 def test_render_rejects_what_nginx_could_misread(server, message):
     with pytest.raises(UpstreamConfigError, match=message):
         render_upstream(Upstream("x", (server,)))
@@ -225,9 +237,11 @@ def test_render_rejects_duplicates_and_empty():
 
 
 def test_nginx_error_line_picks_nginx_own_words():
-    out = ("nginx: [warn] conflicting server name \"_\" on 0.0.0.0:80, ignored\n"
-           "nginx: [emerg] unknown directive \"bogus\" in /etc/nginx/conf.d/site.conf:12\n"
-           "nginx: configuration file /etc/nginx/nginx.conf test failed\n")
+    out = (
+        "nginx: [warn] conflicting server name \"_\" on 0.0.0.0:80, ignored\n"
+        "nginx: [emerg] unknown directive \"bogus\" in /etc/nginx/conf.d/site.conf:12\n"
+        "nginx: configuration file /etc/nginx/nginx.conf test failed\n"
+    )
     assert nginx_error_line(out) == 'nginx: [emerg] unknown directive "bogus" in /etc/nginx/conf.d/site.conf:12'
     assert nginx_error_line("something odd\n\n") == "something odd"
 
@@ -281,8 +295,10 @@ def test_discovery_needs_the_port_when_several_are_published():
 
 
 def test_discovery_weights_by_container_name():
-    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(40001)),
-                        container("c3", "demo-backend-3", 3, ports=published(40003)))
+    engine = FakeEngine(
+        container("c1", "demo-backend-1", 1, ports=published(40001)),
+        container("c3", "demo-backend-3", 3, ports=published(40003)),
+    )
     found = discover_servers(engine, "demo", "backend", 8000, weights={"demo-backend-3": 1, "demo-backend-1": 9})
     assert [(s.address, s.weight) for s in found.servers] == [("127.0.0.1:40001", 9), ("127.0.0.1:40003", 1)]
 
@@ -310,8 +326,13 @@ def test_activate_writes_tests_and_reloads_then_is_quiet(tmp_path):
 def test_activate_check_mode_writes_nothing(tmp_path):
     runner = RecordingRunner()
     path = tmp_path / "x.conf"
-    result = activate(str(path), "upstream x { server 127.0.0.1:1; }\n", nginx=systemd_nginx(runner, tmp_path),
-                      check_mode=True, lock_path=None)
+    result = activate(
+        str(path),
+        "upstream x { server 127.0.0.1:1; }\n",
+        nginx=systemd_nginx(runner, tmp_path),
+        check_mode=True,
+        lock_path=None,
+    )
     assert result.changed and not path.exists() and runner.calls == []
 
 
@@ -379,11 +400,18 @@ def test_reload_failure_is_reported(tmp_path):
 
 
 def test_sync_from_docker_then_idempotent(tmp_path):
-    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)),
-                        container("c2", "demo-backend-2", 2, ports=published(49160)))
+    engine = FakeEngine(
+        container("c1", "demo-backend-1", 1, ports=published(49153)),
+        container("c2", "demo-backend-2", 2, ports=published(49160)),
+    )
     runner = RecordingRunner()
-    kwargs = dict(port=8000, directory=str(tmp_path / "upstreams.d"), docker=engine,
-                  nginx=systemd_nginx(runner, tmp_path), lock_path=str(tmp_path / "lock"))
+    kwargs = dict(
+        port=8000,
+        directory=str(tmp_path / "upstreams.d"),
+        docker=engine,
+        nginx=systemd_nginx(runner, tmp_path),
+        lock_path=str(tmp_path / "lock"),
+    )
     first = sync_upstream("demo", "backend", **kwargs)
     assert first.changed and first.reloaded and first.name == "demo_backend"
     text = (tmp_path / "upstreams.d" / "demo_backend.conf").read_text()
@@ -401,8 +429,15 @@ def test_sync_refuses_an_upstream_without_servers(tmp_path):
     engine = FakeEngine(container("c1", "demo-backend-1", 1, health="unhealthy", ports=published(49153)))
     runner = RecordingRunner()
     with pytest.raises(NoHealthyServers) as caught:
-        sync_upstream("demo", "backend", port=8000, directory=str(directory), docker=engine,
-                      nginx=systemd_nginx(runner, tmp_path), lock_path=None)
+        sync_upstream(
+            "demo",
+            "backend",
+            port=8000,
+            directory=str(directory),
+            docker=engine,
+            nginx=systemd_nginx(runner, tmp_path),
+            lock_path=None,
+        )
     assert "demo-backend-1: health is unhealthy" in str(caught.value)
     assert "left as it is" in str(caught.value)
     assert (directory / "demo_backend.conf").read_text() == "last good\n"
@@ -412,8 +447,14 @@ def test_sync_refuses_an_upstream_without_servers(tmp_path):
 def test_sync_with_explicit_weighted_servers_for_a_canary(tmp_path):
     runner = RecordingRunner()
     servers = [Server("127.0.0.1:40003", weight=1, comment="new"), Server("127.0.0.1:40001", weight=9, comment="old")]
-    result = sync_upstream("demo", "backend", servers=servers,
-                           directory=str(tmp_path), nginx=systemd_nginx(runner, tmp_path), lock_path=None)
+    result = sync_upstream(
+        "demo",
+        "backend",
+        servers=servers,
+        directory=str(tmp_path),
+        nginx=systemd_nginx(runner, tmp_path),
+        lock_path=None,
+    )
     assert [s.address for s in result.servers] == ["127.0.0.1:40001", "127.0.0.1:40003"]
     assert "server 127.0.0.1:40001 weight=9;  # old\n    server 127.0.0.1:40003 weight=1;  # new\n" in result.content
 
@@ -429,9 +470,14 @@ def run_upstream(args: dict, capsys) -> dict:
 
 def test_module_check_mode_then_real_then_quiet(fake_nginx, capsys):
     conf_dir, nginx = fake_nginx
-    args = {"name": "app_hosts", "servers": [{"address": "10.0.0.12:8080"}, {"address": "10.0.0.11:8080"}],
-            "directory": str(conf_dir), "nginx_binary": nginx.binary, "reload": False,
-            "lock_path": str(conf_dir.parent / "lock")}
+    args = {
+        "name": "app_hosts",
+        "servers": [{"address": "10.0.0.12:8080"}, {"address": "10.0.0.11:8080"}],
+        "directory": str(conf_dir),
+        "nginx_binary": nginx.binary,
+        "reload": False,
+        "lock_path": str(conf_dir.parent / "lock"),
+    }
     checked = run_upstream({**args, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
     assert checked["changed"] is True and "server 10.0.0.11:8080;" in checked["diff"]["after"]
     assert not (conf_dir / "app_hosts.conf").exists()
@@ -445,8 +491,16 @@ def test_module_check_mode_then_real_then_quiet(fake_nginx, capsys):
 def test_module_fails_with_nginx_error_and_keeps_the_old_file(fake_nginx, capsys):
     conf_dir, nginx = fake_nginx
     (conf_dir / "zz.conf").write_text("BROKEN;\n")  # something else breaks the configuration
-    result = run_upstream({"name": "app_hosts", "servers": [{"address": "10.0.0.11:8080"}], "directory": str(conf_dir),
-                          "nginx_binary": nginx.binary, "lock_path": str(conf_dir.parent / "lock")}, capsys)
+    result = run_upstream(
+        {
+            "name": "app_hosts",
+            "servers": [{"address": "10.0.0.11:8080"}],
+            "directory": str(conf_dir),
+            "nginx_binary": nginx.binary,
+            "lock_path": str(conf_dir.parent / "lock"),
+        },
+        capsys,
+    )
     assert result["failed"] is True
     assert result["nginx_error"].startswith('nginx: [emerg] unknown directive "BROKEN"')
     assert not (conf_dir / "app_hosts.conf").exists()
@@ -455,8 +509,15 @@ def test_module_fails_with_nginx_error_and_keeps_the_old_file(fake_nginx, capsys
 def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
     conf_dir, nginx = fake_nginx
     (conf_dir / "demo_legacy.conf").write_text("upstream demo_legacy { server 127.0.0.1:1; }\n")
-    args = {"project": "demo", "service": "legacy", "state": "absent", "directory": str(conf_dir),
-            "nginx_binary": nginx.binary, "reload": False, "lock_path": str(conf_dir.parent / "lock")}
+    args = {
+        "project": "demo",
+        "service": "legacy",
+        "state": "absent",
+        "directory": str(conf_dir),
+        "nginx_binary": nginx.binary,
+        "reload": False,
+        "lock_path": str(conf_dir.parent / "lock"),
+    }
     removed = run_upstream(args, capsys)
     assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
     assert not (conf_dir / "demo_legacy.conf").exists()
@@ -489,10 +550,29 @@ def test_discovery_against_the_real_engine(tmp_path):
         for number in (1, 2):
             name = "%s-backend-%d" % (project, number)
             subprocess.run(
-                ["docker", "run", "-d", "--name", name, "-p", "127.0.0.1::8000",
-                 "--label", "%s=%s" % (up.LABEL_PROJECT, project), "--label", "%s=backend" % up.LABEL_SERVICE,
-                 "--label", "%s=%d" % (up.LABEL_NUMBER, number), "--health-interval", "1s",
-                 "--health-start-period", "0s", IMAGE], check=True, capture_output=True)
+                [
+                    "docker",
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "-p",
+                    "127.0.0.1::8000",
+                    "--label",
+                    "%s=%s" % (up.LABEL_PROJECT, project),
+                    "--label",
+                    "%s=backend" % up.LABEL_SERVICE,
+                    "--label",
+                    "%s=%d" % (up.LABEL_NUMBER, number),
+                    "--health-interval",
+                    "1s",
+                    "--health-start-period",
+                    "0s",
+                    IMAGE,
+                ],
+                check=True,
+                capture_output=True,
+            )
             names.append(name)
         client = DockerClient()
         deadline = time.monotonic() + 30
@@ -502,8 +582,9 @@ def test_discovery_against_the_real_engine(tmp_path):
             found = discover_servers(client, project, "backend", 8000)
         assert [s.comment for s in sorted(found.servers, key=lambda s: s.comment)] == names
         for server in found.servers:
-            port = subprocess.run(["docker", "port", server.comment, "8000/tcp"], capture_output=True, text=True,
-                                  check=True).stdout.split()[0]
+            port = subprocess.run(
+                ["docker", "port", server.comment, "8000/tcp"], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
             assert port == server.address
     finally:
         if names:

@@ -17,11 +17,9 @@ import urllib.request
 
 import pytest
 
-
 from ansible_collections.opsbook.stack.plugins.modules import alertmanager_silence
-from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
+from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = pytest.mark.docker
 
@@ -35,15 +33,26 @@ def run(args: dict, capsys, check: bool = False) -> dict:
 def live(url: str, project: str) -> list:
     with urllib.request.urlopen(url + "/api/v2/silences", timeout=5) as resp:
         silences = json.loads(resp.read())
-    return [s for s in silences if s["status"]["state"] == "active"
-            and any(m["name"] == "project" and m["value"] == project for m in s["matchers"])]
+    return [
+        s
+        for s in silences
+        if s["status"]["state"] == "active"
+        and any(m["name"] == "project" and m["value"] == project for m in s["matchers"])
+    ]
 
 
 def test_create_reuse_expire_four_times_each(monitoring, capsys):  # noqa: F811
     project = "p" + secrets.token_hex(3)
-    args = {"url": monitoring.alertmanager_url, "duration": "30m", "comment": "upgrade", "created_by": "pytest",
-            "matchers": [{"name": "project", "value": project},
-                         {"name": "severity", "value": "warning|critical", "is_regex": True}]}
+    args = {
+        "url": monitoring.alertmanager_url,
+        "duration": "30m",
+        "comment": "upgrade",
+        "created_by": "pytest",
+        "matchers": [
+            {"name": "project", "value": project},
+            {"name": "severity", "value": "warning|critical", "is_regex": True},
+        ],
+    }
 
     assert run(args, capsys, check=True)["changed"] is True
     assert live(monitoring.alertmanager_url, project) == []
@@ -77,8 +86,10 @@ def test_expire_by_matchers_whoever_made_it(monitoring, capsys):  # noqa: F811
 
 
 def test_bad_input_is_refused_before_any_change(monitoring, capsys):  # noqa: F811
-    bad = run({"url": monitoring.alertmanager_url, "duration": "soon",
-               "matchers": [{"name": "project", "value": "x"}]}, capsys)
+    bad = run(
+        {"url": monitoring.alertmanager_url, "duration": "soon", "matchers": [{"name": "project", "value": "x"}]},
+        capsys,
+    )
     assert bad["failed"] is True and bad["msg"].startswith("duration: 'soon' is not a duration")
     missing = run({"url": monitoring.alertmanager_url, "state": "absent"}, capsys)
     assert missing["failed"] is True and "silence_id or matchers" in missing["msg"]

@@ -14,11 +14,9 @@ import subprocess
 
 import pytest
 
-
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 from ansible_collections.opsbook.stack.plugins.modules import backup as backup_module
 from ansible_collections.opsbook.stack.plugins.modules import restore as restore_module
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 IMAGE = "127.0.0.1:5000/redis:7.0"
@@ -38,8 +36,9 @@ def redis():
     except DockerError as exc:
         pytest.skip("sandbox image %s missing: %s" % (IMAGE, exc))
     name = "opsbook-bkp-test-modredis-%s" % secrets.token_hex(3)
-    client.request_json("POST", "/containers/create", query={"name": name},
-                        body={"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}})
+    client.request_json(
+        "POST", "/containers/create", query={"name": name}, body={"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}}
+    )
     try:
         client.request("POST", "/containers/%s/start" % name)
         for _i in range(100):
@@ -51,8 +50,9 @@ def redis():
 
 
 def cli(name, *args):
-    return subprocess.run(["docker", "exec", name, "redis-cli"] + list(args), capture_output=True, text=True,
-                          check=True, timeout=30).stdout.strip()
+    return subprocess.run(
+        ["docker", "exec", name, "redis-cli"] + list(args), capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
 
 
 def test_missing_container_argument_is_refused(capsys, tmp_path):
@@ -62,8 +62,13 @@ def test_missing_container_argument_is_refused(capsys, tmp_path):
 
 @pytest.mark.docker
 def test_backup_check_real_and_restore_check_real(redis, tmp_path, capsys):
-    common = {"component": "r", "type": "redis", "container": redis, "dest": str(tmp_path / "b"),
-              "drill_prefix": "opsbook-bkp-test-drill-"}
+    common = {
+        "component": "r",
+        "type": "redis",
+        "container": redis,
+        "dest": str(tmp_path / "b"),
+        "drill_prefix": "opsbook-bkp-test-drill-",
+    }
     cli(redis, "SET", "k", "v1")
     planned = run(backup_module, dict(common, _ansible_check_mode=True), capsys)
     assert planned["changed"] is True and planned["plan"]["existing_backups"] == []

@@ -13,10 +13,8 @@ import json
 import pytest
 import yaml
 
-
 from ansible_collections.opsbook.stack.plugins.module_utils._probes import parse_probes
 from ansible_collections.opsbook.stack.plugins.modules import health_check
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import patch_module_args
 
 
@@ -29,24 +27,37 @@ def run_module(args: dict, capsys) -> dict:
 
 
 def test_healthy_run(http_server, tcp_listener, capsys):
-    result = run_module({"probes": [
-        {"type": "http", "name": "api", "url": http_server.url("/ok"), "body_pattern": "ok"},
-        {"type": "tcp", "name": "redis", "host": "127.0.0.1", "port": tcp_listener},
-    ]}, capsys)
+    result = run_module(
+        {
+            "probes": [
+                {"type": "http", "name": "api", "url": http_server.url("/ok"), "body_pattern": "ok"},
+                {"type": "tcp", "name": "redis", "host": "127.0.0.1", "port": tcp_listener},
+            ]
+        },
+        capsys,
+    )
     assert result.get("failed") is not True, result
     assert result["changed"] is False
     assert result["healthy"] is True
     assert result["summary"] == "2/2 probes healthy"
     assert result["failed_probes"] == []
-    assert [(p["name"], p["ok"], p["status"]) for p in result["probes"]] == [("api", True, 200), ("redis", True, "open")]
+    assert [(p["name"], p["ok"], p["status"]) for p in result["probes"]] == [
+        ("api", True, 200),
+        ("redis", True, "open"),
+    ]
 
 
 def test_unhealthy_run_fails_with_an_actionable_message(http_server, closed_port, capsys):
-    result = run_module({"probes": [
-        {"type": "http", "name": "api", "url": http_server.url("/ok")},
-        {"type": "http", "name": "frontend", "url": http_server.url("/status/502")},
-        {"type": "tcp", "name": "db", "host": "127.0.0.1", "port": closed_port, "retries": 1, "delay": 0.05},
-    ]}, capsys)
+    result = run_module(
+        {
+            "probes": [
+                {"type": "http", "name": "api", "url": http_server.url("/ok")},
+                {"type": "http", "name": "frontend", "url": http_server.url("/status/502")},
+                {"type": "tcp", "name": "db", "host": "127.0.0.1", "port": closed_port, "retries": 1, "delay": 0.05},
+            ]
+        },
+        capsys,
+    )
     assert result["failed"] is True and result["changed"] is False
     assert result["healthy"] is False
     assert result["failed_probes"] == ["frontend", "db"]
@@ -58,16 +69,18 @@ def test_unhealthy_run_fails_with_an_actionable_message(http_server, closed_port
 
 
 def test_fail_on_unhealthy_false_reports_without_failing(http_server, capsys):
-    result = run_module({"fail_on_unhealthy": False,
-                         "probes": [{"type": "http", "url": http_server.url("/status/500")}]}, capsys)
+    result = run_module(
+        {"fail_on_unhealthy": False, "probes": [{"type": "http", "url": http_server.url("/status/500")}]}, capsys
+    )
     assert "failed" not in result or result["failed"] is False
     assert result["healthy"] is False and result["failed_probes"] == [http_server.url("/status/500")]
     assert result["summary"].startswith("0/1 probes healthy")
 
 
 def test_check_mode_runs_the_probes(http_server, capsys):
-    result = run_module({"_ansible_check_mode": True,
-                         "probes": [{"type": "http", "url": http_server.url("/ok")}]}, capsys)
+    result = run_module(
+        {"_ansible_check_mode": True, "probes": [{"type": "http", "url": http_server.url("/ok")}]}, capsys
+    )
     assert result["changed"] is False and result["healthy"] is True
     assert "skipped" not in result
 
@@ -75,13 +88,19 @@ def test_check_mode_runs_the_probes(http_server, capsys):
 @pytest.mark.parametrize(
     "probes, message",
     [
-        ([{"type": "tcp", "host": "h", "port": 1}, {"type": "tcp", "host": "h", "port": 2}, {"type": "http"}],
-         "probes[2]: type 'http' needs 'url'"),
+        (
+            [{"type": "tcp", "host": "h", "port": 1}, {"type": "tcp", "host": "h", "port": 2}, {"type": "http"}],
+            "probes[2]: type 'http' needs 'url'",
+        ),
         ([{"type": "ftp"}], "probes[0]: unknown type 'ftp' (expected one of: http, tcp, container, exec)"),
-        ([{"type": "tcp", "host": "h", "port": 1, "container": "web"}],
-         "probes[0]: field(s) 'container' do not apply to type 'tcp'"),
-        ([{"type": "exec", "container": "db", "command": "mysqladmin ping"}],
-         "probes[0]: 'command' is one argv element with spaces"),
+        (
+            [{"type": "tcp", "host": "h", "port": 1, "container": "web"}],
+            "probes[0]: field(s) 'container' do not apply to type 'tcp'",
+        ),
+        (
+            [{"type": "exec", "container": "db", "command": "mysqladmin ping"}],
+            "probes[0]: 'command' is one argv element with spaces",
+        ),
         ([], "probes is empty"),
     ],
 )
@@ -160,8 +179,10 @@ def test_examples_are_valid_probe_lists():
     assert len(used) == 3
     for args in used:
         assert parse_probes(args["probes"])
-    assert all(set(task) - {"name", "register", "when"} <= {"opsbook.stack.health_check", "ansible.builtin.debug"}
-               for task in tasks)
+    assert all(
+        set(task) - {"name", "register", "when"} <= {"opsbook.stack.health_check", "ansible.builtin.debug"}
+        for task in tasks
+    )
 
 
 def test_return_documents_every_result_key(http_server, capsys):

@@ -12,11 +12,9 @@ import time
 
 import pytest
 
-
 from ansible_collections.opsbook.stack.plugins.modules import prometheus_query
-from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
+from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = pytest.mark.docker
 
@@ -42,8 +40,18 @@ def test_expect_empty_fails_naming_the_series(monitoring, capsys):  # noqa: F811
 
 def test_threshold_and_retries(monitoring, capsys):  # noqa: F811
     started = time.monotonic()
-    result = run({"url": monitoring.prometheus_url, "query": "vector(3)", "compare": "<", "threshold": 1,
-                  "retries": 2, "delay": 0.2, "fail_on_mismatch": False}, capsys)
+    result = run(
+        {
+            "url": monitoring.prometheus_url,
+            "query": "vector(3)",
+            "compare": "<",
+            "threshold": 1,
+            "retries": 2,
+            "delay": 0.2,
+            "fail_on_mismatch": False,
+        },
+        capsys,
+    )
     assert time.monotonic() - started >= 0.4
     assert result["ok"] is False and result["attempts"] == 3 and "failed" not in result
     assert result["problems"] == ["expected every value < 1, not so for {} 3"]
@@ -56,11 +64,26 @@ def test_alerts_listing_and_filters(monitoring, capsys):  # noqa: F811
     assert [a["name"] for a in firing["alerts"]] == ["AlwaysFiring"]
     empty = run({"url": monitoring.prometheus_url, "alerts": True, "expect": "empty"}, capsys)
     assert empty["failed"] is True and "AlwaysFiring(firing)" in empty["msg"]
-    scoped = run({"url": monitoring.prometheus_url, "alerts": True, "expect": "empty",
-                  "alert_labels": {"runbook_id": "service-down"}}, capsys)
+    scoped = run(
+        {
+            "url": monitoring.prometheus_url,
+            "alerts": True,
+            "expect": "empty",
+            "alert_labels": {"runbook_id": "service-down"},
+        },
+        capsys,
+    )
     assert scoped["ok"] is True and scoped["count"] == 0
-    pending = run({"url": monitoring.prometheus_url, "alerts": True, "expect": "non_empty",
-                   "alert_states": ["pending"], "alert_names": ["PendingForAnHour"]}, capsys)
+    pending = run(
+        {
+            "url": monitoring.prometheus_url,
+            "alerts": True,
+            "expect": "non_empty",
+            "alert_states": ["pending"],
+            "alert_names": ["PendingForAnHour"],
+        },
+        capsys,
+    )
     assert pending["ok"] is True and pending["alerts"][0]["labels"]["severity"] == "critical"
 
 

@@ -13,43 +13,54 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import pytest
 import yaml
 
-
 from ansible_collections.opsbook.stack.plugins.doc_fragments.upgrade import ModuleDocFragment
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import COMMON_OPTIONS
 from ansible_collections.opsbook.stack.plugins.modules import rollback, rolling_upgrade
-
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 
-@pytest.mark.parametrize("services, message", [
-    ({}, "services is empty"),
-    ({"backend": ""}, "no tag given for backend"),
-    ({"backend": "2.0", "frontend": "  "}, "no tag given for frontend"),
-])
+@pytest.mark.parametrize(
+    "services, message",
+    [
+        ({}, "services is empty"),
+        ({"backend": ""}, "no tag given for backend"),
+        ({"backend": "2.0", "frontend": "  "}, "no tag given for frontend"),
+    ],
+)
 def test_missing_tags_fail_before_anything(tmp_path, capsys, services, message):
-    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "services": services,
-                                          "journal_root": str(tmp_path / "j")}, capsys)
+    result = run_module(
+        rolling_upgrade,
+        {"project": "demo", "project_dir": str(tmp_path), "services": services, "journal_root": str(tmp_path / "j")},
+        capsys,
+    )
     assert result["failed"] is True and result["changed"] is False
     assert message in result["msg"]
     assert not (tmp_path / "j").exists()  # not even the lock was taken
 
 
 def test_a_project_without_compose_file_is_refused(tmp_path, capsys):
-    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path),
-                                          "services": {"backend": "2.0"}}, capsys)
+    result = run_module(
+        rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "services": {"backend": "2.0"}}, capsys
+    )
     assert result["failed"] is True and "compose.yaml does not exist" in result["msg"]
 
 
 def test_canary_weight_out_of_range(tmp_path, capsys):
-    result = run_module(rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "canary_weight": 100,
-                                          "services": {"backend": "2.0"}}, capsys)
+    result = run_module(
+        rolling_upgrade,
+        {"project": "demo", "project_dir": str(tmp_path), "canary_weight": 100, "services": {"backend": "2.0"}},
+        capsys,
+    )
     assert result["failed"] is True and "canary_weight" in result["msg"]
 
 
 def test_rollback_to_an_unknown_release_fails_naming_it(tmp_path, capsys):
     (tmp_path / "compose.yaml").write_text("name: demo\nservices: {}\n")
-    result = run_module(rollback, {"project": "demo", "project_dir": str(tmp_path), "release": "r-nosuch",
-                                   "journal_root": str(tmp_path / "j")}, capsys)
+    result = run_module(
+        rollback,
+        {"project": "demo", "project_dir": str(tmp_path), "release": "r-nosuch", "journal_root": str(tmp_path / "j")},
+        capsys,
+    )
     assert result["failed"] is True and result["changed"] is False
     assert "release 'r-nosuch' is not in" in result["msg"]
 

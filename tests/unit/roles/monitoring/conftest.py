@@ -4,6 +4,7 @@ promtool and amtool come from the host when they are on PATH, otherwise from the
 Alertmanager images with `docker run --rm` (no daemon is started on this machine, nothing binds 9090/9093).
 When neither exists the tests fail: a checker that is missing proves nothing, so nothing is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ def _contains(seq, item) -> bool:
 def render(template: str, variables: dict | None = None, ansible_like: bool = True) -> str:
     """Render a role template with the role defaults (plus `variables`) and the few Ansible filters it uses;
     trim_blocks as ansible.builtin.template does, or jinja2's own defaults with ansible_like=False."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=ansible_like)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROLE / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=ansible_like,
+    )
     env.filters["to_json"] = json.dumps
     env.filters["bool"] = bool
     env.filters["to_nice_yaml"] = lambda v, indent=2: yaml.safe_dump(v, indent=indent, default_flow_style=False)
@@ -81,19 +86,37 @@ class Tool:
             return None
         if not self.docker:
             return f"{self.name} is not on PATH and docker is missing"
-        probe = subprocess.run([self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True,
-                               check=False)
+        probe = subprocess.run(
+            [self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True, check=False
+        )
         if probe.returncode != 0:
-            return (f"{self.name} is not on PATH and the image {IMAGES[self.name]} is missing: run `./dev sandbox` "
-                    f"(or install the Debian package prometheus / prometheus-alertmanager)")
+            return (
+                f"{self.name} is not on PATH and the image {IMAGES[self.name]} is missing: run `./dev sandbox` "
+                f"(or install the Debian package prometheus / prometheus-alertmanager)"
+            )
         return None
 
     def run(self, args: list[str], workdir: Path) -> subprocess.CompletedProcess:
         if self.local:
             argv = [self.local, *args]
         else:
-            argv = [self.docker, "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{workdir}:{workdir}",
-                    "-w", str(workdir), "--entrypoint", self.name, IMAGES[self.name], *args]
+            argv = [
+                self.docker,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                "0:0",
+                "-v",
+                f"{workdir}:{workdir}",
+                "-w",
+                str(workdir),
+                "--entrypoint",
+                self.name,
+                IMAGES[self.name],
+                *args,
+            ]
         return subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=300, check=False)
 
 

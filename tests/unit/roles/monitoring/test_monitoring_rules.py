@@ -1,5 +1,6 @@
 """The monitoring role's alert and recording rules: valid, complete, per the runbook contract, and each one proven by
 `promtool test rules` to fire on a bad series and stay quiet on a good one."""
+
 from __future__ import annotations
 
 import re
@@ -7,27 +8,42 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import RULE_FILES, ROLE, alert_rules, defaults, expand_annotations, render, render_rules
+from conftest import ROLE, RULE_FILES, alert_rules, defaults, expand_annotations, render, render_rules
 
 CASES = yaml.safe_load((Path(__file__).parent / "alert_cases.yml").read_text())
 
 # The contract with the runbooks (notes/contract.md): alert name -> runbook_id, exactly.
 CONTRACT = {
-    "EndpointDown": "service-down", "BackendDown": "service-down", "ContainerRestarting": "service-down",
-    "NginxDown": "service-down", "TargetDown": "monitoring-broken",
-    "HighErrorRateWarning": "high-error-rate", "HighErrorRateCritical": "high-error-rate",
-    "SLOErrorBudgetBurnFast": "high-error-rate", "SLOErrorBudgetBurnSlow": "high-error-rate",
-    "HighLatencyWarning": "high-latency", "HighLatencyCritical": "high-latency",
-    "MysqlDown": "database-connection", "MysqlTooManyConnections": "database-connection",
-    "PostgresDown": "database-connection", "PostgresTooManyConnections": "database-connection",
-    "RedisDown": "redis-problems", "RedisMemoryHigh": "redis-problems",
-    "HostHighCpu": "host-resources", "HostHighMemory": "host-resources", "HostDiskAlmostFull": "host-resources",
-    "HostDiskFillingUp": "host-resources", "HostOomKill": "host-resources",
-    "TlsCertificateExpiringSoon": "tls-certificate-expiry", "TlsCertificateExpiryCritical": "tls-certificate-expiry",
-    "BackupStale": "backup-failed", "BackupFailed": "backup-failed",
-    "PrometheusRuleFailures": "monitoring-broken", "PrometheusConfigReloadFailed": "monitoring-broken",
-    "PrometheusNotificationsFailing": "monitoring-broken", "AlertmanagerNotificationsFailing": "monitoring-broken",
+    "EndpointDown": "service-down",
+    "BackendDown": "service-down",
+    "ContainerRestarting": "service-down",
+    "NginxDown": "service-down",
+    "TargetDown": "monitoring-broken",
+    "HighErrorRateWarning": "high-error-rate",
+    "HighErrorRateCritical": "high-error-rate",
+    "SLOErrorBudgetBurnFast": "high-error-rate",
+    "SLOErrorBudgetBurnSlow": "high-error-rate",
+    "HighLatencyWarning": "high-latency",
+    "HighLatencyCritical": "high-latency",
+    "MysqlDown": "database-connection",
+    "MysqlTooManyConnections": "database-connection",
+    "PostgresDown": "database-connection",
+    "PostgresTooManyConnections": "database-connection",
+    "RedisDown": "redis-problems",
+    "RedisMemoryHigh": "redis-problems",
+    "HostHighCpu": "host-resources",
+    "HostHighMemory": "host-resources",
+    "HostDiskAlmostFull": "host-resources",
+    "HostDiskFillingUp": "host-resources",
+    "HostOomKill": "host-resources",
+    "TlsCertificateExpiringSoon": "tls-certificate-expiry",
+    "TlsCertificateExpiryCritical": "tls-certificate-expiry",
+    "BackupStale": "backup-failed",
+    "BackupFailed": "backup-failed",
+    "PrometheusRuleFailures": "monitoring-broken",
+    "PrometheusConfigReloadFailed": "monitoring-broken",
+    "PrometheusNotificationsFailing": "monitoring-broken",
+    "AlertmanagerNotificationsFailing": "monitoring-broken",
     "Watchdog": "monitoring-broken",
 }
 # The Watchdog fires always, by design: it has no quiet case.
@@ -62,13 +78,22 @@ def test_every_alert_is_actionable(rule):
 @pytest.mark.parametrize("name", RULE_FILES)
 def test_rules_render_the_same_with_plain_jinja2(name):
     """The runbooks read the rule templates with plain jinja2 defaults (the contract): same data as Ansible's."""
-    assert yaml.safe_load(render(f"rules/{name}.yml.j2", ansible_like=False)) == yaml.safe_load(render(f"rules/{name}.yml.j2"))
+    assert yaml.safe_load(render(f"rules/{name}.yml.j2", ansible_like=False)) == yaml.safe_load(
+        render(f"rules/{name}.yml.j2")
+    )
 
 
 def test_thresholds_follow_the_variables():
-    rules = {r["alert"]: r for r in alert_rules({"monitoring_alert_cpu_percent": 93,
-                                                 "monitoring_alert_error_ratio_critical": 0.2,
-                                                 "monitoring_alert_latency_critical_for": "7m"})}
+    rules = {
+        r["alert"]: r
+        for r in alert_rules(
+            {
+                "monitoring_alert_cpu_percent": 93,
+                "monitoring_alert_error_ratio_critical": 0.2,
+                "monitoring_alert_latency_critical_for": "7m",
+            }
+        )
+    }
     assert rules["HostHighCpu"]["expr"].endswith("> 93")
     assert "> 0.2" in rules["HighErrorRateCritical"]["expr"]
     assert rules["HighLatencyCritical"]["for"] == "7m"
@@ -92,11 +117,19 @@ def test_slo_burn_rates_are_the_workbook_pairs():
     doc = yaml.safe_load(render("rules/http.yml.j2"))
     slo = {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
     fast, slow = slo["SLOErrorBudgetBurnFast"], slo["SLOErrorBudgetBurnSlow"]
-    for window in ("ratio_rate1h > (14.4 * 0.005)", "ratio_rate5m > (14.4 * 0.005)",
-                   "ratio_rate6h > (6 * 0.005)", "ratio_rate30m > (6 * 0.005)"):
+    for window in (
+        "ratio_rate1h > (14.4 * 0.005)",
+        "ratio_rate5m > (14.4 * 0.005)",
+        "ratio_rate6h > (6 * 0.005)",
+        "ratio_rate30m > (6 * 0.005)",
+    ):
         assert window in fast
-    for window in ("ratio_rate1d > (3 * 0.005)", "ratio_rate2h > (3 * 0.005)",
-                   "ratio_rate3d > (1 * 0.005)", "ratio_rate6h > (1 * 0.005)"):
+    for window in (
+        "ratio_rate1d > (3 * 0.005)",
+        "ratio_rate2h > (3 * 0.005)",
+        "ratio_rate3d > (1 * 0.005)",
+        "ratio_rate6h > (1 * 0.005)",
+    ):
         assert window in slow
     records = {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
     for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
@@ -111,7 +144,9 @@ def test_promtool_accepts_the_rules(promtool, tmp_path):
 
 def test_every_alert_has_a_firing_and_a_quiet_case():
     names = {r["alert"] for r in alert_rules()}
-    assert set(CASES) == names, f"cases without an alert: {set(CASES) - names}; alerts without a case: {names - set(CASES)}"
+    assert set(CASES) == names, (
+        f"cases without an alert: {set(CASES) - names}; alerts without a case: {names - set(CASES)}"
+    )
     for name, case in CASES.items():
         assert case["bad"]["fires"], f"{name}: the bad case expects no alert"
         if name not in ALWAYS_FIRING:
@@ -125,8 +160,9 @@ def promtool_tests() -> dict[str, dict]:
     files: dict[str, dict] = {}
     for name, case in sorted(CASES.items()):
         every = case.get("evaluation_interval", "1m")
-        doc = files.setdefault(every, {"rule_files": [f"rules/{n}.yml" for n in RULE_FILES],
-                                       "evaluation_interval": every, "tests": []})
+        doc = files.setdefault(
+            every, {"rule_files": [f"rules/{n}.yml" for n in RULE_FILES], "evaluation_interval": every, "tests": []}
+        )
         rule = rules[name]
         for kind in ("bad", "good"):
             if kind not in case:
@@ -136,12 +172,14 @@ def promtool_tests() -> dict[str, dict]:
             for labels in part.get("fires", []) if kind == "bad" else []:
                 full = {**{k: str(v) for k, v in labels.items()}, **rule["labels"]}
                 expected.append({"exp_labels": full, "exp_annotations": expand_annotations(rule["annotations"], full)})
-            doc["tests"].append({
-                "name": f"{name} {kind}",
-                "interval": case["interval"],
-                "input_series": [{"series": s["series"], "values": str(s["values"])} for s in part["series"]],
-                "alert_rule_test": [{"eval_time": part["eval_time"], "alertname": name, "exp_alerts": expected}],
-            })
+            doc["tests"].append(
+                {
+                    "name": f"{name} {kind}",
+                    "interval": case["interval"],
+                    "input_series": [{"series": s["series"], "values": str(s["values"])} for s in part["series"]],
+                    "alert_rule_test": [{"eval_time": part["eval_time"], "alertname": name, "exp_alerts": expected}],
+                }
+            )
     return {f"alerts_{every}_test.yml": doc for every, doc in files.items()}
 
 
@@ -171,28 +209,47 @@ def test_promtool_test_catches_a_wrong_expectation(promtool, tmp_path):
 def test_prometheus_config_passes_promtool(promtool, tmp_path):
     render_rules(tmp_path / "rules")
     (tmp_path / "rules" / "extra.yml").write_text("groups: []\n")
-    variables = {"monitoring_host_address": "172.17.0.1", "monitoring_app_network": "demo_default",
-                 "monitoring_mysqld_exporter_dsn": "x", "monitoring_postgres_exporter_dsn": "x",
-                 "monitoring_redis_exporter_addr": "redis://redis:6379",
-                 "monitoring_nginx_stub_status_url": "http://127.0.0.1:8081/stub_status",
-                 "monitoring_extra_scrape_configs": [{"job_name": "remote-app",
-                                                      "static_configs": [{"targets": ["10.0.0.9:8000"]}]}]}
+    variables = {
+        "monitoring_host_address": "172.17.0.1",
+        "monitoring_app_network": "demo_default",
+        "monitoring_mysqld_exporter_dsn": "x",
+        "monitoring_postgres_exporter_dsn": "x",
+        "monitoring_redis_exporter_addr": "redis://redis:6379",
+        "monitoring_nginx_stub_status_url": "http://127.0.0.1:8081/stub_status",
+        "monitoring_extra_scrape_configs": [
+            {"job_name": "remote-app", "static_configs": [{"targets": ["10.0.0.9:8000"]}]}
+        ],
+    }
     text = render("prometheus.yml.j2", variables)
     (tmp_path / "prometheus.yml").write_text(text)
     proc = promtool.run(["check", "config", "prometheus.yml"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = [j["job_name"] for j in yaml.safe_load(text)["scrape_configs"]]
-    assert jobs == ["prometheus", "alertmanager", "app", "node", "nginx", "mysqld", "postgres", "redis", "cadvisor",
-                    "blackbox-exporter", "blackbox", "remote-app"]
+    assert jobs == [
+        "prometheus",
+        "alertmanager",
+        "app",
+        "node",
+        "nginx",
+        "mysqld",
+        "postgres",
+        "redis",
+        "cadvisor",
+        "blackbox-exporter",
+        "blackbox",
+        "remote-app",
+    ]
 
 
 def test_a_broken_extra_rule_is_rejected_by_promtool(promtool, tmp_path):
     """What the role does before promoting a config: the same check must reject a broken rule."""
     render_rules(tmp_path / "rules")
-    (tmp_path / "rules" / "extra.yml").write_text(yaml.safe_dump(
-        {"groups": [{"name": "extra", "rules": [{"alert": "Broken", "expr": "rate(up[5m]"}]}]}))
-    (tmp_path / "prometheus.yml").write_text(render("prometheus.yml.j2", {"monitoring_host_address": "172.17.0.1",
-                                                                          "monitoring_app_network": "demo_default"}))
+    (tmp_path / "rules" / "extra.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "extra", "rules": [{"alert": "Broken", "expr": "rate(up[5m]"}]}]})
+    )
+    (tmp_path / "prometheus.yml").write_text(
+        render("prometheus.yml.j2", {"monitoring_host_address": "172.17.0.1", "monitoring_app_network": "demo_default"})
+    )
     proc = promtool.run(["check", "config", "prometheus.yml"], tmp_path)
     assert proc.returncode != 0
     assert "extra.yml" in proc.stdout + proc.stderr
