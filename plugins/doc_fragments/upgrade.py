@@ -8,7 +8,8 @@ __metaclass__ = type  # pylint: disable=invalid-name
 
 
 class ModuleDocFragment:
-    """Options rolling_upgrade and rollback share: the gate, the bake, the drain, the journal and the lock."""
+    """Options rolling_upgrade and rollback share: the gate, the bake, the drain, the journal and the lock
+    (docker_host comes from the opsbook.stack.docker fragment)."""
 
     DOCUMENTATION = r"""
 options:
@@ -105,8 +106,4 @@ options:
     description: Nginx access log in the nginx role's C(main) format (with C(ua=) and C(urt=)).
     type: path
     default: /var/log/nginx/access.log
-  docker_host:
-    description: Docker Engine API endpoint.
-    type: str
-    default: unix:///var/run/docker.sock
 """

@@ -6,22 +6,26 @@
 Private to this collection: not a public API, it may change in any release.
 
 Layout: ``<root>/<project>/releases/<id>.json``. A record names every service's image by reference, digest and
-image id, the hash of the rendered compose file, the outcome and timings. Records are written to a temporary
-file in the same directory, fsynced and renamed, so a reader sees a whole record or none. Retention keeps the
-newest ``keep`` records (never fewer than MIN_KEEP); the images they name are what rollback returns to.
+image id, the hash of the rendered compose file, the outcome and timings. Records are written atomically
+(module_utils/_files.py: a temporary file beside it, fsync, rename), so a reader sees a whole record or none.
+Retention keeps the newest ``keep`` records (never fewer than MIN_KEEP); the images they name are what rollback
+returns to. ``build_release`` is the one place a record is made, ``intact`` and ``runs_now`` the one answer to
+"can we return to it" and "is it what runs".
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 import typing as t
 from dataclasses import asdict, dataclass, field
+
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import LABEL_SERVICE, list_project_containers
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerNotFound
+from ansible_collections.opsbook.stack.plugins.module_utils._files import sha256_file, write_atomic
 
 DEFAULT_ROOT = "/var/lib/opsbook"
 MIN_KEEP = 5
@@ -97,14 +101,6 @@ class Release:
         return True
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def releases_dir(root: str, project: str) -> str:
     return os.path.join(root, project, "releases")
 
@@ -118,27 +114,6 @@ def new_release_id(now: float, compose_hash: str, existing: t.Iterable[str] = ()
         n += 1
         candidate = "%s.%d" % (base, n)
     return candidate
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Journal:
@@ -233,17 +208,15 @@ def project_images(client: t.Any, project: str) -> dict[str, ServiceImage]:
 
     Services whose replicas disagree (a rollout in progress) report the image of the newest container.
     """
-    containers = client.list_containers(labels={"com.docker.compose.project": project}, all=False)
     by_service: dict[str, tuple[int, ServiceImage]] = {}
     image_cache: dict[str, dict[str, t.Any]] = {}
-    for summary in containers:
-        labels = summary.get("Labels") or {}
-        service = labels.get("com.docker.compose.service")
-        if not service or labels.get("com.docker.compose.oneoff") == "True":
+    for summary in list_project_containers(client, project, all=False):
+        service = (summary.get("Labels") or {}).get(LABEL_SERVICE)
+        if not service:
             continue
         image_id = summary.get("ImageID", "")
         if image_id not in image_cache:
-            image_cache[image_id] = client.request_json("GET", "/images/%s/json" % image_id)
+            image_cache[image_id] = client.inspect_image(image_id)
         info = image_cache[image_id]
         ref = summary.get("Image") or ""
         repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
@@ -257,3 +230,84 @@ def project_images(client: t.Any, project: str) -> dict[str, ServiceImage]:
         if current is None or created > current[0]:
             by_service[service] = (created, ServiceImage(image=ref, image_id=image_id, digest=digest))
     return {name: entry[1] for name, entry in sorted(by_service.items())}
+
+
+def build_release(
+    journal: Journal,
+    kind: str,
+    status: str,
+    compose_file: str,
+    services: dict[str, ServiceImage],
+    created_ts: float,
+    previous: Release | None = None,
+    detail: str = "",
+    release_id: str | None = None,
+    duration_s: float | None = None,
+    extra: dict[str, t.Any] | None = None,
+) -> Release:
+    """The one way a record is made (release_record and the upgrade modules): the compose file's hash now,
+    a new sortable id unless the run already chose one, and the previous succeeded release it follows."""
+    compose_hash = sha256_file(compose_file)
+    if release_id is None:
+        release_id = new_release_id(created_ts, compose_hash, (r.id for r in journal.releases()))
+    return Release(
+        id=release_id,
+        project=journal.project,
+        kind=kind,
+        status=status,
+        created=iso_utc(created_ts),
+        created_ts=created_ts,
+        services=services,
+        compose_hash=compose_hash,
+        duration_s=duration_s,
+        previous=previous.id if previous else None,
+        detail=detail,
+        extra=extra or {},
+    )
+
+
+def image_present(client: t.Any) -> t.Callable[[str], bool]:
+    """A check "does the engine still have this image id", asked once per id."""
+    seen: dict[str, bool] = {}
+
+    def present(image_id: str) -> bool:
+        if image_id not in seen:
+            try:
+                client.inspect_image(image_id)
+                seen[image_id] = True
+            except DockerNotFound:
+                seen[image_id] = False
+        return seen[image_id]
+
+    return present
+
+
+def intact(release: Release, present: t.Callable[[str], bool]) -> bool:
+    """Every image the release ran is still on this host (what a rollback to it needs)."""
+    images = [img.image_id for img in release.services.values()]
+    return bool(images) and all(image_id and present(image_id) for image_id in images)
+
+
+def runs_now(release: Release, running: dict[str, ServiceImage]) -> bool:
+    """The project's containers run exactly the images of the release (running: project_images())."""
+    return all(running.get(n) and running[n].image_id == img.image_id for n, img in release.services.items())
+
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "KINDS",
+    "MIN_KEEP",
+    "STATUSES",
+    "Journal",
+    "JournalError",
+    "Release",
+    "ServiceImage",
+    "build_release",
+    "image_present",
+    "intact",
+    "iso_utc",
+    "new_release_id",
+    "project_images",
+    "releases_dir",
+    "runs_now",
+]

@@ -21,6 +21,7 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -41,10 +42,6 @@ options:
     description: Add C(intact) to every record and return RV(current); needs the Docker Engine on the host.
     type: bool
     default: true
-  docker_host:
-    description: Docker Engine API endpoint.
-    type: str
-    default: unix:///var/run/docker.sock
 """
 
 EXAMPLES = r"""
@@ -82,17 +79,38 @@ broken:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError, DockerNotFound
-from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, project_images
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
+    DEFAULT_ROOT,
+    Journal,
+    Release,
+    image_present,
+    intact,
+    project_images,
+    runs_now,
+)
+
+
+def check_images(client: DockerClient, project: str, records: list[Release], out: list[dict]) -> str | None:
+    """Add `intact` to every record; return the id of the newest succeeded release that runs now."""
+    present = image_present(client)
+    running = project_images(client, project)
+    for record, data in zip(records, out, strict=True):
+        data["intact"] = intact(record, present)
+    for record in reversed(records):
+        if record.status == "succeeded" and record.services and runs_now(record, running):
+            return record.id
+    return None
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             project=dict(type="str", required=True),
-            journal_root=dict(type="path", default="/var/lib/opsbook"),
+            journal_root=dict(type="path", default=DEFAULT_ROOT),
             check_images=dict(type="bool", default=True),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
+            **docker_argument_spec(),
         ),
         supports_check_mode=True,
     )
@@ -102,33 +120,8 @@ def main() -> None:
     out = [r.to_dict() for r in records]
     current = None
     if module.params["check_images"] and records:
-        client = DockerClient(module.params["docker_host"])
-        present: dict = {}
-
-        def has(image_id: str):
-            if image_id not in present:
-                try:
-                    client.request_json("GET", "/images/%s/json" % image_id)
-                    present[image_id] = True
-                except DockerNotFound:
-                    present[image_id] = False
-            return present[image_id]
-
         try:
-            running = project_images(client, module.params["project"])
-            for record, data in zip(records, out):
-                images = [img.image_id for img in record.services.values()]
-                data["intact"] = bool(images) and all(image_id and has(image_id) for image_id in images)
-            for record in reversed(records):
-                if (
-                    record.status == "succeeded"
-                    and record.services
-                    and all(
-                        running.get(n) and running[n].image_id == img.image_id for n, img in record.services.items()
-                    )
-                ):
-                    current = record.id
-                    break
+            current = check_images(DockerClient(module.params["docker_host"]), module.params["project"], records, out)
         except DockerError:
             for data in out:
                 data["intact"] = None

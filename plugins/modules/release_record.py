@@ -23,6 +23,7 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -64,10 +65,6 @@ options:
     description: Number of records kept; values under 5 count as 5.
     type: int
     default: 10
-  docker_host:
-    description: Docker Engine API address.
-    type: str
-    default: unix:///var/run/docker.sock
 """
 
 EXAMPLES = r"""
@@ -113,14 +110,15 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
+    DEFAULT_ROOT,
+    KINDS,
+    STATUSES,
     Journal,
     JournalError,
-    Release,
-    file_sha256,
-    iso_utc,
-    new_release_id,
+    build_release,
     project_images,
 )
 
@@ -130,13 +128,13 @@ def main() -> None:
         argument_spec=dict(
             project=dict(type="str", required=True),
             compose_file=dict(type="path", required=True),
-            journal_root=dict(type="path", default="/var/lib/opsbook"),
-            kind=dict(type="str", choices=["deploy", "upgrade", "rollback"], default="deploy"),
-            status=dict(type="str", choices=["succeeded", "failed", "rolled_back", "in_progress"], default="succeeded"),
+            journal_root=dict(type="path", default=DEFAULT_ROOT),
+            kind=dict(type="str", choices=list(KINDS), default="deploy"),
+            status=dict(type="str", choices=list(STATUSES), default="succeeded"),
             started=dict(type="float"),
             detail=dict(type="str", default=""),
             keep=dict(type="int", default=10),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
+            **docker_argument_spec(),
         ),
         supports_check_mode=True,
     )
@@ -154,20 +152,17 @@ def main() -> None:
 
     journal = Journal(p["journal_root"], p["project"])
     now = time.time()
-    compose_hash = file_sha256(p["compose_file"])
     previous = journal.latest("succeeded")
-    release = Release(
-        id=new_release_id(now, compose_hash, (r.id for r in journal.releases())),
-        project=p["project"],
-        kind=p["kind"],
-        status=p["status"],
-        created=iso_utc(now),
-        created_ts=now,
-        services=services,
-        compose_hash=compose_hash,
-        duration_s=round(now - p["started"], 3) if p["started"] else None,
-        previous=previous.id if previous else None,
+    release = build_release(
+        journal,
+        p["kind"],
+        p["status"],
+        p["compose_file"],
+        services,
+        now,
+        previous=previous,
         detail=p["detail"],
+        duration_s=round(now - p["started"], 3) if p["started"] else None,
     )
     if p["status"] == "succeeded" and previous is not None and previous.same_content(release):
         module.exit_json(

@@ -38,6 +38,7 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
   - opsbook.stack.upgrade
 attributes:
   check_mode:
@@ -144,36 +145,14 @@ evidence:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
-    COMMON_OPTIONS,
-    BadRequest,
-    UpgradeError,
-    rolling_upgrade,
-    settings_from_params,
-)
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import argument_spec, run_module
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(services=dict(type="dict", required=True), **COMMON_OPTIONS),
-        supports_check_mode=True,
+        argument_spec=argument_spec(services=dict(type="dict", required=True)), supports_check_mode=True
     )
-    if not 0 <= module.params["canary_weight"] < 100:
-        module.fail_json(msg="canary_weight must be from 0 (no canary) to 99, got %d" % module.params["canary_weight"])
-    settings = settings_from_params(module.params, module.check_mode)
-    try:
-        result = rolling_upgrade(settings, {str(k): v for k, v in module.params["services"].items()})
-    except BadRequest as exc:
-        module.fail_json(msg=str(exc), changed=False, **exc.result)
-    except UpgradeError as exc:
-        result = dict(exc.result)
-        changed = result.pop("changed", True)
-        for warning in result.pop("warnings", []):
-            module.warn(warning)
-        module.fail_json(msg=str(exc), changed=changed, **result)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+    run_module(module, "upgrade")
 
 
 if __name__ == "__main__":

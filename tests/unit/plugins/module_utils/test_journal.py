@@ -99,8 +99,8 @@ class FakeClient:
     def list_containers(self, labels=None, all=False):  # pylint: disable=redefined-builtin
         return self.containers
 
-    def request_json(self, method, path):
-        return self.images[path.split("/")[2]]
+    def inspect_image(self, image):
+        return self.images[image]
 
 
 def test_project_images_resolve_digests_and_prefer_the_newest_replica():

@@ -82,7 +82,7 @@ def test_target_image_keeps_the_repository_and_refuses_bad_tags():
 
 def test_set_service_image_changes_one_line_only():
     after = set_service_image(COMPOSE, "backend", "registry:5000/demo-backend:2.0")
-    changed = [(a, b) for a, b in zip(COMPOSE.splitlines(), after.splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(COMPOSE.splitlines(), after.splitlines(), strict=True) if a != b]
     assert changed == [("    image: registry:5000/demo-backend:1.0", "    image: registry:5000/demo-backend:2.0")]
     doc = yaml.safe_load(after)
     assert doc["services"]["backend"]["image"] == "registry:5000/demo-backend:2.0"
@@ -189,8 +189,8 @@ class FakeClient:
     def list_containers(self, labels=None, all=False):  # pylint: disable=redefined-builtin
         return [c for c in self.containers if all or c["State"] == "running"]
 
-    def request_json(self, method, path):
-        return self.images[path.rsplit("/", 2)[-2]]
+    def inspect_image(self, image):
+        return self.images[image]
 
 
 class FakeHost:
@@ -372,7 +372,7 @@ def reconciled(tmp_path, containers, serving, records=()):
         journal.record(record)
     host = LeftoverHost(containers, serving)
     run = Run()
-    reconcile(host, {"web": ComposeService("web", "reg/app:2", 2, "web", 8000, True)}, journal, run)
+    reconcile(host, host, {"web": ComposeService("web", "reg/app:2", 2, "web", 8000, True)}, journal, run)
     return host, journal, run
 
 

@@ -1,0 +1,388 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The rolling replacement of one service: start beside, gate, canary, switch, bake, drain, retire; or undo.
+
+Private to this collection: not a public API, it may change in any release.
+
+An upgrade, a rollback and the undo of a service that an all-or-nothing release already moved all use it. The
+steps are those of docs/architecture.md ("Contracts") and the package docstring (_upgrade/__init__.py).
+"""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import time
+import typing as t
+
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import docker_health
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._probes import HttpProbe, check_http
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.bake import BakeVerdict, judge_bake
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.compose_cli import tail
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.docker_facts import parse_docker_time
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import drain
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.host import Host
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import (
+    WATCH_INTERVAL_S,
+    Container,
+    Run,
+    ServicePlan,
+    UpgradeError,
+)
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, UpstreamError
+
+# What a failed step raises; the rollout undoes itself on any of them.
+STEP_ERRORS = (UpgradeError, UpstreamError, DockerError, OSError)
+DEFAULT_HEALTH_INTERVAL_NS = 30_000_000_000
+
+
+def servers_of(containers: list[Container]) -> list[Server]:
+    return [Server(address=c.address, comment=c.name) for c in containers if c.host_port]
+
+
+class Rollout:
+    def __init__(self, host: Host, run: Run):
+        self.host = host
+        self.s = host.s
+        self.docker = host.docker
+        self.traffic = host.traffic
+        self.run = run
+        # Whether the service being replaced has had its upstream switched to new containers (then a failure
+        # switches it back before it removes them).
+        self._switched = False
+
+    # -- gate ---------------------------------------------------------------------------------------------
+
+    def wait_healthy(self, new: list[Container], needs_health: bool) -> None:
+        """Watch the new containers until all are healthy; abort at once on unhealthy, exit or restart."""
+        deadline = time.monotonic() + self.s.health_timeout_s
+        pending = {c.id: c for c in new}
+        while pending:
+            for cid, container in list(pending.items()):
+                info = self.docker.inspect(cid)
+                if info is None:
+                    raise UpgradeError(
+                        "new container %s disappeared during the health gate" % container.name,
+                        {"failed_container": container.name},
+                    )
+                state = info.get("State") or {}
+                health = docker_health(info)
+                if state.get("Restarting") or state.get("Status") in ("exited", "dead") or info.get("RestartCount"):
+                    raise self._gate_failure(
+                        container,
+                        "exited or restarted (state %s, exit code %s)" % (state.get("Status"), state.get("ExitCode")),
+                        info,
+                    )
+                if health == "unhealthy":
+                    raise self._gate_failure(container, "became unhealthy", info)
+                if (
+                    health == "healthy"
+                    or (health is None and state.get("Running"))
+                    or (not needs_health and state.get("Running"))
+                ):
+                    del pending[cid]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending.values())
+                raise UpgradeError(
+                    "%s not healthy within %g s (health_timeout)" % (names, self.s.health_timeout_s),
+                    {"evidence": [self.docker.evidence(c) for c in pending.values()]},
+                )
+            time.sleep(WATCH_INTERVAL_S)
+
+    def _gate_failure(self, container: Container, what: str, info: dict[str, t.Any]) -> UpgradeError:
+        health = (info.get("State") or {}).get("Health") or {}
+        log = health.get("Log") or []
+        detected = None
+        if log:
+            ended = parse_docker_time(log[-1].get("End"))
+            if ended is not None:
+                detected = round(max(time.time() - ended, 0.0), 3)
+        healthcheck = (info.get("Config") or {}).get("Healthcheck") or {}
+        interval_ns = healthcheck.get("Interval") or DEFAULT_HEALTH_INTERVAL_NS
+        evidence = self.docker.evidence(container)
+        evidence["aborted_after_last_check_s"] = detected
+        evidence["health_interval_s"] = interval_ns / 1e9
+        return UpgradeError(
+            "new container %s %s: gate failed before the switch" % (container.name, what),
+            {"evidence": [evidence], "failing_probe": "docker health of %s" % container.name},
+        )
+
+    def readiness(self, new: list[Container]) -> None:
+        for container in new:
+            if not container.host_port:
+                continue
+            probe = HttpProbe(
+                name="readiness:%s" % container.name,
+                url="http://127.0.0.1:%d%s" % (container.host_port, self.s.readiness_path),
+                timeout=3.0,
+                use_proxy=False,
+            )
+            deadline = time.monotonic() + self.s.readiness_timeout_s
+            while True:
+                result = check_http(probe)
+                if result.ok:
+                    break
+                if time.monotonic() > deadline:
+                    raise UpgradeError(
+                        "new container %s: %s answered %s" % (container.name, probe.url, result.error),
+                        {"failing_probe": result.to_dict(), "evidence": [self.docker.evidence(container)]},
+                    )
+                time.sleep(WATCH_INTERVAL_S)
+
+    def through_gate(self, service: str, new: list[Container]) -> None:
+        if self.s.gate_requests <= 0:
+            return
+        self.traffic.open_gate(service, [Server(address=c.address, comment=c.name) for c in new])
+        try:
+            for index in range(self.s.gate_requests):
+                probe = HttpProbe(
+                    name="gate:%s#%d" % (service, index + 1),
+                    url="http://127.0.0.1:%d%s" % (self.s.gate_port, self.s.readiness_path),
+                    timeout=5.0,
+                    use_proxy=False,
+                )
+                result = check_http(probe)
+                if not result.ok:
+                    raise UpgradeError(
+                        "synthetic request %d of %d through Nginx to the new %s containers failed: %s"
+                        % (index + 1, self.s.gate_requests, service, result.error),
+                        {"failing_probe": result.to_dict(), "evidence": [self.docker.evidence(c) for c in new]},
+                    )
+        finally:
+            self.traffic.close_gate(service)
+
+    # -- bake ---------------------------------------------------------------------------------------------
+
+    def _went_bad(self, new: list[Container]) -> BakeVerdict | None:
+        for container in new:
+            info = self.docker.inspect(container.id) or {}
+            state = info.get("State") or {}
+            health = docker_health(info)
+            if health == "unhealthy" or not state.get("Running"):
+                return BakeVerdict(
+                    False,
+                    0,
+                    0,
+                    0.0,
+                    None,
+                    "new container %s became %s during the bake" % (container.name, health or state.get("Status")),
+                )
+        return None
+
+    def _probe_site(self, path: str) -> dict[str, t.Any] | None:
+        """One request through the site; a sample only when it got no answer (answers are in the access log)."""
+        headers = {"Host": self.s.nginx_host_header} if self.s.nginx_host_header else {}
+        result = check_http(
+            HttpProbe(
+                name="bake",
+                url=self.s.nginx_url.rstrip("/") + path,
+                timeout=5.0,
+                headers=headers,
+                status=tuple(range(100, 500)),
+                use_proxy=False,
+            )
+        )
+        return {"status": 0, "ms": result.latency_ms} if result.status is None else None
+
+    def bake(self, service: str, new: list[Container], seconds: float, offset: int, share: float = 1.0) -> BakeVerdict:
+        addresses = {c.address for c in new}
+        paths = self.s.bake_paths or [self.s.readiness_path]
+        probe_samples: list[dict[str, t.Any]] = []
+        deadline = time.monotonic() + seconds
+        gap = 1.0 / self.s.bake_rate if self.s.bake_rate > 0 else seconds
+        n = 0
+        while True:
+            bad_container = self._went_bad(new)
+            if bad_container is not None:
+                return bad_container
+            if self.s.bake_rate > 0:
+                sample = self._probe_site(paths[n % len(paths)])
+                n += 1
+                if sample is not None:
+                    probe_samples.append(sample)
+            log_samples, bad = self.host.access_log.samples(offset, addresses)
+            final = time.monotonic() >= deadline
+            # A canary sees only its share of the requests (the probes through the site are split too).
+            verdict = judge_bake(
+                log_samples + probe_samples,
+                self.s.bake_max_error_ratio,
+                self.s.bake_max_latency_ms,
+                max(1, int(self.s.bake_min_requests * share)),
+                final,
+            )
+            if verdict is not None:
+                if not verdict.ok:
+                    self.run.evidence["bake_failing_requests"] = bad
+                return verdict
+            time.sleep(gap)
+
+    # -- the whole thing ----------------------------------------------------------------------------------
+
+    def _new_containers(self, plan: ServicePlan, old_ids: set[str]) -> list[Container]:
+        return [c for c in self.docker.containers(plan.service, plan.port) if c.id not in old_ids]
+
+    def replace(self, plan: ServicePlan) -> None:
+        """Move one service from plan.from_image to plan.to_image; raise UpgradeError with evidence on failure."""
+        if plan.role == "stateful":
+            self._recreate(plan)
+            return
+        service = plan.service
+        old = [c for c in self.docker.containers(service, plan.port) if c.state == "running"]
+        old_ids = {c.id for c in old}
+        replicas = max(len(old), 1) if old else plan.replicas
+        compose_before = self.host.compose_file.set_image(service, plan.to_image)
+        self.run.step("%s: compose.yaml image set to %s" % (service, plan.to_image))
+        new: list[Container] = []
+        self._switched = False
+        try:
+            scale = len(old) + replicas
+            done = self.host.compose.up(service, "--no-recreate", "--scale", "%s=%d" % (service, scale))
+            if not done.ok:
+                raise UpgradeError("docker compose up --scale %s=%d failed: %s" % (service, scale, tail(done)))
+            new = self._new_containers(plan, old_ids)
+            started = ", ".join(c.name for c in new)
+            beside = ", ".join(c.name for c in old) or "nothing"
+            self.run.step("%s: started %s beside %s" % (service, started, beside))
+            self.run.mark("%s_started" % service)
+            if not new:
+                raise UpgradeError("docker compose created no new container for %s" % service)
+            self.wait_healthy(new, self.s.docker_health_gate)
+            self.run.step(
+                "%s: new containers running%s" % (service, " and healthy" if self.s.docker_health_gate else "")
+            )
+            if plan.port is not None:
+                new = self._new_containers(plan, old_ids)
+                self._gate_and_switch(plan, old, new)
+        except STEP_ERRORS as exc:
+            self._undo(plan, old, new, compose_before, self._switched, exc)
+            raise
+        self._retire(service, old)
+        if plan.port is not None:
+            if not self.s.docker_health_gate:
+                # The switch did not wait for the healthcheck's first pass (a rollback to a warm release), but the
+                # shared upstream function lists healthy containers only: re-rendering now would drop the new
+                # containers still "starting". Wait for their first pass; if it never comes, keep the switched file.
+                try:
+                    self.wait_healthy(new, True)
+                except UpgradeError as exc:
+                    self.run.warnings.append(
+                        "%s: upstream left as switched, not re-read from Docker: %s" % (service, exc)
+                    )
+                    self.run.mark("%s_done" % service)
+                    return
+            self.traffic.sync_from_docker(service, plan.port)
+        self.run.mark("%s_done" % service)
+
+    def _gate_and_switch(self, plan: ServicePlan, old: list[Container], new: list[Container]) -> None:
+        """Readiness, the gate, the canary, the switch and the bake of a service with a port."""
+        service = plan.service
+        missing = [c.name for c in new if not c.host_port]
+        if missing:
+            raise UpgradeError("new containers %s publish no port for %s" % (", ".join(missing), plan.port))
+        self.readiness(new)
+        self.run.step("%s: readiness %s answered on every new container" % (service, self.s.readiness_path))
+        self.through_gate(service, new)
+        if self.s.gate_requests:
+            self.run.step("%s: %d synthetic requests through Nginx passed" % (service, self.s.gate_requests))
+        self.run.mark("%s_gate_passed" % service)
+        old_servers = servers_of(old)
+        new_servers = [Server(address=c.address, comment=c.name) for c in new]
+        if self.s.canary_weight and old_servers:
+            weight_new, weight_old = self.s.canary_weight, 100 - self.s.canary_weight
+            self.traffic.switch(
+                service,
+                [Server(s.address, weight=weight_old, comment=s.comment) for s in old_servers]
+                + [Server(s.address, weight=weight_new, comment=s.comment) for s in new_servers],
+            )
+            self._switched = True
+            self.run.step("%s: canary, new containers take %d%% of requests" % (service, weight_new))
+            offset = self.host.access_log.offset()
+            verdict = self.bake(service, new, self.s.canary_s, offset, share=weight_new / 100.0)
+            self.run.evidence.setdefault("canary", {})[service] = verdict.to_dict()
+            if not verdict.ok:
+                raise UpgradeError("%s canary failed: %s" % (service, verdict.reason))
+        offset = self.host.access_log.offset()
+        self.traffic.switch(service, new_servers)
+        self._switched = True
+        self.run.mark("%s_switched" % service)
+        self.run.step("%s: upstream switched to the new containers" % service)
+        verdict = self.bake(service, new, self.s.bake_s, offset)
+        self.run.evidence.setdefault("bake", {})[service] = verdict.to_dict()
+        if not verdict.ok:
+            raise UpgradeError("%s bake failed: %s" % (service, verdict.reason))
+        self.run.step(
+            "%s: bake passed (%d requests, %d errors, p95 %s ms)"
+            % (service, verdict.requests, verdict.errors, verdict.p95_ms)
+        )
+
+    def _undo(
+        self,
+        plan: ServicePlan,
+        old: list[Container],
+        new: list[Container],
+        compose_before: str,
+        switched: bool,
+        exc: Exception,
+    ) -> None:
+        service = plan.service
+        if switched:
+            old_servers = servers_of(old)
+            if old_servers:
+                self.traffic.switch(service, old_servers)
+                self.run.mark("%s_switched_back" % service)
+                self.run.step("%s: upstream switched back to the old containers" % service)
+        if isinstance(exc, UpgradeError):
+            self.run.evidence.update({k: v for k, v in exc.result.items() if k not in self.run.evidence})
+        if new and "evidence" not in self.run.evidence:
+            self.run.evidence["evidence"] = [self.docker.evidence(c) for c in new[:2]]
+        if switched and new:
+            self.run.step("%s: drained the new containers (%s)" % (service, self._drain(new)))
+        for container in new:
+            self.docker.stop_and_remove(container, grace_s=None if switched else 1)
+        self.traffic.close_gate(service)
+        self.host.compose_file.restore(compose_before)
+        self.run.step("%s: removed the new containers, compose.yaml back to %s" % (service, plan.from_image))
+        if plan.port is not None and old:
+            self.traffic.sync_from_docker(service, plan.port)
+
+    def _drain(self, containers: list[Container]) -> str:
+        """Wait for the Nginx workers of before the last switch (the only ones that still route to these
+        containers) and the connections to the containers' ports to end, or the drain timeout."""
+        ports = [c.host_port for c in containers if c.host_port]
+        return drain(ports, self.traffic.workers_before_switch, self.s.drain_timeout_s)
+
+    def _retire(self, service: str, old: list[Container]) -> None:
+        self.run.step("%s: drained the old containers (%s)" % (service, self._drain(old)))
+        for container in old:
+            self.docker.stop_and_remove(container)
+        if old:
+            self.run.step("%s: stopped and removed %s" % (service, ", ".join(c.name for c in old)))
+
+    def _recreate(self, plan: ServicePlan) -> None:
+        service = plan.service
+        self.run.warnings.append(
+            "%s is stateful: recreated stop-first (%s -> %s), so it was unavailable while it restarted"
+            % (service, plan.from_image, plan.to_image)
+        )
+        compose_before = self.host.compose_file.set_image(service, plan.to_image)
+        done = self.host.compose.up(service, "--force-recreate")
+        new = [c for c in self.docker.containers(service) if c.state == "running"]
+        try:
+            if not done.ok:
+                raise UpgradeError("docker compose up --force-recreate %s failed: %s" % (service, tail(done)))
+            self.wait_healthy(new, True)
+        except UpgradeError as exc:
+            self.run.evidence.update(exc.result)
+            self.host.compose_file.restore(compose_before)
+            self.host.compose.up(service, "--force-recreate")
+            self.run.step("%s: recreated again from %s after the failure" % (service, plan.from_image))
+            raise
+        self.run.step("%s: recreated stop-first on %s" % (service, plan.to_image))
+
+
+__all__ = ["STEP_ERRORS", "Rollout", "servers_of"]
