@@ -13,9 +13,10 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import pytest
 import yaml
 
+from ansible_collections.opsbook.stack.plugins.doc_fragments.docker import ModuleDocFragment as DockerDocFragment
 from ansible_collections.opsbook.stack.plugins.doc_fragments.upgrade import ModuleDocFragment
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import COMMON_OPTIONS
-from ansible_collections.opsbook.stack.plugins.modules import rollback, rolling_upgrade
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import COMMON_OPTIONS, argument_spec
+from ansible_collections.opsbook.stack.plugins.modules import release_info, release_record, rollback, rolling_upgrade
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 
@@ -68,8 +69,16 @@ def test_rollback_to_an_unknown_release_fails_naming_it(tmp_path, capsys):
 @pytest.mark.parametrize("module", [rolling_upgrade, rollback])
 def test_documentation_matches_the_argument_spec(module):
     documented = dict(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
+    documented.update(yaml.safe_load(DockerDocFragment.DOCUMENTATION)["options"])
     documented.update(yaml.safe_load(module.DOCUMENTATION).get("options") or {})
-    for name, spec in COMMON_OPTIONS.items():
+    for name, spec in {**COMMON_OPTIONS, **argument_spec()}.items():
         assert name in documented, name
         assert documented[name]["type"] == spec["type"], name
         assert documented[name].get("default") == spec.get("default"), name
+
+
+@pytest.mark.parametrize("module", [rolling_upgrade, rollback, release_info, release_record])
+def test_docker_host_comes_from_the_shared_fragment(module):
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert "opsbook.stack.docker" in doc["extends_documentation_fragment"]
+    assert "docker_host" not in (doc.get("options") or {})

@@ -1,0 +1,180 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pieces of the _upgrade package on their own: compose config parsing, the checked compose file edit, the
+compose CLI's errors, a service's containers from the Engine's list, and the journal's release helpers."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import hashlib
+import os
+
+import pytest
+
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
+    Journal,
+    Release,
+    ServiceImage,
+    build_release,
+    intact,
+    runs_now,
+)
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
+    ComposeCli,
+    ComposeFile,
+    ComposeService,
+    DockerFacts,
+    ServicePlan,
+    UpgradeError,
+    parse_services,
+)
+
+COMPOSE = "services:\n  web:\n    image: reg/web:1\n"
+
+
+def test_parse_services_reads_role_port_replicas_and_healthcheck():
+    services = parse_services(
+        {
+            "services": {
+                "web": {
+                    "image": "reg/web:1",
+                    "deploy": {"replicas": 3},
+                    "labels": ["io.opsbook.port=8000"],
+                    "healthcheck": {"test": ["CMD", "true"]},
+                },
+                "db": {"image": "pg:15", "labels": {"io.opsbook.role": "stateful"}, "healthcheck": {"disable": True}},
+                "worker": {"image": "reg/w:1", "scale": 2},
+            }
+        }
+    )
+    assert services["web"] == ComposeService("web", "reg/web:1", 3, "web", 8000, True)
+    assert services["db"] == ComposeService("db", "pg:15", 1, "stateful", None, False)
+    assert services["worker"] == ComposeService("worker", "reg/w:1", 2, "worker", None, False)
+
+
+def test_compose_file_edit_is_checked_before_it_replaces_the_file(tmp_path):
+    path = tmp_path / "compose.yaml"
+    path.write_text(COMPOSE)
+    os.chmod(path, 0o640)
+    seen = []
+
+    def config(candidate):
+        seen.append((os.path.dirname(candidate), open(candidate, encoding="utf-8").read()))
+        return {"web": ComposeService("web", "reg/web:2", 1, "web", None, False)}
+
+    edit = ComposeFile(str(path), config)
+    before = edit.set_image("web", "reg/web:2")
+    assert before == COMPOSE and path.read_text() == COMPOSE.replace(":1", ":2")
+    assert seen == [(str(tmp_path), COMPOSE.replace(":1", ":2"))]  # checked beside the real file
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["compose.yaml"]  # no candidate or temporary file left
+    edit.restore(before)
+    assert path.read_text() == COMPOSE
+
+
+def test_a_compose_file_edit_that_compose_reads_otherwise_changes_nothing(tmp_path):
+    path = tmp_path / "compose.yaml"
+    path.write_text(COMPOSE)
+    edit = ComposeFile(str(path), lambda candidate: {})
+    with pytest.raises(UpgradeError, match="does not give service web the image reg/web:2"):
+        edit.set_image("web", "reg/web:2")
+    assert path.read_text() == COMPOSE and os.listdir(tmp_path) == ["compose.yaml"]
+
+
+def test_compose_cli_argv_and_a_missing_binary(tmp_path, monkeypatch):
+    cli = ComposeCli("demo", str(tmp_path), str(tmp_path / "compose.yaml"))
+    assert cli.argv("ps") == [
+        "docker",
+        "compose",
+        "--project-name",
+        "demo",
+        "--project-directory",
+        str(tmp_path),
+        "--file",
+        str(tmp_path / "compose.yaml"),
+        "ps",
+    ]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker binary here
+    with pytest.raises(UpgradeError, match="docker compose is not installed on this host"):
+        cli.run("ps")
+
+
+class ListingClient:
+    def __init__(self, items):
+        self.items = items
+        self.asked = []
+
+    def list_containers(self, labels=None, all=False):  # pylint: disable=redefined-builtin
+        self.asked.append((labels, all))
+        return self.items
+
+
+def item(cid, number, created, ports, oneoff=False):
+    labels = {"com.docker.compose.service": "web", "com.docker.compose.container-number": str(number)}
+    if oneoff:
+        labels["com.docker.compose.oneoff"] = "True"
+    return {
+        "Id": cid,
+        "Names": ["/demo-web-%d" % number],
+        "ImageID": "sha256:x",
+        "State": "running",
+        "Created": created,
+        "Labels": labels,
+        "Ports": ports,
+    }
+
+
+def test_containers_of_a_service_oldest_first_with_their_loopback_port():
+    client = ListingClient(
+        [
+            item("b", 2, 20, [{"IP": "127.0.0.1", "PrivatePort": 8000, "PublicPort": 30002, "Type": "tcp"}]),
+            item("a", 1, 10, [{"IP": "0.0.0.0", "PrivatePort": 8000, "PublicPort": 30001, "Type": "tcp"}]),
+            item("c", 3, 30, [{"IP": "10.0.0.5", "PrivatePort": 8000, "PublicPort": 30003, "Type": "tcp"}]),
+            item("run", 1, 5, [], oneoff=True),
+        ]
+    )
+    found = DockerFacts(client, "demo").containers("web", 8000)
+    assert [(c.id, c.name, c.host_port) for c in found] == [
+        ("a", "demo-web-1", 30001),
+        ("b", "demo-web-2", 30002),
+        ("c", "demo-web-3", None),  # published elsewhere than loopback or every interface
+    ]
+    assert client.asked == [({"com.docker.compose.project": "demo", "com.docker.compose.service": "web"}, True)]
+    assert DockerFacts(client, "demo").containers("web")[0].host_port is None
+
+
+def test_a_reversed_plan_goes_back_where_it_came_from():
+    plan = ServicePlan("web", "web", "rolling", 2, "reg/web:1", ["sha256:one"], "d1", "reg/web:2", "sha256:two", "d2")
+    back = plan.reversed()
+    assert (back.from_image, back.to_image, back.to_image_id, back.to_digest) == (
+        "reg/web:2",
+        "reg/web:1",
+        "sha256:one",
+        "d1",
+    )
+
+
+def test_build_release_hashes_the_compose_file_and_follows_the_previous(tmp_path):
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(COMPOSE)
+    journal = Journal(str(tmp_path / "j"), "demo")
+    services = {"web": ServiceImage("reg/web:1", "sha256:one", "reg/web@sha256:d1")}
+    first = build_release(journal, "deploy", "succeeded", str(compose), services, 0.0)
+    journal.record(first)
+    assert first.id == "19700101T000000Z-" + hashlib.sha256(COMPOSE.encode()).hexdigest()[:8]
+    second = build_release(journal, "upgrade", "in_progress", str(compose), services, 0.0, previous=first)
+    assert second.id == first.id + ".2" and second.previous == first.id and second.project == "demo"
+    again = build_release(journal, "upgrade", "succeeded", str(compose), services, 0.0, release_id=second.id)
+    assert again.id == second.id
+
+
+def test_intact_and_runs_now():
+    release = Release("r1", "demo", "deploy", "succeeded", "", 0.0, {"web": ServiceImage("reg/web:1", "sha256:one")})
+    assert intact(release, {"sha256:one"}.__contains__)
+    assert not intact(release, set().__contains__)
+    assert not intact(Release("r0", "demo", "deploy", "succeeded", "", 0.0, {}), {"x"}.__contains__)
+    assert runs_now(release, {"web": ServiceImage("reg/web:1", "sha256:one")})
+    assert not runs_now(release, {"web": ServiceImage("reg/web:2", "sha256:two")})
+    assert not runs_now(release, {})
