@@ -96,8 +96,8 @@ def check_images(client: DockerClient, project: str, records: list[Release], out
     """Add `intact` to every record; return the id of the newest succeeded release that runs now."""
     present = image_present(client)
     running = project_images(client, project)
-    for record, data in zip(records, out, strict=True):
-        data["intact"] = intact(record, present)
+    for index, record in enumerate(records):
+        out[index]["intact"] = intact(record, present)
     for record in reversed(records):
         if record.status == "succeeded" and record.services and runs_now(record, running):
             return record.id

@@ -26,9 +26,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model impor
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _IMAGE_LINE_RE = re.compile(r"^(\s*image:\s*)(['\"]?)([^'\"#\s]*)(['\"]?)(\s*(#.*)?)$")
 
-# Reads a compose file (a candidate path) as `docker compose config` sees it.
-ConfigReader = t.Callable[[str], dict[str, ComposeService]]
-
 
 def split_image(ref: str) -> tuple[str, str]:
     """'registry:5000/app:1.0' -> ('registry:5000/app', '1.0'); no tag -> (ref, 'latest'); digests kept whole."""
@@ -97,7 +94,8 @@ def set_service_image(text: str, service: str, image: str) -> str:
 class ComposeFile:
     """The project's rendered compose.yaml: set one service's image (checked first), put the old text back."""
 
-    def __init__(self, path: str, read_config: ConfigReader):
+    def __init__(self, path: str, read_config: t.Callable[[str], dict[str, ComposeService]]):
+        # read_config(candidate path): the services as `docker compose config` reads that file.
         self.path = path
         self.read_config = read_config
 
@@ -135,4 +133,4 @@ class ComposeFile:
             raise UpgradeError("the edited compose file does not give service %s the image %s" % (service, image))
 
 
-__all__ = ["ComposeFile", "ConfigReader", "set_service_image", "split_image", "target_image"]
+__all__ = ["ComposeFile", "set_service_image", "split_image", "target_image"]
