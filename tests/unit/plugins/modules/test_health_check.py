@@ -127,6 +127,7 @@ def test_docker_host_falls_back_to_environment(tmp_path, monkeypatch, capsys):
 # Documentation agrees with the code (ansible-test validate-modules checks more; this runs with pytest)
 # --------------------------------------------------------------------------------------------------------
 
+
 def test_documentation_matches_argument_spec():
     doc = check_documentation(health_check)
     assert doc["attributes"]["check_mode"]["support"] == "full"
