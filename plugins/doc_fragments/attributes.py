@@ -13,6 +13,8 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options: {}
 attributes:
+  action_group:
+    description: Use C(group/opsbook.stack.stack) in C(module_defaults) to set defaults for this module.
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
   diff_mode:

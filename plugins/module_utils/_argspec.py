@@ -19,6 +19,7 @@ import typing as t
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
+from ansible_collections.opsbook.stack.plugins.module_utils._http import DEFAULT_TIMEOUT
 
 
 def docker_argument_spec() -> dict[str, t.Any]:
@@ -28,4 +29,24 @@ def docker_argument_spec() -> dict[str, t.Any]:
     )
 
 
-__all__ = ["docker_argument_spec"]
+def http_argument_spec() -> dict[str, t.Any]:
+    """The client options of an HTTP API, named as in ``ansible.builtin.url`` (doc fragment ``opsbook.stack.http``).
+
+    ``url`` stays with each module: what it points at is the module's own business. _http.HttpSettings.from_params
+    reads these back.
+    """
+    return dict(
+        timeout=dict(type="float", default=DEFAULT_TIMEOUT),
+        validate_certs=dict(type="bool", default=True),
+        ca_path=dict(type="path"),
+        client_cert=dict(type="path"),
+        client_key=dict(type="path"),
+        url_username=dict(type="str"),
+        url_password=dict(type="str", no_log=True),
+        force_basic_auth=dict(type="bool", default=False),
+        use_proxy=dict(type="bool", default=True),
+        headers=dict(type="dict", default={}),
+    )
+
+
+__all__ = ["docker_argument_spec", "http_argument_spec"]

@@ -2,13 +2,13 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Small standard-library clients of the Prometheus HTTP API and the Alertmanager v2 API.
+"""Small clients of the Prometheus HTTP API and the Alertmanager v2 API.
 
 Private to this collection: not a public API, it may change in any release.
 
 Used by the prometheus_query and alertmanager_silence modules. Only what the runbooks need: instant queries,
-the list of alerts, and creating, finding and expiring silences. No third-party packages: target hosts and
-controllers need nothing beyond Python.
+the list of alerts, and creating, finding and expiring silences. Requests go through _http (ansible-core's
+``ansible.module_utils.urls``); no third-party packages.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -18,40 +18,26 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import json
 import math
 import re
-import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
-from urllib.request import HTTPSHandler, ProxyHandler, Request, build_opener
+
+from ansible_collections.opsbook.stack.plugins.module_utils._http import (
+    TRANSPORT_ERRORS,
+    HttpConfigError,
+    HttpSettings,
+    open_http,
+)
 
 COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
 EXPECTATIONS = ("any", "empty", "non_empty")
+ALERT_STATES = ("firing", "pending")
 
 
 class ApiError(Exception):
     """The API could not be reached or answered with an error; the message says which and why."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# HTTP
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class HttpSettings:
-    """How to reach an API: base URL, timeout, TLS and extra headers (for example Authorization)."""
-
-    url: str
-    timeout: float = 10.0
-    validate_certs: bool = True
-    headers: dict[str, str] = field(default_factory=dict)
-    use_proxy: bool = True
-
-    def base(self) -> str:
-        return self.url.rstrip("/")
 
 
 def request_json(
@@ -67,25 +53,20 @@ def request_json(
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    handlers: list = []
-    if not settings.use_proxy:
-        handlers.append(ProxyHandler({}))
-    if url.startswith("https://") and not settings.validate_certs:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        handlers.append(HTTPSHandler(context=context))
-    opener = build_opener(*handlers)
-    req = Request(url, data=data, headers=headers, method=method)
     try:
-        with opener.open(req, timeout=settings.timeout) as resp:
-            raw = resp.read()
-    except HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        raise ApiError("%s %s: HTTP %d %s" % (method, url, exc.code, detail.strip())) from exc
-    except (URLError, OSError) as exc:
+        resp = open_http(settings, method, url, data=data, headers=headers)
+        try:
+            status, raw = resp.status, resp.read()
+        finally:
+            resp.close()
+    except HttpConfigError as exc:
+        raise ApiError("%s %s: %s" % (method, url, exc)) from exc
+    except TRANSPORT_ERRORS as exc:
         reason = getattr(exc, "reason", exc)
         raise ApiError("%s %s: cannot connect: %s" % (method, url, reason)) from exc
+    if not 200 <= status < 300:
+        detail = raw.decode("utf-8", "replace")[:500]
+        raise ApiError("%s %s: HTTP %d %s" % (method, url, status, detail.strip()))
     if not raw.strip():
         return None
     try:

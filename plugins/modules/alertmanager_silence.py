@@ -17,12 +17,17 @@ description:
     expires silences by id or by their matchers.
   - Idempotent. O(state=present) reuses a live (active or pending) silence with the same matchers, author and
     comment instead of stacking a second one; O(state=absent) does nothing when no live silence matches.
-  - Uses only the Python standard library.
+  - Requests go through ansible-core's C(ansible.module_utils.urls), with the client options of
+    M(ansible.builtin.uri) (basic authentication, CA bundle, client certificate, proxy).
 author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.http
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Reads the silences and reports what it would create or expire without doing it.
@@ -87,26 +92,6 @@ options:
     description:
       - With O(state=absent), the id of the silence to expire (the RV(silence_id) of the task that made it).
     type: str
-  timeout:
-    description:
-      - Seconds one HTTP request may take.
-    type: float
-    default: 10
-  validate_certs:
-    description:
-      - Verify the TLS certificate of an https:// URL.
-    type: bool
-    default: true
-  use_proxy:
-    description:
-      - Use the proxy from the C(http_proxy)/C(https_proxy)/C(no_proxy) environment variables.
-    type: bool
-    default: true
-  headers:
-    description:
-      - Extra request headers, for example C(Authorization).
-    type: dict
-    default: {}
 notes:
   - Alertmanager cannot delete a silence, only expire it; expired silences stay visible until its retention
     (C(--data.retention), 120 h by default) drops them.
@@ -119,7 +104,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Silence the app's alerts for the upgrade window
+- name: Silence the app's alerts for the upgrade window (run again, it reuses the silence with changed=false)
   opsbook.stack.alertmanager_silence:
     url: http://127.0.0.1:9093
     matchers:
@@ -133,28 +118,19 @@ EXAMPLES = r"""
     created_by: "{{ lookup('ansible.builtin.env', 'USER') }}"
   register: maintenance
 
-- name: The same task again reuses the silence (changed=false)
-  opsbook.stack.alertmanager_silence:
-    url: http://127.0.0.1:9093
-    matchers:
-      - name: project
-        value: agentchat
-      - name: severity
-        value: warning|critical
-        is_regex: true
-    duration: 1h
-    comment: "Planned upgrade to backend 2.0 (CHG-1234)"
-    created_by: "{{ lookup('ansible.builtin.env', 'USER') }}"
-
 - name: Expire it when the upgrade is verified
   opsbook.stack.alertmanager_silence:
     url: http://127.0.0.1:9093
     state: absent
     silence_id: "{{ maintenance.silence_id }}"
 
-- name: Expire every live silence with these matchers, whoever made it
+- name: Expire every live silence with these matchers, whoever made it, through an authenticating proxy
   opsbook.stack.alertmanager_silence:
-    url: http://127.0.0.1:9093
+    url: https://alertmanager.example.com
+    ca_path: /etc/ssl/certs/internal-ca.pem
+    url_username: ops
+    url_password: "{{ alertmanager_password }}"
+    force_basic_auth: true
     state: absent
     matchers:
       - name: project
@@ -188,9 +164,10 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import http_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings
 from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
     ApiError,
-    HttpSettings,
     Matcher,
     ensure_silence,
     parse_duration,
@@ -215,22 +192,13 @@ def main() -> None:
             comment=dict(type="str", default="opsbook.stack maintenance"),
             created_by=dict(type="str", default="opsbook.stack"),
             silence_id=dict(type="str"),
-            timeout=dict(type="float", default=10),
-            validate_certs=dict(type="bool", default=True),
-            use_proxy=dict(type="bool", default=True),
-            headers=dict(type="dict", default={}),
+            **http_argument_spec(),
         ),
         required_if=[("state", "present", ["matchers"])],
         supports_check_mode=True,
     )
     p = module.params
-    settings = HttpSettings(
-        url=p["url"],
-        timeout=p["timeout"],
-        validate_certs=p["validate_certs"],
-        headers={str(k): str(v) for k, v in p["headers"].items()},
-        use_proxy=p["use_proxy"],
-    )
+    settings = HttpSettings.from_params(p)
     matchers = [
         Matcher(name=m["name"], value=m["value"], is_regex=m["is_regex"], is_equal=m["is_equal"]) for m in p["matchers"]
     ]

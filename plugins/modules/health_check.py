@@ -19,15 +19,20 @@ description:
     accepts connections), C(container) (a container is running, its Docker healthcheck passes and it has not
     restarted too often) and C(exec) (a command run inside a container exits as expected).
   - The wall time of a run is that of the slowest probe, not the sum of all probes.
-  - Container and exec probes talk to the Docker Engine API over its socket directly; the target host needs
-    neither the Docker SDK for Python nor the docker CLI.
+  - Container and exec probes talk to the Docker Engine API at O(docker_host) directly; the target host needs
+    neither the Docker SDK for Python nor the docker CLI. Http probes use ansible-core's
+    C(ansible.module_utils.urls).
   - The module only reads. It never changes anything and always reports C(changed=false).
 author:
   # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Probes only read, so they run in check mode too. Exec probes run their command in check mode as
@@ -149,13 +154,6 @@ options:
         description:
           - C(exec) probes. Python regular expression the command's standard output must contain.
         type: str
-  docker_host:
-    description:
-      - Docker Engine API endpoint for C(container) and C(exec) probes, as V(unix:///path/to/docker.sock) or
-        V(tcp://host:port) (plain HTTP, no TLS).
-      - Falls back to the E(DOCKER_HOST) environment variable of the target when not set.
-    type: str
-    default: unix:///var/run/docker.sock
   max_workers:
     description:
       - How many probes run at the same time. Defaults to the number of probes, at most 64.
@@ -326,39 +324,40 @@ probes:
             output: "curl: (7) Failed to connect to 127.0.0.1 port 8000"
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
 from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     DEFAULT_DELAY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
+    FIELD_DEFAULTS,
     ProbeConfigError,
     check,
 )
 
 PROBE_OPTIONS = dict(
     name=dict(type="str"),
-    # No `choices`: probes.py rejects an unknown type naming the probe index, which AnsibleModule cannot.
+    # No `choices`: _probe_spec.parse_probe rejects an unknown type naming the probe index, which AnsibleModule cannot.
     type=dict(type="str", required=True),
     timeout=dict(type="float", default=DEFAULT_TIMEOUT),
     retries=dict(type="int", default=DEFAULT_RETRIES),
     delay=dict(type="float", default=DEFAULT_DELAY),
     url=dict(type="str"),
-    method=dict(type="str", default="GET"),
-    status=dict(type="list", elements="int", default=[200]),
+    method=dict(type="str", default=FIELD_DEFAULTS["method"]),
+    status=dict(type="list", elements="int", default=list(FIELD_DEFAULTS["status"])),
     body_pattern=dict(type="str"),
     latency_budget_ms=dict(type="float"),
     headers=dict(type="dict"),
-    validate_certs=dict(type="bool", default=True),
-    follow_redirects=dict(type="bool", default=False),
-    use_proxy=dict(type="bool", default=True),
+    validate_certs=dict(type="bool", default=FIELD_DEFAULTS["validate_certs"]),
+    follow_redirects=dict(type="bool", default=FIELD_DEFAULTS["follow_redirects"]),
+    use_proxy=dict(type="bool", default=FIELD_DEFAULTS["use_proxy"]),
     host=dict(type="str"),
     port=dict(type="int"),
     container=dict(type="str"),
     max_restarts=dict(type="int"),
     command=dict(type="list", elements="str"),
-    expect_rc=dict(type="int", default=0),
+    expect_rc=dict(type="int", default=FIELD_DEFAULTS["expect_rc"]),
     stdout_pattern=dict(type="str"),
 )
 
@@ -367,7 +366,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             probes=dict(type="list", elements="dict", required=True, options=PROBE_OPTIONS),
-            docker_host=dict(type="str", default=DEFAULT_DOCKER_HOST, fallback=(env_fallback, ["DOCKER_HOST"])),
+            **docker_argument_spec(),
             max_workers=dict(type="int"),
             fail_on_unhealthy=dict(type="bool", default=True),
         ),

@@ -18,12 +18,18 @@ description:
   - An optional assertion turns the answer into a verdict, for example O(expect=empty) for "no alert is
     firing" or O(compare=<) with O(threshold=0.01) for "the error ratio is below 1%". With O(retries) the
     module waits until the assertion holds, which is how a runbook's verify step waits for recovery.
-  - Uses only the Python standard library. The module only reads and always reports C(changed=false).
+  - Requests go through ansible-core's C(ansible.module_utils.urls), with the client options of
+    M(ansible.builtin.uri) (basic authentication, CA bundle, client certificate, proxy). The module only reads
+    and always reports C(changed=false).
 author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.http
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: The module only reads, so it queries in check mode too.
@@ -103,26 +109,6 @@ options:
       - Fail the task when the assertion still fails after the last attempt. When false, RV(ok) tells.
     type: bool
     default: true
-  timeout:
-    description:
-      - Seconds one HTTP request may take.
-    type: float
-    default: 10
-  validate_certs:
-    description:
-      - Verify the TLS certificate of an https:// URL.
-    type: bool
-    default: true
-  use_proxy:
-    description:
-      - Use the proxy from the C(http_proxy)/C(https_proxy)/C(no_proxy) environment variables.
-    type: bool
-    default: true
-  headers:
-    description:
-      - Extra request headers, for example C(Authorization) for a Prometheus behind an authenticating proxy.
-    type: dict
-    default: {}
 notes:
   - An unreachable Prometheus or a query error always fails the task, whatever O(fail_on_mismatch) says; the
     message carries the URL and Prometheus' own error.
@@ -158,6 +144,16 @@ EXAMPLES = r"""
     expect: empty
     retries: 10
     delay: 6
+
+- name: Ask a Prometheus behind an authenticating TLS proxy signed by an internal CA
+  opsbook.stack.prometheus_query:
+    url: https://prometheus.example.com
+    ca_path: /etc/ssl/certs/internal-ca.pem
+    url_username: ops
+    url_password: "{{ prometheus_password }}"
+    force_basic_auth: true
+    query: up == 0
+    expect: empty
 
 - name: Collect the firing alerts without failing
   opsbook.stack.prometheus_query:
@@ -219,10 +215,14 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import http_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings
 from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
+    ALERT_STATES,
+    COMPARISONS,
+    EXPECTATIONS,
     ApiError,
     Assertion,
-    HttpSettings,
     instant_query,
     list_alerts,
     select_alerts,
@@ -235,20 +235,17 @@ def main() -> None:
             url=dict(type="str", required=True),
             query=dict(type="str"),
             alerts=dict(type="bool", default=False),
-            alert_states=dict(type="list", elements="str", choices=["firing", "pending"], default=["firing"]),
+            alert_states=dict(type="list", elements="str", choices=list(ALERT_STATES), default=["firing"]),
             alert_names=dict(type="list", elements="str", default=[]),
             alert_labels=dict(type="dict", default={}),
             time=dict(type="str"),
-            expect=dict(type="str", choices=["any", "empty", "non_empty"], default="any"),
-            compare=dict(type="str", choices=["==", "!=", "<", "<=", ">", ">="]),
+            expect=dict(type="str", choices=list(EXPECTATIONS), default="any"),
+            compare=dict(type="str", choices=list(COMPARISONS)),
             threshold=dict(type="float"),
             retries=dict(type="int", default=0),
             delay=dict(type="float", default=5),
             fail_on_mismatch=dict(type="bool", default=True),
-            timeout=dict(type="float", default=10),
-            validate_certs=dict(type="bool", default=True),
-            use_proxy=dict(type="bool", default=True),
-            headers=dict(type="dict", default={}),
+            **http_argument_spec(),
         ),
         required_together=[("compare", "threshold")],
         supports_check_mode=True,
@@ -258,13 +255,7 @@ def main() -> None:
         module.fail_json(msg="give exactly one of query (an expression to evaluate) and alerts=true (list alerts)")
     if p["alerts"] and p["compare"]:
         module.fail_json(msg="compare/threshold apply to query results, not to alerts; use expect with alerts=true")
-    settings = HttpSettings(
-        url=p["url"],
-        timeout=p["timeout"],
-        validate_certs=p["validate_certs"],
-        headers={str(k): str(v) for k, v in p["headers"].items()},
-        use_proxy=p["use_proxy"],
-    )
+    settings = HttpSettings.from_params(p)
     assertion = Assertion(expect=p["expect"], compare=p["compare"], threshold=p["threshold"])
 
     attempts = 0

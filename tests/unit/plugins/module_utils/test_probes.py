@@ -30,6 +30,10 @@ from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     parse_probes,
     run_probes,
 )
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import (  # noqa: F401 pylint: disable=unused-import
+    tls,
+    tls_server,
+)
 
 
 def one(raw: dict, **kwargs) -> probes.ProbeResult:
@@ -544,3 +548,26 @@ def test_unsupported_docker_host_is_reported_per_probe():
 def test_run_probes_with_typed_probes(http_server):
     report = run_probes([HttpProbe(name="typed", url=http_server.url("/ok"))])
     assert report.healthy and report.results[0].name == "typed"
+
+
+# --------------------------------------------------------------------------------------------------------
+# https, and per-probe client settings under concurrency
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_https_probe_validates_the_certificate(tls_server):  # noqa: F811
+    result = one({"type": "http", "url": tls_server.url("/ok"), "timeout": 3})
+    assert not result.ok and result.status is None
+    assert "TLS certificate of %s not trusted" % tls_server.url("/ok") in result.error
+    assert one({"type": "http", "url": tls_server.url("/ok"), "validate_certs": False}).ok
+
+
+def test_concurrent_probes_keep_their_own_redirect_setting(http_server):
+    # ansible's Request.open installs its opener process-wide; probes must not pick up each other's.
+    raw = [
+        {"type": "http", "name": "p%d" % i, "url": http_server.url("/redirect"), "follow_redirects": bool(i % 2)}
+        for i in range(40)
+    ]
+    for _round in range(3):
+        report = check(raw)
+        assert [r.status for r in report.results] == [200 if i % 2 else 302 for i in range(40)]

@@ -2,7 +2,8 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""prometheus_api against a real Prometheus and Alertmanager (sandbox images), plus its pure helpers."""
+"""_prometheus against a real Prometheus and Alertmanager (sandbox images), the HTTP client options against a
+local HTTPS server, and its pure helpers."""
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -13,6 +14,13 @@ import math
 import pytest
 
 from ansible_collections.opsbook.stack.plugins.module_utils import _prometheus as api
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import (  # noqa: F401 pylint: disable=unused-import
+    PASSWORD,
+    USER,
+    mtls_server,
+    tls,
+    tls_server,
+)
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 
@@ -120,3 +128,67 @@ def test_silence_lifecycle(monitoring):  # noqa: F811
     assert api.find_equal(api.list_silences(settings), matchers) == []
     with pytest.raises(ValueError, match="matchers must not be empty"):
         api.ensure_silence(settings, [], 60, "x", "y", check_mode=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The ansible.builtin.url client options, against a local HTTPS server with certificates made for the session
+# --------------------------------------------------------------------------------------------------------
+
+
+def _over_tls(server, **options) -> api.HttpSettings:
+    return api.HttpSettings(url=server.base, timeout=5, **options)
+
+
+def test_ca_path_trusts_the_private_ca(tls_server):  # noqa: F811
+    kind, samples = api.instant_query(_over_tls(tls_server, ca_path=str(tls_server.files.ca)), "scalar(x)")
+    assert kind == "scalar" and samples[0].value == 42.0
+
+
+def test_the_system_store_does_not_trust_a_private_ca(tls_server):  # noqa: F811
+    with pytest.raises(api.ApiError, match="cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
+        api.instant_query(_over_tls(tls_server), "up")
+    kind, _samples = api.instant_query(_over_tls(tls_server, validate_certs=False), "up")
+    assert kind == "scalar"
+
+
+def test_an_unreadable_ca_path_says_so(tls_server, tmp_path):  # noqa: F811
+    with pytest.raises(api.ApiError, match=r"cannot use the TLS files \(ca_path=%s/none.pem" % tmp_path):
+        api.instant_query(_over_tls(tls_server, ca_path=str(tmp_path / "none.pem")), "up")
+
+
+@pytest.mark.parametrize("force_basic_auth", [True, False])
+def test_basic_auth_forced_or_after_the_challenge(tls_server, force_basic_auth):  # noqa: F811
+    tls_server.require((USER, PASSWORD))
+    settings = _over_tls(
+        tls_server,
+        ca_path=str(tls_server.files.ca),
+        url_username=USER,
+        url_password=PASSWORD,
+        force_basic_auth=force_basic_auth,
+    )
+    kind, _samples = api.instant_query(settings, "up")
+    assert kind == "scalar"
+    first = tls_server.httpd.seen[0]
+    assert ("Authorization" in first) is force_basic_auth  # without force, only the retry after the 401 has it
+
+
+def test_wrong_credentials_are_an_http_401(tls_server):  # noqa: F811
+    tls_server.require((USER, PASSWORD))
+    settings = _over_tls(
+        tls_server, ca_path=str(tls_server.files.ca), url_username=USER, url_password="nope", force_basic_auth=True
+    )
+    with pytest.raises(api.ApiError, match="HTTP 401 unauthorized"):
+        api.instant_query(settings, "up")
+
+
+def test_client_certificate_for_mutual_tls(mtls_server):  # noqa: F811
+    files = mtls_server.files
+    settings = _over_tls(mtls_server, ca_path=str(files.ca), client_cert=str(files.client_cert))
+    with pytest.raises(api.ApiError):  # the key is in another file and not given
+        api.instant_query(settings, "up")
+    settings = _over_tls(
+        mtls_server, ca_path=str(files.ca), client_cert=str(files.client_cert), client_key=str(files.client_key)
+    )
+    assert api.instant_query(settings, "up")[0] == "scalar"
+    with pytest.raises(api.ApiError, match="cannot connect"):
+        api.instant_query(_over_tls(mtls_server, ca_path=str(files.ca)), "up")

@@ -16,12 +16,12 @@ import secrets
 import urllib.request
 
 import pytest
+import yaml
 
 from ansible_collections.opsbook.stack.plugins.modules import alertmanager_silence
+from ansible_collections.opsbook.stack.tests.unit.doc_contract import check_documentation
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
-
-pytestmark = pytest.mark.docker
 
 
 def run(args: dict, capsys, check: bool = False) -> dict:
@@ -41,6 +41,7 @@ def live(url: str, project: str) -> list:
     ]
 
 
+@pytest.mark.docker
 def test_create_reuse_expire_four_times_each(monitoring, capsys):  # noqa: F811
     project = "p" + secrets.token_hex(3)
     args = {
@@ -74,6 +75,7 @@ def test_create_reuse_expire_four_times_each(monitoring, capsys):  # noqa: F811
     assert live(monitoring.alertmanager_url, project) == []
 
 
+@pytest.mark.docker
 def test_expire_by_matchers_whoever_made_it(monitoring, capsys):  # noqa: F811
     project = "p" + secrets.token_hex(3)
     base = {"url": monitoring.alertmanager_url, "matchers": [{"name": "project", "value": project}]}
@@ -85,6 +87,7 @@ def test_expire_by_matchers_whoever_made_it(monitoring, capsys):  # noqa: F811
     assert live(monitoring.alertmanager_url, project) == []
 
 
+@pytest.mark.docker
 def test_bad_input_is_refused_before_any_change(monitoring, capsys):  # noqa: F811
     bad = run(
         {"url": monitoring.alertmanager_url, "duration": "soon", "matchers": [{"name": "project", "value": "x"}]},
@@ -95,3 +98,23 @@ def test_bad_input_is_refused_before_any_change(monitoring, capsys):  # noqa: F8
     assert missing["failed"] is True and "silence_id or matchers" in missing["msg"]
     down = run({"url": "http://127.0.0.1:1", "matchers": [{"name": "a", "value": "b"}], "timeout": 2}, capsys)
     assert down["failed"] is True and "cannot connect" in down["msg"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Without Docker: the documentation and the client options
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_documentation_matches_argument_spec():
+    doc = check_documentation(alertmanager_silence)
+    assert doc["attributes"]["idempotent"]["support"] == "full"
+    tasks = [task["opsbook.stack.alertmanager_silence"] for task in yaml.safe_load(alertmanager_silence.EXAMPLES)]
+    assert all(set(task) <= set(doc["options"]) for task in tasks)
+
+
+def test_unreadable_ca_path_fails_naming_it(tmp_path, capsys):
+    missing = str(tmp_path / "ca.pem")
+    result = run({"url": "https://127.0.0.1:1", "state": "absent", "silence_id": "x", "ca_path": missing}, capsys)
+    assert result["failed"] is True
+    assert result["msg"].startswith("Alertmanager: GET https://127.0.0.1:1/api/v2/silence/x: cannot use the TLS files")
+    assert "ca_path=%s" % missing in result["msg"]

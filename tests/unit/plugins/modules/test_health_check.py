@@ -15,6 +15,7 @@ import yaml
 
 from ansible_collections.opsbook.stack.plugins.module_utils._probes import parse_probes
 from ansible_collections.opsbook.stack.plugins.modules import health_check
+from ansible_collections.opsbook.stack.tests.unit.doc_contract import check_documentation
 from ansible_collections.opsbook.stack.tests.unit.module_args import patch_module_args
 
 
@@ -126,51 +127,14 @@ def test_docker_host_falls_back_to_environment(tmp_path, monkeypatch, capsys):
 # Documentation agrees with the code (ansible-test validate-modules checks more; this runs with pytest)
 # --------------------------------------------------------------------------------------------------------
 
-DOC = yaml.safe_load(health_check.DOCUMENTATION)
-
-
-def _spec():
-    # AnsibleModule is built inside main(); capture its argument_spec instead of duplicating it.
-    captured = {}
-
-    class Capture(Exception):
-        pass
-
-    def fake_module(argument_spec, **kwargs):
-        captured.update(argument_spec=argument_spec, kwargs=kwargs)
-        raise Capture()
-
-    original = health_check.AnsibleModule
-    health_check.AnsibleModule = fake_module
-    try:
-        with pytest.raises(Capture):
-            health_check.main()
-    finally:
-        health_check.AnsibleModule = original
-    return captured
-
-
-def _compare(doc_options: dict, spec: dict, where: str) -> None:
-    assert set(doc_options) == set(spec), where
-    for name, spec_option in spec.items():
-        doc_option = doc_options[name]
-        assert doc_option.get("type", "str") == spec_option.get("type", "str"), "%s.%s type" % (where, name)
-        assert doc_option.get("elements") == spec_option.get("elements"), "%s.%s elements" % (where, name)
-        assert doc_option.get("default") == spec_option.get("default"), "%s.%s default" % (where, name)
-        assert bool(doc_option.get("required")) == bool(spec_option.get("required")), "%s.%s required" % (where, name)
-        assert doc_option.get("choices") == spec_option.get("choices"), "%s.%s choices" % (where, name)
-        if "options" in spec_option:
-            _compare(doc_option["suboptions"], spec_option["options"], "%s.%s" % (where, name))
-
 
 def test_documentation_matches_argument_spec():
-    captured = _spec()
-    _compare(DOC["options"], captured["argument_spec"], "options")
-    assert captured["kwargs"]["supports_check_mode"] is True
-    assert DOC["attributes"]["check_mode"]["support"] == "full"
-    assert DOC["attributes"]["diff_mode"]["support"] == "none"
-    assert DOC["version_added"] == "0.1.0"
-    assert DOC["module"] == "health_check"
+    doc = check_documentation(health_check)
+    assert doc["attributes"]["check_mode"]["support"] == "full"
+    assert doc["attributes"]["diff_mode"]["support"] == "none"
+    assert doc["version_added"] == "0.1.0"
+    assert doc["module"] == "health_check"
+    assert doc["options"]["docker_host"]["default"] == "unix:///var/run/docker.sock"
 
 
 def test_examples_are_valid_probe_lists():

@@ -13,16 +13,22 @@ import time
 import pytest
 
 from ansible_collections.opsbook.stack.plugins.modules import prometheus_query
+from ansible_collections.opsbook.stack.tests.unit.doc_contract import check_documentation
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import (  # noqa: F401 pylint: disable=unused-import
+    PASSWORD,
+    USER,
+    tls,
+    tls_server,
+)
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
-
-pytestmark = pytest.mark.docker
 
 
 def run(args: dict, capsys) -> dict:
     return run_module(prometheus_query, args, capsys)
 
 
+@pytest.mark.docker
 def test_query_without_assertion_returns_samples(monitoring, capsys):  # noqa: F811
     result = run({"url": monitoring.prometheus_url, "query": "up"}, capsys)
     assert result["changed"] is False and result["ok"] is True and not result.get("failed")
@@ -30,6 +36,7 @@ def test_query_without_assertion_returns_samples(monitoring, capsys):  # noqa: F
     assert sorted(s["labels"]["job"] for s in result["samples"]) == ["nothing-listens", "prometheus"]
 
 
+@pytest.mark.docker
 def test_expect_empty_fails_naming_the_series(monitoring, capsys):  # noqa: F811
     result = run({"url": monitoring.prometheus_url, "query": "up == 0", "expect": "empty"}, capsys)
     assert result["failed"] is True and result["ok"] is False
@@ -38,6 +45,7 @@ def test_expect_empty_fails_naming_the_series(monitoring, capsys):  # noqa: F811
     assert ok["ok"] is True and "failed" not in ok
 
 
+@pytest.mark.docker
 def test_threshold_and_retries(monitoring, capsys):  # noqa: F811
     started = time.monotonic()
     result = run(
@@ -59,6 +67,7 @@ def test_threshold_and_retries(monitoring, capsys):  # noqa: F811
     assert good["ok"] is True and good["attempts"] == 1
 
 
+@pytest.mark.docker
 def test_alerts_listing_and_filters(monitoring, capsys):  # noqa: F811
     firing = run({"url": monitoring.prometheus_url, "alerts": True, "fail_on_mismatch": False}, capsys)
     assert [a["name"] for a in firing["alerts"]] == ["AlwaysFiring"]
@@ -87,6 +96,7 @@ def test_alerts_listing_and_filters(monitoring, capsys):  # noqa: F811
     assert pending["ok"] is True and pending["alerts"][0]["labels"]["severity"] == "critical"
 
 
+@pytest.mark.docker
 def test_bad_input_fails_early(monitoring, capsys):  # noqa: F811
     both = run({"url": monitoring.prometheus_url, "query": "up", "alerts": True}, capsys)
     assert both["failed"] is True and "exactly one of query" in both["msg"]
@@ -94,6 +104,37 @@ def test_bad_input_fails_early(monitoring, capsys):  # noqa: F811
     assert broken["failed"] is True and "HTTP 400" in broken["msg"]
 
 
+@pytest.mark.docker
 def test_check_mode_still_queries(monitoring, capsys):  # noqa: F811
     result = run({"url": monitoring.prometheus_url, "query": "up", "_ansible_check_mode": True}, capsys)
     assert result["count"] == 2 and result["changed"] is False
+
+
+# --------------------------------------------------------------------------------------------------------
+# Without Docker: the documentation, and the client options against a local HTTPS server
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_documentation_matches_argument_spec():
+    doc = check_documentation(prometheus_query)
+    assert doc["options"]["alert_states"]["choices"] == ["firing", "pending"]
+    assert doc["options"]["url_password"]["type"] == "str"
+
+
+def test_https_with_ca_path_and_forced_basic_auth(tls_server, capsys):  # noqa: F811
+    tls_server.require((USER, PASSWORD))
+    args = {
+        "url": tls_server.base,
+        "query": "scalar(x)",
+        "compare": "==",
+        "threshold": 42,
+        "ca_path": str(tls_server.files.ca),
+        "url_username": USER,
+        "url_password": PASSWORD,
+        "force_basic_auth": True,
+    }
+    result = run(args, capsys)
+    assert result["ok"] is True and result["samples"] == [{"labels": {}, "value": 42}], result
+    assert PASSWORD not in str(result["invocation"])
+    untrusted = run(dict(args, ca_path=None), capsys)
+    assert untrusted["failed"] is True and "CERTIFICATE_VERIFY_FAILED" in untrusted["msg"]
