@@ -85,6 +85,8 @@ class Engine:
     drillable: t.ClassVar[bool] = False
     # The drill container's environment: the variable that sets the server's admin password.
     drill_password_env: t.ClassVar[str] = ""
+    # The ComponentSpec field that names what is backed up (a container, or a volume).
+    requires: t.ClassVar[str] = "container"
 
     def __init__(self, spec: ComponentSpec, settings: Settings, client: DockerClient | None = None):
         self.spec = spec

@@ -34,6 +34,7 @@ STOP_LABEL = "opsbook.backup.stop"
 
 class VolumeEngine(Engine):
     min_bytes = 1024
+    requires = "volume"
 
     @classmethod
     def validate(cls, spec: t.Any) -> None:
