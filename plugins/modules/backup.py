@@ -85,7 +85,8 @@ options:
     default: false
   age_recipients:
     description: Encrypt every artifact (after zstd) to these age public keys (C(age1...)); needs C(age) on the
-      host. Restores and drills then need an identity file (M(opsbook.stack.restore) O(opsbook.stack.restore#module:age_identity)).
+      host. Restores and drills then need an identity file
+      (M(opsbook.stack.restore) O(opsbook.stack.restore#module:age_identity)).
     type: list
     elements: str
     default: []
@@ -164,6 +165,8 @@ exit_code:
   type: int
 """
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
@@ -208,7 +211,7 @@ def main() -> None:
         settings, spec = job_from_params(p)
         if module.check_mode:
             module.exit_json(changed=True, plan=plan_backup(spec, settings))
-        result = {"changed": True, "backup": run_backup(spec, settings).to_dict()}
+        result: dict[str, t.Any] = {"changed": True, "backup": run_backup(spec, settings).to_dict()}
         if p["drill"]:
             result["drill"] = run_drill(spec, settings, result["backup"]["id"])
     except BackupError as exc:

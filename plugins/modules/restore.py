@@ -122,9 +122,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
 from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
+    EXIT_CLASSES,
     EXIT_DOCKER,
     EXIT_VERIFY,
-    EXIT_CLASSES,
     BackupError,
     plan_restore,
     run_drill,
@@ -194,7 +194,10 @@ def main() -> None:
         )
     except (DockerError, OSError) as exc:
         module.fail_json(
-            msg="restore of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=EXIT_DOCKER, **result
+            msg="restore of %s failed: %s" % (p["component"], exc),
+            failure_class="docker",
+            exit_code=EXIT_DOCKER,
+            **result,
         )
     module.exit_json(**result)
 

@@ -79,7 +79,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.jobs import 
     run_restore,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import ArtifactWriter, decompressor
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import DRILLABLE, ENGINES, TYPES, engine_for
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import (
+    DRILLABLE,
+    ENGINES,
+    TYPES,
+    engine_for,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.spec import (
     ComponentSpec,
     Settings,

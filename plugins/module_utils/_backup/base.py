@@ -95,7 +95,7 @@ class Engine:
         self._tools: dict[tuple[str, str], str] = {}
 
     @classmethod
-    def validate(cls, spec: ComponentSpec) -> None:
+    def validate(cls, spec: t.Any) -> None:
         """Refuse a component this engine cannot back up (called by ComponentSpec)."""
         if not spec.container:
             raise BackupError(EXIT_USAGE, "component %s: type %s needs container: <name>" % (spec.name, spec.type))

@@ -18,9 +18,9 @@ import os
 import time
 import typing as t
 
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import container_env, first_set
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_DUMP, EXIT_RESTORE, BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.sql import SqlEngine
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import container_env, first_set
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
 
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys", "mysql")

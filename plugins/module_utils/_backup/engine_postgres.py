@@ -42,7 +42,7 @@ class PostgresEngine(SqlEngine):
         return user, ({"PGPASSWORD": password} if password else {})
 
     def query_argv(self, container: str, user: str, query: str, database: str) -> list[str]:
-        return ["psql", "-U", user, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", query]  + [
+        return ["psql", "-U", user, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", query] + [
             "-d",
             database or "postgres",
         ]

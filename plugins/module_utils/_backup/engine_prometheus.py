@@ -156,7 +156,9 @@ class PrometheusEngine(Engine):
             run(clear, "emptying the TSDB directory")
             path = os.path.join(directory, art.name)
             failure = BackupError(code, "decompressing %s failed" % path)
-            self.put_archive(clear, tsdb, decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes)
+            self.put_archive(
+                clear, tsdb, decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
+            )
             run(
                 helper('set -e; for f in "$0/$1"/*; do if [ -e "$f" ]; then mv "$f" "$0"/; fi; done; rmdir "$0/$1"'),
                 "moving the snapshot's blocks into place",

@@ -104,7 +104,9 @@ class RedisEngine(Engine):
         # The file is replaced by rename on every save: cat keeps the inode it opened, so the copy is consistent.
         return [self.dump_exec(directory, Artifact("dump.rdb.zst", "rdb"), c, ["cat", facts["rdb_path"]], {})], facts
 
-    def rdb_tar(self, directory: str, art: Artifact, filename: str, uid: int, gid: int) -> tuple[t.Iterator[bytes], int]:
+    def rdb_tar(
+        self, directory: str, art: Artifact, filename: str, uid: int, gid: int
+    ) -> tuple[t.Iterator[bytes], int]:
         """A tar stream holding the decompressed RDB file as filename, and its exact length."""
         info = tarfile.TarInfo(filename)
         info.size = art.raw_bytes

@@ -104,7 +104,9 @@ class VolumeEngine(Engine):
                 self.client.stop_container(cid)
             # The archive's top directory is opsbook-volume/: extracted at / of the helper, it lands in the volume.
             failure = BackupError(EXIT_RESTORE, "zstd -d %s failed" % path)
-            self.put_archive(helper, "/", decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes)
+            self.put_archive(
+                helper, "/", decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
+            )
         finally:
             for cid in stopped:
                 self.client.start_container(cid)

@@ -175,8 +175,8 @@ class ArtifactWriter:
             parts.append(
                 "%s exited with %s%s"
                 % (
-                    os.path.basename(str(proc.args[0])),
-                    rc,  # type: ignore[index]
+                    os.path.basename(str(proc.args[0])),  # type: ignore[index]
+                    rc,
                     (": " + err) if err else "",
                 )
             )
@@ -245,7 +245,7 @@ class _Pipeline:
 
     def read(self, size: int = -1) -> bytes:
         """stderr of both stages (age's first: a wrong identity is the likely story)."""
-        return b" ".join((p.stderr.read(size) or b"") for p in (self.first, self.last) if p.stderr)  # type: ignore[union-attr]
+        return b" ".join((p.stderr.read(size) or b"") for p in (self.first, self.last) if p.stderr)
 
 
 def decompressor(path: str, settings: t.Any, encrypted: bool = False) -> tuple[t.Any, t.Callable[[], bytes]]:
@@ -255,9 +255,7 @@ def decompressor(path: str, settings: t.Any, encrypted: bool = False) -> tuple[t
     """
     binary = shutil.which(settings.zstd)
     if not binary:
-        raise BackupError(
-            EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % settings.zstd
-        )
+        raise BackupError(EXIT_COMPRESS, "zstd not found (%s): install the zstd package on this host" % settings.zstd)
     if not encrypted:
         proc = subprocess.Popen(
             [binary, "-q", "-d", "-c", path],

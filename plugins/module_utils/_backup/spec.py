@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_USAGE, BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import ENGINES, TYPES
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -72,7 +73,7 @@ class ComponentSpec:
 class Settings:
     dest: str = "/var/backups/opsbook"
     metrics_dir: str = ""  # node_exporter's textfile directory; empty: no metrics
-    docker_host: str = "unix:///var/run/docker.sock"
+    docker_host: str = DEFAULT_DOCKER_HOST
     space_margin: float = 0.2  # the preflight wants last size * (1 + margin) free
     min_free_bytes: int = 16 * 1024 * 1024
     drill_prefix: str = "opsbook-drill-"

@@ -32,9 +32,7 @@ SCHEMA = 1
 
 def utc_id(ts: float | None = None) -> str:
     """A backup id: the UTC time, to the second (ids sort by time)."""
-    return datetime.datetime.fromtimestamp(time.time() if ts is None else ts, datetime.UTC).strftime(
-        "%Y%m%dT%H%M%SZ"
-    )
+    return datetime.datetime.fromtimestamp(time.time() if ts is None else ts, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:

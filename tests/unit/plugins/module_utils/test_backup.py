@@ -487,7 +487,9 @@ def test_failed_dump_is_a_failure_and_leaves_nothing(dbs, tmp_path):
     state = json.load(open(os.path.join(root, "state.json"), encoding="utf-8"))
     assert state["last_exit_code"] == bk.EXIT_DUMP and "last_success" not in state
     missing = bk.ComponentSpec(name="gone", type="redis", container=PREFIX + "does-not-exist")
-    assert pytest.raises(bk.BackupError, bk.run_backup, missing, settings).value.exit_code == bk.EXIT_DOCKER
+    with pytest.raises(bk.BackupError) as gone:
+        bk.run_backup(missing, settings)
+    assert gone.value.exit_code == bk.EXIT_DOCKER
 
 
 @pytest.mark.docker

@@ -73,7 +73,9 @@ def test_restore_and_drill_from_the_job_file(backed_up, capsys):  # pylint: disa
     args = {"component": "cache", "config": backed_up["config"]}
     verified = run_module(restore_module, dict(args, state="verified"), capsys)
     assert verified["changed"] is False and verified["backup_id"] == backed_up["backup"]["id"]
-    assert verified["plan"]["steps"][0].startswith("verify sha256") and "replace its RDB" in verified["plan"]["steps"][1]
+    assert (
+        verified["plan"]["steps"][0].startswith("verify sha256") and "replace its RDB" in verified["plan"]["steps"][1]
+    )
 
     drilled = run_module(restore_module, dict(args, state="drilled"), capsys)
     assert drilled.get("failed") is not True, drilled
