@@ -31,10 +31,14 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "plugins", "module_utils"))  # standalone, as cron runs it
+REPO = os.path.dirname(HERE)
+# The repository must sit at <dir>/ansible_collections/opsbook/stack (./dev collection links one): <dir> goes on
+# sys.path, as the host copy's directory does for cron.
+COLLECTIONS = os.environ.get("OPSBOOK_COLLECTIONS_DIR") or os.path.join(REPO, "build", "collections")
+sys.path.insert(0, COLLECTIONS)
 
-import backup as bk  # pylint: disable=wrong-import-position,import-error
-from _docker import DockerClient  # pylint: disable=wrong-import-position,import-error
+from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient
 
 IMAGE = "127.0.0.1:5000/mariadb:10.11"
 
@@ -53,26 +57,24 @@ def main() -> int:
     password = secrets.token_hex(8)
     name = "opsbook-bkp-test-bench-%s" % secrets.token_hex(3)
     workdir = args.dir or tempfile.mkdtemp(prefix="opsbook-bkp-bench-", dir="/var/tmp")
-    client.request_json(
-        "POST",
-        "/containers/create",
-        query={"name": name},
-        body={
+    client.create_container(
+        {
             "Image": IMAGE,
             "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
             "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
             "HostConfig": {"NetworkMode": "none"},
         },
+        name=name,
     )
     try:
-        client.request("POST", "/containers/%s/start" % name)
+        client.start_container(name)
         spec = bk.ComponentSpec(
             name="bench", type="mariadb", container=name, databases=["app"], keep_last=1, keep_daily=0, keep_weekly=0
         )
         settings = bk.Settings(
             dest=os.path.join(workdir, "tool"), drill_prefix="opsbook-bkp-test-bench-drill-", drill_timeout=300
         )
-        bk.Engine(spec, settings, client).wait_ready(name, 120, 1)
+        bk.engine_for(spec, settings, client).wait_ready(name, 120, 1)
         mysql = ["docker", "exec", "-e", "MYSQL_PWD=%s" % password, name, "mariadb", "-uroot", "-D", "app", "-e"]
         t0 = time.monotonic()
         sh(

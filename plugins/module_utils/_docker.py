@@ -8,14 +8,17 @@ Private to this collection: not a public API, it may change in any release.
 
 Target hosts have the Docker Engine but neither the docker Python SDK nor, always, the docker CLI, so the
 modules talk to the engine's HTTP API directly: ``http.client`` over an AF_UNIX socket (or plain TCP).
-Only what the collection needs is here: version negotiation, container inspect/list/logs/stop/remove and
-exec create/start/inspect with demultiplexing of the stdout/stderr stream.
+Only what the collection needs is here: version negotiation, container inspect/list/logs/stop/remove/create/
+start/wait, images, volumes, exec create/start/inspect with demultiplexing of the stdout/stderr stream, and the
+two raw transports that ``_docker_streams.py`` builds streaming exec and archives on (``open_stream``, ``hijack``).
+This is the only file of the collection that opens the Engine's socket.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import contextlib
 import http.client
 import json
 import socket
@@ -289,15 +292,18 @@ class DockerClient:
         body: t.Any,
         timeout: float | None,
         versioned: bool,
+        data: bytes | t.Iterable[bytes] | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
         full_path = self._path(path, versioned)
         if query:
             full_path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         headers = {"Accept": "application/json"}
-        payload = None
+        payload: bytes | t.Iterable[bytes] | None = data
         if body is not None:
             payload = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
+        headers.update(extra_headers or {})
         conn = self._connection(self.timeout if timeout is None else timeout)
         try:
             conn.request(method, full_path, body=payload, headers=headers)
@@ -308,6 +314,9 @@ class DockerClient:
         except http.client.HTTPException as exc:
             conn.close()
             raise DockerConnectionError("bad answer from Docker Engine on %s: %r" % (self._where(), exc)) from exc
+        except BaseException:  # for example the caller's chunk iterator failing mid-body
+            conn.close()
+            raise
         return conn, resp, full_path
 
     def _raise_for_status(self, method: str, path: str, status: int, body: bytes) -> None:
@@ -387,6 +396,74 @@ class DockerClient:
         finally:
             conn.close()
         demuxer.close()
+
+    @contextlib.contextmanager
+    def open_stream(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, t.Any] | None = None,
+        data: bytes | t.Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> t.Iterator[http.client.HTTPResponse]:
+        """A request whose body (bytes or chunks, with a Content-Length header) and answer are streamed by the
+        caller; HTTP >= 400 raises DockerAPIError before the block runs. The connection closes after it."""
+        conn, resp, full_path = self._open(method, path, query, None, timeout, True, data, headers)
+        try:
+            if resp.status >= 400:
+                self._raise_for_status(method, full_path, resp.status, resp.read(4096))
+            yield resp
+        finally:
+            conn.close()
+
+    def hijack(self, path: str, body: t.Any, timeout: float | None = None) -> tuple[socket.socket, bytes]:
+        """POST path with an ``Upgrade: tcp`` request and hand over the raw socket (exec with stdin).
+
+        Returns the connected socket and the bytes read past the answer's header; the caller closes the socket.
+        """
+        sock = self._raw_socket(self.timeout if timeout is None else timeout)
+        payload = json.dumps(body).encode("utf-8")
+        head = (
+            "POST %s HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nConnection: Upgrade\r\n"
+            "Upgrade: tcp\r\nContent-Length: %d\r\n\r\n" % (self._path(path, True), len(payload))
+        )
+        try:
+            sock.sendall(head.encode("ascii") + payload)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise DockerConnectionError("Docker Engine closed the connection before answering POST %s" % path)
+                buf += chunk
+            header, leftover = buf.split(b"\r\n\r\n", 1)
+            status = int(header.split(b" ", 2)[1])
+            if status not in (101, 200):
+                self._raise_for_status("POST", path, status, leftover[:500])
+        except OSError as exc:
+            sock.close()
+            raise self._explain_connect_error(exc) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock, leftover
+
+    def _raw_socket(self, timeout: float) -> socket.socket:
+        try:
+            if self.socket_path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(timeout)
+                    sock.connect(self.socket_path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(self._tcp, timeout=timeout)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise self._explain_connect_error(exc) from exc
+        sock.settimeout(timeout)
+        return sock
 
     # -- engine --------------------------------------------------------------------------------------
 
@@ -521,12 +598,13 @@ class DockerClient:
         user: str | None = None,
         workdir: str | None = None,
         timeout: float | None = None,
+        stdin: bool = False,
     ) -> str:
-        """Create an exec instance (no TTY, stdout and stderr attached); returns its id."""
+        """Create an exec instance (no TTY, stdout and stderr attached, stdin when asked); returns its id."""
         if not command or not all(isinstance(arg, str) for arg in command):
             raise ValueError("command must be a non-empty list of strings (argv), got %r" % (command,))
         body: dict[str, t.Any] = {
-            "AttachStdin": False,
+            "AttachStdin": stdin,
             "AttachStdout": True,
             "AttachStderr": True,
             "Tty": False,

@@ -32,6 +32,8 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.backup
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -43,52 +45,11 @@ attributes:
     support: none
     details: Every run takes a new backup and reports a change.
 options:
-  component:
-    description: Name of the backup job; backups go to O(dest)/<component>/ and it labels the metrics.
-    type: str
-    required: true
-  config:
-    description:
-      - The JSON job file the C(backup) role writes (for example C(/etc/opsbook/backup/<component>.json)). The
-        component and every setting (destination, metrics, retention, encryption) come from it, so a backup
-        taken now is the same as the one cron takes. Mutually exclusive with O(type).
-    type: path
-  type:
-    description: What to back up. Required unless O(config) is given.
-    type: str
-    choices: [mariadb, mysql, postgres, redis, prometheus, volume]
-  container:
-    description: The running database container (required unless O(type=volume)).
-    type: str
-  volume:
-    description: The Docker volume to archive (O(type=volume)).
-    type: str
-  api_port:
-    description: O(type=prometheus) only. Port of Prometheus's HTTP API in the container (reached on the container's
-      address); the server needs C(--web.enable-admin-api) for the snapshot.
-    type: int
-    default: 9090
   databases:
     description: Databases to dump; empty means every database except the system ones.
     type: list
     elements: str
     default: []
-  user:
-    description: Database user; defaults to C(root) for MariaDB and C(POSTGRES_USER) or C(postgres) for PostgreSQL.
-    type: str
-    default: ""
-  password:
-    description: Database password; defaults to the password in the container's environment.
-    type: str
-    default: ""
-  dest:
-    description: Backup root directory.
-    type: path
-    default: /var/backups/opsbook
-  metrics_dir:
-    description: node_exporter textfile collector directory; empty writes no metrics.
-    type: path
-    default: ""
   keep_last:
     description: Number of newest backups kept.
     type: int
@@ -108,11 +69,6 @@ options:
   min_bytes:
     description: Smallest plausible uncompressed dump in bytes; smaller fails. Defaults per type.
     type: int
-  helper_image:
-    description: Image for the never-started helper container that mounts O(volume); defaults to the image of a
-      container using the volume.
-    type: str
-    default: ""
   stop_owners:
     description: Stop the running containers that use O(volume) during the archive; by default only those
       labelled C(opsbook.backup.stop=true) are stopped.
@@ -129,7 +85,8 @@ options:
     default: false
   age_recipients:
     description: Encrypt every artifact (after zstd) to these age public keys (C(age1...)); needs C(age) on the
-      host. Restores and drills then need an identity file (M(opsbook.stack.restore) O(opsbook.stack.restore#module:age_identity)).
+      host. Restores and drills then need an identity file
+      (M(opsbook.stack.restore) O(opsbook.stack.restore#module:age_identity)).
     type: list
     elements: str
     default: []
@@ -141,14 +98,6 @@ options:
     description: After the backup, restore it into a throwaway container of the same image and check it.
     type: bool
     default: false
-  drill_prefix:
-    description: Name prefix of the throwaway drill containers.
-    type: str
-    default: opsbook-drill-
-  docker_host:
-    description: Docker Engine API address.
-    type: str
-    default: unix:///var/run/docker.sock
 notes:
   - Needs the C(zstd) binary on the managed host.
   - Needs the C(age) binary when O(age_recipients) is set.
@@ -216,111 +165,53 @@ exit_code:
   type: int
 """
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
 from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
+    EXIT_DOCKER,
     BackupError,
-    ComponentSpec,
-    Settings,
-    load_config,
     plan_backup,
     run_backup,
     run_drill,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.argspec import (
+    component_argument_spec,
+    component_module_rules,
+    job_from_params,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
-
-TYPES = ["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]
-
-
-def spec_from_params(p: dict) -> tuple[ComponentSpec, Settings]:
-    """The job from the module's own options (no config file)."""
-    spec = ComponentSpec(
-        name=p["component"],
-        type=p["type"],
-        container=p["container"] or "",
-        volume=p["volume"] or "",
-        databases=p["databases"],
-        user=p["user"],
-        password=p["password"],
-        zstd_level=p["zstd_level"],
-        min_bytes=p["min_bytes"],
-        keep_last=p["keep_last"],
-        keep_daily=p["keep_daily"],
-        keep_weekly=p["keep_weekly"],
-        helper_image=p["helper_image"],
-        stop_owners=p["stop_owners"],
-        api_port=p["api_port"],
-        source_counts=p["source_counts"],
-        source_checksums=p["source_checksums"],
-    )
-    settings = Settings(
-        dest=p["dest"],
-        metrics_dir=p["metrics_dir"],
-        docker_host=p["docker_host"],
-        drill_prefix=p["drill_prefix"],
-        age_recipients=p["age_recipients"],
-        age_identity=p["age_identity"],
-    )
-    return spec, settings
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            component=dict(type="str", required=True),
-            config=dict(type="path"),
-            type=dict(type="str", choices=TYPES),
-            container=dict(type="str"),
-            volume=dict(type="str"),
-            api_port=dict(type="int", default=9090),
+            **component_argument_spec(),
+            **docker_argument_spec(),
             databases=dict(type="list", elements="str", default=[]),
-            user=dict(type="str", default=""),
-            password=dict(type="str", default="", no_log=True),
-            dest=dict(type="path", default="/var/backups/opsbook"),
-            metrics_dir=dict(type="path", default=""),
             keep_last=dict(type="int", default=7),
             keep_daily=dict(type="int", default=7),
             keep_weekly=dict(type="int", default=4),
             zstd_level=dict(type="int", default=3),
             min_bytes=dict(type="int"),
-            helper_image=dict(type="str", default=""),
             stop_owners=dict(type="bool"),
             source_counts=dict(type="bool", default=True),
             source_checksums=dict(type="bool", default=False),
             age_recipients=dict(type="list", elements="str", default=[]),
             age_identity=dict(type="path", default=""),
             drill=dict(type="bool", default=False),
-            drill_prefix=dict(type="str", default="opsbook-drill-"),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
-        required_if=[
-            ("type", "volume", ["volume"]),
-            ("type", "mariadb", ["container"]),
-            ("type", "mysql", ["container"]),
-            ("type", "postgres", ["container"]),
-            ("type", "redis", ["container"]),
-            ("type", "prometheus", ["container"]),
-        ],
-        required_one_of=[("config", "type")],
-        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
+        **component_module_rules(),
     )
     p = module.params
     try:
-        if p["config"]:
-            settings, components = load_config(p["config"])
-            if p["component"] not in components:
-                raise BackupError(
-                    2,
-                    "component %s is not in %s (have: %s)"
-                    % (p["component"], p["config"], ", ".join(sorted(components)) or "none"),
-                )
-            spec = components[p["component"]]
-        else:
-            spec, settings = spec_from_params(p)
+        settings, spec = job_from_params(p)
         if module.check_mode:
             module.exit_json(changed=True, plan=plan_backup(spec, settings))
-        result = {"changed": True, "backup": run_backup(spec, settings).to_dict()}
+        result: dict[str, t.Any] = {"changed": True, "backup": run_backup(spec, settings).to_dict()}
         if p["drill"]:
             result["drill"] = run_drill(spec, settings, result["backup"]["id"])
     except BackupError as exc:
@@ -328,7 +219,9 @@ def main() -> None:
             msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code, evidence=exc.evidence
         )
     except (DockerError, OSError) as exc:
-        module.fail_json(msg="backup of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=4)
+        module.fail_json(
+            msg="backup of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=EXIT_DOCKER
+        )
     module.exit_json(**result)
 
 

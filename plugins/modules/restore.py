@@ -30,6 +30,8 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.backup
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -40,30 +42,6 @@ attributes:
     support: none
     details: A restore always reports a change; O(state=verified) and O(state=drilled) never change the target.
 options:
-  component:
-    description: Name of the backup job (the directory under O(dest)).
-    type: str
-    required: true
-  config:
-    description:
-      - The JSON job file the C(backup) role writes (for example C(/etc/opsbook/backup/<component>.json)); the
-        component's type, container, destination and encryption settings come from it. Mutually exclusive with
-        O(type).
-    type: path
-  type:
-    description: What the backup holds. Required unless O(config) is given.
-    type: str
-    choices: [mariadb, mysql, postgres, redis, prometheus, volume]
-  container:
-    description: The container to restore into (required unless O(type=volume)).
-    type: str
-  volume:
-    description: The Docker volume to restore into (O(type=volume)).
-    type: str
-  api_port:
-    description: O(type=prometheus) only. Port of Prometheus's HTTP API in the container, polled until it is ready.
-    type: int
-    default: 9090
   backup_id:
     description: The backup to use; C(latest) is the newest committed one.
     type: str
@@ -78,40 +56,12 @@ options:
     type: list
     elements: str
     default: []
-  user:
-    description: Database user; defaults as in M(opsbook.stack.backup).
-    type: str
-    default: ""
-  password:
-    description: Database password; defaults to the password in the container's environment.
-    type: str
-    default: ""
-  dest:
-    description: Backup root directory.
-    type: path
-    default: /var/backups/opsbook
-  metrics_dir:
-    description: node_exporter textfile collector directory for the drill metrics; empty writes none.
-    type: path
-    default: ""
-  helper_image:
-    description: Image for the helper container that mounts O(volume).
-    type: str
-    default: ""
-  drill_prefix:
-    description: Name prefix of the throwaway drill containers.
-    type: str
-    default: opsbook-drill-
   age_identity:
     description: age identity (private key) file that decrypts an encrypted backup; overrides the one in O(config).
     type: path
   project_lock:
     description: The project's lock file (the one upgrade and rollback take); held during the restore when set.
     type: path
-  docker_host:
-    description: Docker Engine API address.
-    type: str
-    default: unix:///var/run/docker.sock
 seealso:
   - module: opsbook.stack.backup
 """
@@ -170,81 +120,45 @@ exit_code:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
 from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
+    EXIT_CLASSES,
+    EXIT_DOCKER,
+    EXIT_VERIFY,
     BackupError,
-    ComponentSpec,
-    Settings,
-    load_config,
     plan_restore,
     run_drill,
     run_restore,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.argspec import (
+    component_argument_spec,
+    component_module_rules,
+    job_from_params,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
+
+STATES = ("restored", "drilled", "verified")
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            component=dict(type="str", required=True),
-            config=dict(type="path"),
-            type=dict(type="str", choices=["mariadb", "mysql", "postgres", "redis", "prometheus", "volume"]),
-            container=dict(type="str"),
-            volume=dict(type="str"),
-            api_port=dict(type="int", default=9090),
+            **component_argument_spec(),
+            **docker_argument_spec(),
             backup_id=dict(type="str", default="latest"),
-            state=dict(type="str", choices=["restored", "drilled", "verified"], default="restored"),
+            state=dict(type="str", choices=list(STATES), default="restored"),
             databases=dict(type="list", elements="str", default=[]),
-            user=dict(type="str", default=""),
-            password=dict(type="str", default="", no_log=True),
-            dest=dict(type="path", default="/var/backups/opsbook"),
-            metrics_dir=dict(type="path", default=""),
-            helper_image=dict(type="str", default=""),
-            drill_prefix=dict(type="str", default="opsbook-drill-"),
             age_identity=dict(type="path"),
             project_lock=dict(type="path"),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         ),
-        required_if=[
-            ("type", "volume", ["volume"]),
-            ("type", "mariadb", ["container"]),
-            ("type", "mysql", ["container"]),
-            ("type", "postgres", ["container"]),
-            ("type", "redis", ["container"]),
-            ("type", "prometheus", ["container"]),
-        ],
-        required_one_of=[("config", "type")],
-        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
         supports_check_mode=True,
+        **component_module_rules(),
     )
     p = module.params
     result: dict = {"changed": False}
     try:
-        if p["config"]:
-            settings, components = load_config(p["config"])
-            if p["component"] not in components:
-                raise BackupError(
-                    2,
-                    "component %s is not in %s (have: %s)"
-                    % (p["component"], p["config"], ", ".join(sorted(components)) or "none"),
-                )
-            spec = components[p["component"]]
-        else:
-            spec = ComponentSpec(
-                name=p["component"],
-                type=p["type"],
-                container=p["container"] or "",
-                volume=p["volume"] or "",
-                user=p["user"],
-                password=p["password"],
-                helper_image=p["helper_image"],
-                api_port=p["api_port"],
-            )
-            settings = Settings(
-                dest=p["dest"],
-                metrics_dir=p["metrics_dir"],
-                docker_host=p["docker_host"],
-                drill_prefix=p["drill_prefix"],
-            )
+        # databases selects what to restore; the component itself is the whole backup.
+        settings, spec = job_from_params(p, exclude=("databases",))
         if p["age_identity"]:
             settings.age_identity = p["age_identity"]
         plan = plan_restore(spec, settings, p["backup_id"])
@@ -253,8 +167,8 @@ def main() -> None:
             module.fail_json(
                 msg="backup %s of %s fails verification, refusing to use it: %s"
                 % (plan["backup_id"], spec.name, "; ".join(plan["problems"])),
-                failure_class="verify_failed",
-                exit_code=9,
+                failure_class=EXIT_CLASSES[EXIT_VERIFY],
+                exit_code=EXIT_VERIFY,
                 **result,
             )
         if p["state"] == "verified":
@@ -280,7 +194,10 @@ def main() -> None:
         )
     except (DockerError, OSError) as exc:
         module.fail_json(
-            msg="restore of %s failed: %s" % (p["component"], exc), failure_class="docker", exit_code=4, **result
+            msg="restore of %s failed: %s" % (p["component"], exc),
+            failure_class="docker",
+            exit_code=EXIT_DOCKER,
+            **result,
         )
     module.exit_json(**result)
 

@@ -11,6 +11,8 @@ import shlex
 import subprocess
 import time
 
+import yaml
+
 
 PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
@@ -95,9 +97,14 @@ def test_seed_and_fingerprint(host):
 
 def test_role_installed_the_collection_library_and_private_configs(host):
     here = os.path.join(PROJECT_DIR, "plugins", "module_utils")
-    for name in ("_backup.py", "_docker.py"):
+    with open(os.path.join(PROJECT_DIR, "roles", "backup", "vars", "main.yml"), encoding="utf-8") as handle:
+        names = yaml.safe_load(handle)["__backup_lib_files"]
+    lib = "/usr/local/lib/opsbook/ansible_collections/opsbook/stack/plugins/module_utils/"
+    for name in names:
         local = hashlib.sha256(open(os.path.join(here, name), "rb").read()).hexdigest()
-        assert host.file("/usr/local/lib/opsbook/" + name).sha256sum == local, name
+        assert host.file(lib + name).sha256sum == local, name
+    assert not host.file("/usr/local/lib/opsbook/_backup.py").exists  # the single-file library of before
+    assert host.run("/usr/local/bin/opsbook-backup --help").rc == 0
     assert host.file("/usr/local/bin/opsbook-backup").mode == 0o755
     for job in ("mysql", "postgres", "redis"):
         conf = host.file("%s/%s.json" % (CONFIG_DIR, job))

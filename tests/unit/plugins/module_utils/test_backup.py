@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import yaml
 
 from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
@@ -131,12 +132,12 @@ def test_metrics_are_written_atomically_in_textfile_format(tmp_path):
 
 def test_lock_is_exclusive_per_job(tmp_path):
     path = str(tmp_path / "c" / ".lock")
-    with bk.JobLock(path):
+    with bk.job_lock(path):
         with pytest.raises(bk.BackupError) as err:
-            with bk.JobLock(path):
+            with bk.job_lock(path):
                 pass
         assert err.value.exit_code == bk.EXIT_LOCKED and str(os.getpid()) in err.value.message
-    with bk.JobLock(path):
+    with bk.job_lock(path):
         pass
 
 
@@ -162,7 +163,7 @@ def test_preflight_refuses_when_the_last_size_does_not_fit(tmp_path):
     ],
 )
 def test_plausibility(kind, head, tail, ok):
-    assert (bk._plausibility(kind, head, tail) == "") is ok  # pylint: disable=protected-access
+    assert (bk.plausibility(kind, head, tail) == "") is ok
 
 
 def test_spec_validation_and_cli_usage_errors(tmp_path, capsys):
@@ -184,20 +185,48 @@ def test_zstd_missing_fails_clearly(tmp_path):
     assert err.value.exit_code == bk.EXIT_COMPRESS and "zstd" in err.value.message
 
 
+REPO = os.path.abspath(os.path.join(os.path.dirname(bk.__file__), "..", "..", ".."))
+HOST_MAIN = "ansible_collections.opsbook.stack.plugins.module_utils._backup"
+
+
+def _lib_files() -> list:
+    """The role's one list of the files the host program needs (roles/backup/vars/main.yml)."""
+    with open(os.path.join(REPO, "roles", "backup", "vars", "main.yml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["__backup_lib_files"]
+
+
+def _host_copy(lib) -> tuple:
+    """Copy exactly the role's list as the role does; returns the argv prefix and environment cron uses."""
+    root = lib / "ansible_collections" / "opsbook" / "stack" / "plugins" / "module_utils"
+    for name in _lib_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(REPO, "plugins", "module_utils", name), root / name)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(lib)}
+    return ["python3", "-S", "-m", HOST_MAIN], env
+
+
+def test_the_role_copies_every_file_of_the_backup_package():
+    package = sorted("_backup/" + n for n in os.listdir(os.path.dirname(bk.__file__)) if n.endswith(".py"))
+    assert sorted(n for n in _lib_files() if n.startswith("_backup/")) == package
+
+
 def test_runs_standalone_without_ansible(tmp_path):
-    """The role copies _backup.py and _docker.py to /usr/local/lib/opsbook/ and cron runs the file."""
-    here = os.path.dirname(bk.__file__)
-    for name in ("_backup.py", "_docker.py"):
-        shutil.copy(os.path.join(here, name), tmp_path / name)
+    """The role copies the listed files under backup_lib_dir and cron runs the package with python3 -S."""
+    argv, env = _host_copy(tmp_path)
     proc = subprocess.run(
-        ["python3", "-S", str(tmp_path / "_backup.py"), "--config", str(tmp_path / "none.json"), "list", "x"],
+        argv + ["--config", str(tmp_path / "none.json"), "list", "x"],
         capture_output=True,
         text=True,
         check=False,
         timeout=30,
+        env=env,
+        cwd=str(tmp_path),
     )
     assert proc.returncode == bk.EXIT_USAGE, proc.stderr
     assert "cannot read config" in proc.stderr
+    proc = subprocess.run(argv + ["--help"], capture_output=True, text=True, check=False, timeout=30, env=env)
+    assert proc.returncode == 0 and "opsbook-backup" in proc.stdout, proc.stderr
+    assert proc.stderr == ""
 
 
 def _age_key(tmp_path):
@@ -222,12 +251,10 @@ def test_age_encryption_round_trip_and_missing_identity(tmp_path):
     data = open(path, "rb").read()
     assert data.startswith(b"age-encryption.org/v1") and len(data) == size
     assert hashlib.sha256(data).hexdigest() == digest and payload[:64] not in data
-    engine = bk.Engine(_spec(), bk.Settings(age_identity=identity), client=object())  # no Docker needed here
-    proc, source = engine._decompressor(path, encrypted=True)  # pylint: disable=protected-access
+    proc, source = bk.decompressor(path, bk.Settings(age_identity=identity), encrypted=True)  # no Docker needed
     assert b"".join(iter(source, b"")) == payload and proc.wait() == 0
-    nokey = bk.Engine(_spec(), bk.Settings(), client=object())
     with pytest.raises(bk.BackupError) as err:
-        nokey._decompressor(path, encrypted=True)  # pylint: disable=protected-access
+        bk.decompressor(path, bk.Settings(), encrypted=True)
     assert err.value.exit_code == bk.EXIT_USAGE and "age_identity" in err.value.message
 
 
@@ -299,7 +326,7 @@ def dbs():
         settings = bk.Settings(dest="/nonexistent")
         specs = {kind: bk.ComponentSpec(name=kind, type=kind, container=names[kind]) for kind in IMAGES}
         with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda k: bk.Engine(specs[k], settings, client).wait_ready(names[k], 90, 1), IMAGES))
+            list(pool.map(lambda k: bk.engine_for(specs[k], settings, client).wait_ready(names[k], 90, 1), IMAGES))
         yield names
     finally:
         for name in names.values():
@@ -460,7 +487,9 @@ def test_failed_dump_is_a_failure_and_leaves_nothing(dbs, tmp_path):
     state = json.load(open(os.path.join(root, "state.json"), encoding="utf-8"))
     assert state["last_exit_code"] == bk.EXIT_DUMP and "last_success" not in state
     missing = bk.ComponentSpec(name="gone", type="redis", container=PREFIX + "does-not-exist")
-    assert pytest.raises(bk.BackupError, bk.run_backup, missing, settings).value.exit_code == bk.EXIT_DOCKER
+    with pytest.raises(bk.BackupError) as gone:
+        bk.run_backup(missing, settings)
+    assert gone.value.exit_code == bk.EXIT_DOCKER
 
 
 @pytest.mark.docker
@@ -557,12 +586,10 @@ def test_volume_backup_and_restore(dbs, tmp_path):
 
 @pytest.mark.docker
 def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
-    """What the role's cron line runs: the copied file, a JSON config, exit code 0 and a metrics file."""
-    here = os.path.dirname(bk.__file__)
+    """What the role's cron line runs: the copied files, a JSON config, exit code 0 and a metrics file."""
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("_backup.py", "_docker.py"):
-        shutil.copy(os.path.join(here, name), lib / name)
+    argv, env = _host_copy(lib)
     config = tmp_path / "backup.json"
     config.write_text(
         json.dumps(
@@ -574,22 +601,26 @@ def test_cron_run_of_the_copied_script_writes_metrics(dbs, tmp_path):
         )
     )
     proc = subprocess.run(
-        ["python3", str(lib / "_backup.py"), "--config", str(config), "--jitter", "0.2", "backup", "cache"],
+        argv + ["--config", str(config), "--jitter", "0.2", "backup", "cache"],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
+        env=env,
+        cwd=str(lib),
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["component"] == "cache"
     metrics = (tmp_path / "m" / "opsbook_backup_cache.prom").read_text()
     assert 'opsbook_backup_last_exit_code{component="cache",type="redis"} 0' in metrics
     proc = subprocess.run(
-        ["python3", str(lib / "_backup.py"), "--config", str(config), "verify", "cache"],
+        argv + ["--config", str(config), "verify", "cache"],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
+        env=env,
+        cwd=str(lib),
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -650,7 +681,7 @@ def test_prometheus_snapshot_backup_and_restore(tmp_path):
         client.request("POST", "/containers/%s/start" % name)
         spec = bk.ComponentSpec(name="prom", type="prometheus", container=name)
         settings = _settings(tmp_path)
-        engine = bk.Engine(spec, settings, client)
+        engine = bk.engine_for(spec, settings, client)
         url = engine.prometheus_url(client.inspect_container(name))
         deadline = time.monotonic() + 60
         sample = []

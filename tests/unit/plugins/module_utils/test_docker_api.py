@@ -520,3 +520,50 @@ def test_real_engine_health_states(engine):
     assert "bye" in by_name["exited"].evidence["logs"]
     assert "is not running" in by_name["exec-exited"].error
     assert by_name["ghost"].status == "missing"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Streaming exec and archives (_docker_streams on DockerClient.hijack / open_stream)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_real_engine_streams_stdin_stdout_and_archives(engine):
+    import io
+    import tarfile
+
+    from ansible_collections.opsbook.stack.plugins.module_utils import _docker_streams as streams
+
+    client, start, _run_id = engine
+    name = start("streams", ["sh", "-c", "exec sleep 300"])
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # more than one chunk, not a multiple of anything
+    blocks = iter([payload[i : i + 65536] for i in range(0, len(payload), 65536)] + [b""])
+    got = bytearray()
+    res = streams.exec_stream(
+        client,
+        name,
+        ["sh", "-c", "cat; echo done >&2; exit 3"],
+        stdout_sink=got.extend,
+        stdin_source=lambda: next(blocks),
+    )
+    assert res.exit_code == 3 and bytes(got) == payload and res.stdout_bytes == len(payload)
+    assert res.head == payload[:64] and res.tail == payload[-256:] and res.stderr == b"done\n"
+    small = streams.exec_stream(client, name, ["echo", "hi"], keep_stdout=1024)
+    assert (small.exit_code, small.stdout) == (0, b"hi\n")
+
+    data = b"archived\n" * 1000
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    tar_bytes = buf.getvalue()
+    streams.put_archive(client, name, "/tmp", [tar_bytes[:1000], tar_bytes[1000:]], len(tar_bytes))
+    out = bytearray()
+    assert streams.get_archive(client, name, "/tmp/f.txt", out.extend) == len(out)
+    with tarfile.open(fileobj=io.BytesIO(bytes(out))) as tar:
+        assert tar.extractfile("f.txt").read() == data
+    with pytest.raises(DockerNotFound):
+        streams.get_archive(client, name, "/no/such/path", out.extend)
+    with pytest.raises(DockerNotFound):
+        streams.exec_stream(client, "opsbook-unit-no-such-container", ["true"])
