@@ -101,7 +101,7 @@ class Tool:
             argv = [self.local, *args]
         else:
             argv = [
-                self.docker,
+                self.docker or "docker",
                 "run",
                 "--rm",
                 "--network",
