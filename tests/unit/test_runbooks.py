@@ -29,7 +29,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The contract (/work/notes/contract.md, docs/architecture.md): runbook ids and the alerts each answers.
+# The contract (docs/contracts.md, "Alerts point at runbooks"): runbook ids and the alerts each answers.
 RUNBOOK_IDS = [
     "service-down",
     "high-error-rate",
