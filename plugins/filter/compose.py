@@ -9,6 +9,7 @@ __metaclass__ = type
 
 import copy
 import re
+from typing import NoReturn
 
 from ansible.errors import AnsibleFilterError
 
@@ -44,7 +45,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _fail(service, msg):
+def _fail(service: object, msg: str) -> NoReturn:
     raise AnsibleFilterError("compose_app_services.%s: %s" % (service, msg))
 
 
@@ -118,7 +119,7 @@ def _service(name, spec, presets, services, settings):
     if spec.get("sentry", preset.get("sentry", False)) and "SENTRY_DSN" in known_secrets:
         secret_env.append("SENTRY_DSN")
     for secret in secret_env:
-        target, dummy, source = str(secret).partition("=")
+        target, _sep, source = str(secret).partition("=")
         source = source or target
         if not ENV_NAME_RE.match(target) or not ENV_NAME_RE.match(source):
             _fail(name, "secret_env entry '%s' is not NAME or NAME=SECRET_NAME" % secret)
@@ -218,11 +219,14 @@ def compose_project(services, project, presets, settings=None):
 def web_services(services, presets):
     """Names and container ports of the enabled stateless web services (what Nginx fronts)."""
     out = {}
-    for name, spec in (services or {}).items():
-        spec = spec or {}
+    for name, given in (services or {}).items():
+        spec = given or {}
         preset = presets.get(spec.get("preset", "none")) or {}
         if spec.get("enabled", True) and preset.get("web"):
-            out[name] = int(spec.get("port", preset.get("port")))
+            port = spec.get("port", preset.get("port"))
+            if port is None:
+                _fail(name, "a web service needs a port (neither the service nor its preset sets one)")
+            out[name] = int(port)
     return out
 
 

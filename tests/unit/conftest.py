@@ -50,8 +50,32 @@ sys.path.insert(0, str(_ROOT))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "docker: talks to the real Docker Engine on /var/run/docker.sock (skipped when it is absent)"
+        "markers",
+        "docker: needs the real Docker Engine on /var/run/docker.sock or a sandbox image; "
+        "`./dev check` deselects these with -m 'not docker'",
     )
+
+
+# Fixtures that start containers or talk to the real Engine. A test that uses one needs Docker even when its
+# module forgot @pytest.mark.docker, so it is marked here (names as defined in the test modules and
+# tests/unit/monitoring_fixtures.py).
+DOCKER_FIXTURES = frozenset({"monitoring", "engine", "dbs", "redis"})
+# promtool and amtool run from the sandbox images with `docker run` unless they are on PATH
+# (tests/unit/roles/monitoring/conftest.py); with a local binary those tests need no Docker.
+DOCKER_UNLESS_ON_PATH = ("promtool", "amtool")
+
+
+def _needs_docker(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & DOCKER_FIXTURES:
+        return True
+    return any(tool in fixtures and shutil.which(tool) is None for tool in DOCKER_UNLESS_ON_PATH)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_docker(item) and item.get_closest_marker("docker") is None:
+            item.add_marker(pytest.mark.docker)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -29,7 +29,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The contract (/work/notes/contract.md, docs/architecture.md): runbook ids and the alerts each answers.
+# The contract (docs/contracts.md, "Alerts point at runbooks"): runbook ids and the alerts each answers.
 RUNBOOK_IDS = [
     "service-down",
     "high-error-rate",
@@ -159,7 +159,7 @@ def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
             problems.append("%s.yml: '%s' holds tasks outside the steps; put everything in tasks" % (rid, key))
     tasks = play.get("tasks") or []
     steps = [s for s in meta.get("steps") or [] if isinstance(s, dict)]
-    task_ids = []
+    task_ids: list[str | None] = []
     for index, task in enumerate(tasks, 1):
         match = TASK_NAME.match(str(task.get("name", "")))
         if not match:

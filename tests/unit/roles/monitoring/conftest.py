@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "monitoring"
-RULE_FILES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["monitoring_rule_files"]
+RULE_FILES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__monitoring_rule_files"]
 IMAGES = {
     "promtool": os.environ.get("OPSBOOK_PROMETHEUS_IMAGE", "127.0.0.1:5000/prometheus:2.42"),
     "amtool": os.environ.get("OPSBOOK_ALERTMANAGER_IMAGE", "127.0.0.1:5000/alertmanager:0.25"),
@@ -101,7 +101,7 @@ class Tool:
             argv = [self.local, *args]
         else:
             argv = [
-                self.docker,
+                self.docker or "docker",
                 "run",
                 "--rm",
                 "--network",

@@ -12,7 +12,7 @@ from conftest import ROLE, RULE_FILES, alert_rules, defaults, expand_annotations
 
 CASES = yaml.safe_load((Path(__file__).parent / "alert_cases.yml").read_text())
 
-# The contract with the runbooks (notes/contract.md): alert name -> runbook_id, exactly.
+# The contract with the runbooks (docs/contracts.md, "Alerts point at runbooks"): alert name -> runbook_id, exactly.
 CONTRACT = {
     "EndpointDown": "service-down",
     "BackendDown": "service-down",

@@ -6,7 +6,7 @@ from conftest import ROOT, alert_rules
 
 
 def test_every_runbook_id_has_a_runbook():
-    wanted = {}
+    wanted: dict[str, list[str]] = {}
     for rule in alert_rules():
         wanted.setdefault(rule["labels"]["runbook_id"], []).append(rule["alert"])
     missing = {rid: alerts for rid, alerts in sorted(wanted.items()) if not (ROOT / "runbooks" / f"{rid}.md").is_file()}
