@@ -161,7 +161,9 @@ def playbook(inv: Path, plays: list, tmp: Path) -> dict:
     try:
         return json.loads(done.stdout[done.stdout.index("{") :])
     except ValueError:
-        raise SystemExit("ansible-playbook said nothing useful:\n%s\n%s" % (done.stdout[-3000:], done.stderr[-3000:]))
+        raise SystemExit(
+            "ansible-playbook said nothing useful:\n%s\n%s" % (done.stdout[-3000:], done.stderr[-3000:])
+        ) from None
 
 
 def task_result(report: dict, index: int = 0) -> dict:

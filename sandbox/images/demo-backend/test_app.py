@@ -281,7 +281,7 @@ def test_graceful_shutdown_drains_in_flight(running):
     idle.close()
     assert r.server.wait_drained(5)
     t.join(5)
-    status, headers, body = result["response"]
+    status, _headers, body = result["response"]
     assert status == 200 and json.loads(body)["slept_ms"] == 800
 
 

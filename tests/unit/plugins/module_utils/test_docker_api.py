@@ -354,7 +354,7 @@ def test_nothing_listening(tmp_path):
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(path)  # bound, never listening: connect() is refused
     try:
-        with pytest.raises(DockerConnectionError, match="refused the connection on .*dockerd is not running"):
+        with pytest.raises(DockerConnectionError, match=r"refused the connection on .*dockerd is not running"):
             DockerClient("unix://" + path).ping()
     finally:
         dead.close()
@@ -435,7 +435,9 @@ def remove_test_container(client, name):
             return
         except docker_api.DockerError as exc:
             if attempt == 4:
-                warnings.warn("test container %s was not removed: %s (docker rm -f %s)" % (name, exc, name))
+                warnings.warn(
+                    "test container %s was not removed: %s (docker rm -f %s)" % (name, exc, name), stacklevel=2
+                )
             time.sleep(1)
 
 

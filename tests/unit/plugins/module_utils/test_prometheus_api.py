@@ -81,7 +81,7 @@ def test_instant_query_vector_scalar_and_errors(monitoring):  # noqa: F811
     assert kind == "scalar" and samples[0].value == 42.0
     with pytest.raises(api.ApiError, match="range vector"):
         api.instant_query(settings, "up[1m]")
-    with pytest.raises(api.ApiError, match="HTTP 400.*parse error"):
+    with pytest.raises(api.ApiError, match=r"HTTP 400.*parse error"):
         api.instant_query(settings, "sum(")
 
 
@@ -145,7 +145,7 @@ def test_ca_path_trusts_the_private_ca(tls_server):  # noqa: F811
 
 
 def test_the_system_store_does_not_trust_a_private_ca(tls_server):  # noqa: F811
-    with pytest.raises(api.ApiError, match="cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(api.ApiError, match=r"cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
         api.instant_query(_over_tls(tls_server), "up")
     kind, _samples = api.instant_query(_over_tls(tls_server, validate_certs=False), "up")
     assert kind == "scalar"
