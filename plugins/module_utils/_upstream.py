@@ -53,6 +53,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
 from ansible_collections.opsbook.stack.plugins.module_utils._files import read_text
 from ansible_collections.opsbook.stack.plugins.module_utils._nginx import (
     DEFAULT_LOCK_PATH,
+    DEFAULT_LOCK_WAIT_S,
     DEFAULT_NGINX_BINARY,
     DEFAULT_NGINX_UNIT,
     DEFAULT_PID_FILE,
@@ -388,6 +389,7 @@ def sync_upstream(
     check_mode: bool = False,
     reload: bool = True,
     lock_path: str | None = DEFAULT_LOCK_PATH,
+    lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
 ) -> SyncResult:
     """Render the upstream of a Compose service (or of explicit servers) and activate it safely.
 
@@ -431,7 +433,9 @@ def sync_upstream(
     content = keep_if_same_block(path, content)
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
-    done = activate(path, content, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path)
+    done = activate(
+        path, content, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path, lock_wait_s=lock_wait_s
+    )
     return SyncResult(
         name,
         path,
@@ -453,10 +457,17 @@ def remove_upstream(
     check_mode: bool = False,
     reload: bool = True,
     lock_path: str | None = DEFAULT_LOCK_PATH,
+    lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
 ) -> ActivationResult:
     """Remove an upstream file with the same safety (a site still using it makes nginx -t fail: it comes back)."""
     return activate(
-        upstream_file_for(name, directory), None, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path
+        upstream_file_for(name, directory),
+        None,
+        nginx=nginx,
+        check_mode=check_mode,
+        reload=reload,
+        lock_path=lock_path,
+        lock_wait_s=lock_wait_s,
     )
 
 
