@@ -31,12 +31,6 @@ import re
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
-    DEFAULT_DOCKER_HOST,
-    DockerClient,
-    DockerError,
-    DockerNotFound,
-)
 from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
     LABEL_NUMBER,
     LABEL_ONEOFF,
@@ -49,6 +43,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
     health_verdict,
     list_project_containers,
     published_port,
+)
+from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
+    DEFAULT_DOCKER_HOST,
+    DockerClient,
+    DockerError,
+    DockerNotFound,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._files import read_text
 from ansible_collections.opsbook.stack.plugins.module_utils._nginx import (
@@ -485,7 +485,6 @@ __all__ = [
     "LABEL_ONEOFF",
     "LABEL_PROJECT",
     "LABEL_SERVICE",
-    "Runner",
     "ActivationResult",
     "CommandResult",
     "Discovery",
@@ -493,6 +492,7 @@ __all__ = [
     "NginxControl",
     "NginxReloadFailed",
     "NoHealthyServers",
+    "Runner",
     "Server",
     "SkippedContainer",
     "SyncResult",
@@ -505,8 +505,8 @@ __all__ = [
     "nginx_error_line",
     "read_text",
     "remove_upstream",
-    "run_command",
     "render_upstream",
+    "run_command",
     "sync_upstream",
     "upstream_file_for",
     "upstream_name",

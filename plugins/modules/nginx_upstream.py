@@ -207,7 +207,7 @@ content:
   description: The file as rendered (empty when O(state=absent)).
   returned: always
   type: str
-  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;  # demo-backend-1\n    keepalive 32;\n}\n"
+  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;\n    keepalive 32;\n}\n"
 servers:
   description: The servers of the upstream, in file order.
   returned: when O(state=present)
@@ -314,7 +314,7 @@ def main() -> None:
         if p["state"] == "absent":
             name = p["name"] or upstream_name(p["project"], p["service"])
             done = remove_upstream(name, p["directory"], **common)
-            result = dict(
+            result: dict[str, t.Any] = dict(
                 changed=done.changed,
                 upstream=name,
                 path=done.path,

@@ -184,7 +184,10 @@ def test_control_argv_with_prefix_and_config():
     )
     nginx.test()
     nginx.test("/scratch/nginx.conf")
-    assert seen == [["nginx", "-t", "-p", "/p", "-c", "/c/nginx.conf"], ["nginx", "-t", "-p", "/p", "-c", "/scratch/nginx.conf"]]
+    assert seen == [
+        ["nginx", "-t", "-p", "/p", "-c", "/c/nginx.conf"],
+        ["nginx", "-t", "-p", "/p", "-c", "/scratch/nginx.conf"],
+    ]
     assert nginx.reload_argv() == ["nginx", "-p", "/p", "-c", "/c/nginx.conf", "-s", "reload"]
 
 
@@ -278,7 +281,7 @@ def test_failed_reload_puts_back_tests_and_reloads_again(tree, master):
     path = tree.path("conf.d/site.conf")
     recorder = Recorder(fail={"reload": 1})
     nginx = tree.control(runner=recorder)
-    with pytest.raises(NginxReloadFailed, match="passed nginx -t but .* failed") as caught:
+    with pytest.raises(NginxReloadFailed, match=r"passed nginx -t but .* failed") as caught:
         activate(path, site(tree.port, "two"), nginx=nginx, lock_path=None)
     assert "put back" in str(caught.value)
     assert open(path, encoding="utf-8").read() == site(tree.port, "one")
@@ -315,7 +318,9 @@ def test_files_outside_the_tree_cannot_be_checked_in_a_copy(tmp_path):
     (tmp_path / "conf").mkdir()
     nginx = NginxControl(config=str(tmp_path / "conf" / "nginx.conf"), runner=lambda argv: pytest.fail("ran"))
     with pytest.raises(NginxError, match="not inside the configuration tree"):
-        activate_files([FileChange(str(tmp_path / "elsewhere.conf"), b"x\n")], nginx=nginx, lock_path=None, test_copy=True)
+        activate_files(
+            [FileChange(str(tmp_path / "elsewhere.conf"), b"x\n")], nginx=nginx, lock_path=None, test_copy=True
+        )
     assert not (tmp_path / "elsewhere.conf").exists()
 
 

@@ -143,6 +143,10 @@ FAKE_NGINX = textwrap.dedent("""\
 @pytest.fixture
 def fake_nginx(tmp_path, monkeypatch):
     """(conf_dir, NginxControl) with a fake nginx binary and a fake pid file pointing at this process."""
+    return make_fake_nginx(tmp_path, monkeypatch)
+
+
+def make_fake_nginx(tmp_path, monkeypatch):
     conf_dir = tmp_path / "upstreams.d"
     conf_dir.mkdir()
     binary = tmp_path / "nginx"

@@ -28,14 +28,24 @@ def container(cid, service, number, status="running", health="healthy", oneoff=F
         LABEL_NUMBER: str(number),
         LABEL_ONEOFF: "True" if oneoff else "False",
     }
-    state = {"Status": status, "Running": status == "running", "Restarting": status == "restarting",
-             "Paused": False, "ExitCode": exit_code}
+    state = {
+        "Status": status,
+        "Running": status == "running",
+        "Restarting": status == "restarting",
+        "Paused": False,
+        "ExitCode": exit_code,
+    }
     if health is not None:
         state["Health"] = {"Status": health, "Log": [{"Output": "probe %d said %s\n" % (n, health)} for n in range(5)]}
     name = "shop-%s-%d" % (service, number) if not oneoff else "shop-%s-run-1" % service
     listing = {"Id": cid, "Names": ["/" + name], "Labels": labels, "State": status}
-    inspect = {"Id": cid, "Name": "/" + name, "Config": {"Labels": labels, "Image": "shop/%s:1.0" % service},
-               "State": state, "RestartCount": restarts}
+    inspect = {
+        "Id": cid,
+        "Name": "/" + name,
+        "Config": {"Labels": labels, "Image": "shop/%s:1.0" % service},
+        "State": state,
+        "RestartCount": restarts,
+    }
     return listing, inspect
 
 
@@ -99,7 +109,9 @@ def test_report_names_every_container_that_is_not_healthy(client, capsys):
     assert {tail for _cid, tail in client.logs_asked} == {7}
     report = result["report"]
     assert report.splitlines()[0] == result["summary"]
-    assert "- service cron, container shop-cron-1 (shop/cron:1.0): exited, health none, exit code 2, 0 restarts" in report
+    assert (
+        "- service cron, container shop-cron-1 (shop/cron:1.0): exited, health none, exit code 2, 0 restarts" in report
+    )
     assert "    health check: probe 4 said unhealthy" in report
     assert "      oops" in report
     assert "shop-backend-run-1" not in report

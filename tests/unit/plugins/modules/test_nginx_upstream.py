@@ -9,17 +9,24 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import pytest
+
 from ansible_collections.opsbook.stack.plugins.module_utils import _upstream
 from ansible_collections.opsbook.stack.plugins.modules import nginx_upstream
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
-from ansible_collections.opsbook.stack.tests.unit.plugins.module_utils.test_upstream import (  # noqa: F401
+from ansible_collections.opsbook.stack.tests.unit.plugins.module_utils.test_upstream import (
     FakeEngine,
     calls_of,
     container,
-    fake_nginx,
+    make_fake_nginx,
     published,
 )
 
+
+@pytest.fixture
+def fake_nginx(tmp_path, monkeypatch):
+    """(conf_dir, NginxControl) with the fake nginx binary of the _upstream tests."""
+    return make_fake_nginx(tmp_path, monkeypatch)
 
 
 def run_upstream(args: dict, capsys) -> dict:
@@ -86,8 +93,6 @@ def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
 def test_module_needs_a_service_or_a_name(capsys):
     result = run_upstream({"servers": [{"address": "10.0.0.11:8080"}]}, capsys)
     assert result["failed"] is True and "one of the following is required: name, service" in result["msg"]
-
-
 
 
 def engine_for(monkeypatch, engine: FakeEngine) -> list[str]:
@@ -171,5 +176,8 @@ def test_module_reports_a_busy_lock_with_its_holder(fake_nginx, capsys):
             capsys,
         )
     assert result["failed"] is True
-    assert "rolling_upgrade demo/backend" in result["msg"] and result["holder"]["operation"] == "rolling_upgrade demo/backend"
+    assert (
+        "rolling_upgrade demo/backend" in result["msg"]
+        and result["holder"]["operation"] == "rolling_upgrade demo/backend"
+    )
     assert not (conf_dir / "app_hosts.conf").exists()
