@@ -152,11 +152,11 @@ rejected_in:
   returned: failure
   type: str
 error_file:
-  description: The file named in O(nginx_error), when it names one.
+  description: The file named in RV(nginx_error), when it names one.
   returned: failure
   type: str
 error_line:
-  description: The line named in O(nginx_error), when it names one.
+  description: The line named in RV(nginx_error), when it names one.
   returned: failure
   type: int
 """
