@@ -17,9 +17,9 @@ description:
     containers' state, Docker health status, restart count, the last health check outputs and the tail of the
     logs of every container that is not running and healthy.
   - Used by the compose_app role when a deploy does not become healthy, and by runbooks.
-  - Healthy means what it means everywhere in the collection (C(plugins/module_utils/_compose.py)): running,
-    not restarting or paused, and healthy by its healthcheck or without one. C(docker compose run) containers
-    are left out.
+  - Healthy means what it means everywhere in the collection (C(plugins/module_utils/_compose.py)), that is
+    running, not restarting or paused, and healthy by its healthcheck or without one. C(docker compose run)
+    containers are left out.
   - Only reads.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
