@@ -6,18 +6,18 @@
 
 Private to this collection: not a public API, it may change in any release.
 
-DESIGN.md "Contracts": stateless web services publish each container on 127.0.0.1 with an ephemeral host
-port; the Nginx upstream file of a service lists the ports of its healthy containers. This module is the one
+docs/architecture.md "Contracts": stateless web services publish each container on 127.0.0.1 with an ephemeral
+host port; the Nginx upstream file of a service lists the ports of its healthy containers. This module is the one
 place that renders that file, so the nginx role and the upgrade/rollback modules write the same thing:
 
-- ``discover_servers`` asks the Docker Engine for the containers of a project's service (Compose labels),
-  keeps the running and healthy ones and reads their published loopback port;
+- ``discover_servers`` asks the Docker Engine for the containers of a project's service (``_compose``: labels,
+  the one health verdict, the published loopback port) and keeps the healthy ones;
 - ``render_upstream`` turns a list of servers (discovered, or given explicitly with weights for a canary)
   into an ``upstream`` block, in a deterministic order so that the same state renders the same bytes;
-- ``activate`` writes the file atomically beside the old one, runs ``nginx -t``, reloads gracefully, and on a
-  failed test puts the previous file back and raises ``NginxConfigRejected`` with nginx's own error line;
-- ``sync_upstream`` does all three and refuses to write an upstream without servers.
+- ``sync_upstream`` renders and activates, and refuses to write an upstream without servers.
 
+Activation (write, ``nginx -t``, reload, put the previous file back) is the one in ``_nginx``; ``activate``,
+``NginxControl`` and the nginx errors are re-exported here for the callers that import them from this module.
 Standard library only: target hosts have neither the docker SDK nor anything else beyond python3.
 """
 
@@ -25,57 +25,70 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import contextlib
-import fcntl
 import ipaddress
 import os
 import re
-import subprocess
-import tempfile
 import typing as t
 from dataclasses import asdict, dataclass, field
 
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
+    LABEL_NUMBER,
+    LABEL_ONEOFF,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    LOOPBACK,
+    NAME_RE,
+    WILDCARD_IPS,
+    container_name,
+    health_verdict,
+    list_project_containers,
+    published_port,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DEFAULT_DOCKER_HOST,
     DockerClient,
     DockerError,
     DockerNotFound,
 )
-
-LABEL_PROJECT = "com.docker.compose.project"
-LABEL_SERVICE = "com.docker.compose.service"
-LABEL_ONEOFF = "com.docker.compose.oneoff"
-LABEL_NUMBER = "com.docker.compose.container-number"
+from ansible_collections.opsbook.stack.plugins.module_utils._files import read_text
+from ansible_collections.opsbook.stack.plugins.module_utils._nginx import (
+    DEFAULT_LOCK_PATH,
+    DEFAULT_LOCK_WAIT_S,
+    DEFAULT_NGINX_BINARY,
+    DEFAULT_NGINX_UNIT,
+    DEFAULT_PID_FILE,
+    ActivationResult,
+    NginxConfigRejected,
+    NginxControl,
+    NginxError,
+    NginxReloadFailed,
+    activate,
+    nginx_error_line,
+)
+from ansible_collections.opsbook.stack.plugins.module_utils._process import (
+    DEFAULT_TIMEOUT_S,
+    CommandResult,
+    Runner,
+    run_command,
+)
 
 # Where upstream files live. The nginx role's nginx.conf includes upstreams.d/*.conf from its http block.
 DEFAULT_UPSTREAM_DIR = "/etc/nginx/upstreams.d"
-DEFAULT_NGINX_BINARY = "nginx"
-DEFAULT_NGINX_UNIT = "nginx"
-DEFAULT_PID_FILE = "/run/nginx.pid"
-# One lock for every writer of Nginx configuration on a host (this module, the upgrade modules): `nginx -t`
-# checks the whole configuration, so two writers at once could each test the other's half-written change.
-DEFAULT_LOCK_PATH = "/run/lock/opsbook-nginx.lock"
 DEFAULT_KEEPALIVE = 32
 DEFAULT_ZONE_SIZE = "64k"
-DEFAULT_HOST_IP = "127.0.0.1"
-COMMAND_TIMEOUT_S = 60.0
+DEFAULT_HOST_IP = LOOPBACK
+COMMAND_TIMEOUT_S = DEFAULT_TIMEOUT_S
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(r"^[0-9]+[kKmM]?$")
 _TIME_RE = re.compile(r"^[0-9]+(ms|s|m|h|d)?$")
-# Severity words nginx puts in brackets; the first such line is the one a person needs to read.
-_NGINX_ERROR_RE = re.compile(r"\[(emerg|alert|crit|error)\]")
-# Addresses Docker reports for a port published on every interface.
-_WILDCARD_IPS = ("0.0.0.0", "", "::")
+# The two comment lines render_upstream puts above the block: a new header alone is no reason to rewrite.
+_HEADER_PREFIX = "# "
 
 
-class UpstreamError(Exception):
-    """Base class; ``evidence`` holds what a person on call needs to act (paths, nginx output, containers)."""
-
-    def __init__(self, message: str, evidence: dict[str, t.Any] | None = None):
-        super().__init__(message)
-        self.evidence = evidence or {}
+# Every failure of an upstream write is an UpstreamError, the nginx activation's own failures included
+# (NginxConfigRejected, NginxReloadFailed, NginxBusy): callers catch this one class.
+UpstreamError = NginxError
 
 
 class UpstreamConfigError(UpstreamError, ValueError):
@@ -84,18 +97,6 @@ class UpstreamConfigError(UpstreamError, ValueError):
 
 class NoHealthyServers(UpstreamError):
     """No container of the service is running and healthy: the old upstream file is kept."""
-
-
-class NginxConfigRejected(UpstreamError):
-    """`nginx -t` failed with the new file; the previous file was put back."""
-
-    def __init__(self, message: str, nginx_error: str, evidence: dict[str, t.Any] | None = None):
-        super().__init__(message, evidence)
-        self.nginx_error = nginx_error
-
-
-class NginxReloadFailed(UpstreamError):
-    """The configuration passed `nginx -t` but the reload command failed."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -171,98 +172,6 @@ class Discovery:
     skipped: list[SkippedContainer] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    argv: tuple[str, ...]
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return "\n".join(part for part in (self.stdout.strip(), self.stderr.strip()) if part)
-
-
-Runner = t.Callable[[t.Sequence[str]], CommandResult]
-
-
-def run_command(argv: t.Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> CommandResult:
-    """Run argv without a shell; a missing binary or a timeout becomes rc 127 / 124 with the reason."""
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        return CommandResult(tuple(argv), 127, "", "%s: %s" % (argv[0], exc.strerror))
-    except subprocess.TimeoutExpired:
-        return CommandResult(tuple(argv), 124, "", "%s did not finish within %g s" % (" ".join(argv), timeout))
-    return CommandResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "")
-
-
-@dataclass
-class NginxControl:
-    """How to test and reload the Nginx of this host. ``runner`` is replaceable for tests."""
-
-    binary: str = DEFAULT_NGINX_BINARY
-    # The main configuration file to test; None tests the one the binary was built with (/etc/nginx/nginx.conf).
-    config: str | None = None
-    # The reload command as argv. None: `systemctl reload nginx` under systemd, else `nginx -s reload`.
-    reload_command: list[str] | None = None
-    unit: str = DEFAULT_NGINX_UNIT
-    pid_file: str = DEFAULT_PID_FILE
-    runner: Runner = run_command
-    systemd_dir: str = "/run/systemd/system"
-
-    def test(self) -> CommandResult:
-        argv = [self.binary, "-t"]
-        if self.config:
-            argv += ["-c", self.config]
-        return self.runner(argv)
-
-    def _under_systemd(self) -> bool:
-        return os.path.isdir(self.systemd_dir)
-
-    def is_running(self) -> bool:
-        """Whether there is a running nginx to reload (a stopped one reads the new file when it starts)."""
-        if self.reload_command is None and self._under_systemd():
-            return self.runner(["systemctl", "is-active", "--quiet", self.unit]).rc == 0
-        try:
-            with open(self.pid_file, encoding="ascii") as handle:
-                pid = int(handle.read().strip() or "0")
-        except (OSError, ValueError):
-            return False
-        if pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def reload_argv(self) -> list[str]:
-        if self.reload_command:
-            return list(self.reload_command)
-        if self._under_systemd():
-            return ["systemctl", "reload", self.unit]
-        return [self.binary, "-s", "reload"]
-
-    def reload(self) -> CommandResult:
-        return self.runner(self.reload_argv())
-
-
-@dataclass
-class ActivationResult:
-    path: str
-    changed: bool
-    content: str
-    previous: str | None
-    reloaded: bool = False
-    reload_command: list[str] = field(default_factory=list)
-    nginx_test: str = ""
-    # Why nothing was reloaded although the file changed (nginx not running, check mode).
-    note: str = ""
-
-
 @dataclass
 class SyncResult:
     name: str
@@ -298,7 +207,7 @@ class SyncResult:
 def upstream_name(project: str, service: str) -> str:
     """`<project>_<service>`: the upstream name both the role's site and the upgrade modules use."""
     for what, value in (("project", project), ("service", service)):
-        if not value or not _NAME_RE.match(value):
+        if not value or not NAME_RE.match(value):
             raise UpstreamConfigError(
                 "%s %r is not a valid Compose %s name (letters, digits, '_', '.', '-')" % (what, value, what)
             )
@@ -312,7 +221,7 @@ def upstream_file_for(name: str, directory: str = DEFAULT_UPSTREAM_DIR) -> str:
 
 
 def validate_name(name: str) -> None:
-    if not name or not _NAME_RE.match(name):
+    if not name or not NAME_RE.match(name):
         raise UpstreamConfigError(
             "upstream name %r is not valid: use letters, digits, '_', '.' and '-', starting with a letter or digit"
             % (name,)
@@ -382,45 +291,6 @@ def validate_upstream(upstream: Upstream) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _health_of(info: dict[str, t.Any]) -> str | None:
-    health = (info.get("State") or {}).get("Health")
-    return health.get("Status") if health else None
-
-
-def _published_port(info: dict[str, t.Any], container_port: int | None, host_ip: str) -> tuple[int | None, str]:
-    """The host port published for container_port on host_ip (or on every interface); (None, reason) if none."""
-    ports: dict[str, t.Any] = (info.get("NetworkSettings") or {}).get("Ports") or {}
-    if container_port is None:
-        published = sorted(key for key, bindings in ports.items() if bindings and key.endswith("/tcp"))
-        if len(published) != 1:
-            return None, ("publishes %s: set the container port" % (", ".join(published) or "no TCP port"))
-        key = published[0]
-    else:
-        key = "%d/tcp" % container_port
-    bindings = ports.get(key) or []
-    if not bindings:
-        return None, "container port %s is not published" % key
-    exact = [b for b in bindings if b.get("HostIp") == host_ip]
-    wildcard = [b for b in bindings if b.get("HostIp") in _WILDCARD_IPS]
-    chosen = (exact or wildcard or [None])[0]
-    if chosen is None:
-        where = ", ".join("%s:%s" % (b.get("HostIp"), b.get("HostPort")) for b in bindings)
-        return None, "container port %s is published on %s, not on %s" % (key, where, host_ip)
-    try:
-        return int(chosen["HostPort"]), ""
-    except (KeyError, TypeError, ValueError):
-        return None, "container port %s has no host port yet" % key
-
-
-def _container_order(item: dict[str, t.Any]) -> tuple[int, str]:
-    labels = item.get("Labels") or {}
-    try:
-        number = int(labels.get(LABEL_NUMBER, "0"))
-    except ValueError:
-        number = 0
-    return number, (item.get("Names") or [""])[0]
-
-
 def discover_servers(
     client: DockerClient,
     project: str,
@@ -435,32 +305,23 @@ def discover_servers(
     weight (a canary). The servers come back sorted by address; `skipped` says why each other container is out.
     """
     upstream_name(project, service)  # validates both names
-    labels: dict[str, str | None] = {LABEL_PROJECT: project, LABEL_SERVICE: service}
     found = Discovery()
-    for item in sorted(client.list_containers(labels=labels, all=True), key=_container_order):
-        if (item.get("Labels") or {}).get(LABEL_ONEOFF, "False") == "True":
-            continue  # `docker compose run` containers are not part of the service
+    for item in list_project_containers(client, project, service, all=True):
         try:
             info = client.inspect_container(item["Id"])
         except DockerNotFound:
             continue  # removed between list and inspect
-        name = (info.get("Name") or item["Id"][:12]).lstrip("/")
-        state = info.get("State") or {}
-        status = state.get("Status", "unknown")
-        health = _health_of(info)
-        reason = ""
-        if status != "running" or state.get("Restarting") or state.get("Paused"):
-            reason = "not running (%s)" % status
-        elif health not in (None, "healthy"):
-            reason = "health is %s" % health
+        name = container_name(info)
+        verdict = health_verdict(info)
+        reason = verdict.reason
         host_port = None
-        if not reason:
-            host_port, reason = _published_port(info, port, host_ip)
+        if verdict.ok:
+            host_port, reason = published_port(info, port, host_ip)
         if reason or host_port is None:
-            found.skipped.append(SkippedContainer(name, status, health, reason))
+            found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason))
             continue
         weight = (weights or {}).get(name)
-        address = "%s:%d" % (host_ip if host_ip not in _WILDCARD_IPS else DEFAULT_HOST_IP, host_port)
+        address = "%s:%d" % (host_ip if host_ip not in WILDCARD_IPS else DEFAULT_HOST_IP, host_port)
         found.servers.append(Server(address=address, weight=weight, comment=name))
     found.servers.sort(key=Server.sort_key)
     return found
@@ -489,147 +350,20 @@ def render_upstream(upstream: Upstream) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------------------------------------
-# Activation: write beside, test, reload; put the previous file back on failure
-# --------------------------------------------------------------------------------------------------------
+def _body(text: str) -> str:
+    """The file without the comment lines above the upstream block."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith(_HEADER_PREFIX):
+        lines.pop(0)
+    return "".join(lines)
 
 
-def nginx_error_line(output: str) -> str:
-    """nginx's own words: the first [emerg]/[alert]/[crit]/[error] line, else the last line it printed."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for line in lines:
-        if _NGINX_ERROR_RE.search(line):
-            return line
-    return lines[-1] if lines else "nginx -t failed without a message"
-
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, content: str, mode: int = 0o644) -> None:
-    """Write a temporary file beside path (a name nginx's *.conf globs skip), fsync it, rename it over path."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _put_back(path: str, previous: str | None) -> None:
-    if previous is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        _fsync_dir(os.path.dirname(path) or ".")
-    else:
-        write_atomic(path, previous)
-
-
-@contextlib.contextmanager
-def config_lock(lock_path: str | None) -> t.Iterator[None]:
-    """Serialize every writer of this host's Nginx configuration (flock, released when the process exits)."""
-    if not lock_path:
-        yield
-        return
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def activate(
-    path: str,
-    content: str | None,
-    nginx: NginxControl | None = None,
-    check_mode: bool = False,
-    reload: bool = True,
-    lock_path: str | None = DEFAULT_LOCK_PATH,
-) -> ActivationResult:
-    """Make `content` the file at `path` (None removes it) without ever leaving nginx on a broken config.
-
-    Unchanged content: nothing is written, tested or reloaded. Otherwise the new file replaces the old one
-    atomically, `nginx -t` checks the whole configuration, and a graceful reload applies it. When the test
-    fails the previous file (or its absence) is put back and NginxConfigRejected carries nginx's error line.
-    """
-    nginx = nginx or NginxControl()
-    with config_lock(None if check_mode else lock_path):
-        previous = read_text(path)
-        if previous == content:
-            return ActivationResult(path, False, content or "", previous)
-        if check_mode:
-            return ActivationResult(path, True, content or "", previous, note="check mode: nothing written")
-        if content is None:
-            _put_back(path, None)
-        else:
-            write_atomic(path, content)
-        test = nginx.test()
-        if test.rc != 0:
-            try:
-                _put_back(path, previous)
-            except OSError as exc:
-                raise NginxConfigRejected(
-                    "nginx -t rejected %s and putting the previous file back failed too (%s): fix the file by hand "
-                    "before nginx reloads. nginx said: %s" % (path, exc, nginx_error_line(test.output)),
-                    nginx_error_line(test.output),
-                    {"path": path, "nginx_output": test.output},
-                ) from exc
-            after = nginx.test()
-            error = nginx_error_line(test.output)
-            raise NginxConfigRejected(
-                "nginx -t rejected the new %s; the previous %s was put back and nginx keeps serving the last good "
-                "configuration. nginx said: %s" % (path, "file" if previous is not None else "state (no file)", error),
-                error,
-                {
-                    "path": path,
-                    "nginx_output": test.output,
-                    "rejected_content": content,
-                    "test_after_restore": "ok" if after.rc == 0 else after.output,
-                },
-            )
-        result = ActivationResult(path, True, content or "", previous, nginx_test=test.output)
-        if not reload:
-            result.note = "reload skipped (reload=false)"
-        elif not nginx.is_running():
-            result.note = "nginx is not running: it reads the new file when it starts"
-        else:
-            done = nginx.reload()
-            result.reload_command = list(done.argv)
-            if done.rc != 0:
-                raise NginxReloadFailed(
-                    "%s passed nginx -t but `%s` failed: %s" % (path, " ".join(done.argv), done.output.strip()),
-                    {"path": path, "reload_output": done.output},
-                )
-            result.reloaded = True
-        return result
+def keep_if_same_block(path: str, content: str) -> str:
+    """content, or the file's current text when the two differ only in the header comment."""
+    previous = read_text(path)
+    if previous is not None and previous != content and _body(previous) == _body(content):
+        return previous
+    return content
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -655,6 +389,7 @@ def sync_upstream(
     check_mode: bool = False,
     reload: bool = True,
     lock_path: str | None = DEFAULT_LOCK_PATH,
+    lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
 ) -> SyncResult:
     """Render the upstream of a Compose service (or of explicit servers) and activate it safely.
 
@@ -694,9 +429,13 @@ def sync_upstream(
             {"path": path, "skipped": [asdict(s) for s in skipped]},
         )
     content = render_upstream(Upstream(name, tuple(chosen), keepalive, zone_size, source))
+    # The same servers from another source (the final re-read from Docker after an explicit switch): keep the file.
+    content = keep_if_same_block(path, content)
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
-    done = activate(path, content, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path)
+    done = activate(
+        path, content, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path, lock_wait_s=lock_wait_s
+    )
     return SyncResult(
         name,
         path,
@@ -718,15 +457,34 @@ def remove_upstream(
     check_mode: bool = False,
     reload: bool = True,
     lock_path: str | None = DEFAULT_LOCK_PATH,
+    lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
 ) -> ActivationResult:
     """Remove an upstream file with the same safety (a site still using it makes nginx -t fail: it comes back)."""
     return activate(
-        upstream_file_for(name, directory), None, nginx=nginx, check_mode=check_mode, reload=reload, lock_path=lock_path
+        upstream_file_for(name, directory),
+        None,
+        nginx=nginx,
+        check_mode=check_mode,
+        reload=reload,
+        lock_path=lock_path,
+        lock_wait_s=lock_wait_s,
     )
 
 
 __all__ = [
+    "COMMAND_TIMEOUT_S",
+    "DEFAULT_HOST_IP",
+    "DEFAULT_KEEPALIVE",
+    "DEFAULT_LOCK_PATH",
+    "DEFAULT_NGINX_BINARY",
+    "DEFAULT_NGINX_UNIT",
+    "DEFAULT_PID_FILE",
     "DEFAULT_UPSTREAM_DIR",
+    "DEFAULT_ZONE_SIZE",
+    "LABEL_NUMBER",
+    "LABEL_ONEOFF",
+    "LABEL_PROJECT",
+    "LABEL_SERVICE",
     "ActivationResult",
     "CommandResult",
     "Discovery",
@@ -734,6 +492,7 @@ __all__ = [
     "NginxControl",
     "NginxReloadFailed",
     "NoHealthyServers",
+    "Runner",
     "Server",
     "SkippedContainer",
     "SyncResult",
@@ -742,9 +501,12 @@ __all__ = [
     "UpstreamError",
     "activate",
     "discover_servers",
+    "keep_if_same_block",
     "nginx_error_line",
+    "read_text",
     "remove_upstream",
     "render_upstream",
+    "run_command",
     "sync_upstream",
     "upstream_file_for",
     "upstream_name",

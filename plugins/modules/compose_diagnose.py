@@ -17,11 +17,15 @@ description:
     containers' state, Docker health status, restart count, the last health check outputs and the tail of the
     logs of every container that is not running and healthy.
   - Used by the compose_app role when a deploy does not become healthy, and by runbooks.
+  - Healthy means what it means everywhere in the collection (C(plugins/module_utils/_compose.py)), that is
+    running, not restarting or paused, and healthy by its healthcheck or without one. C(docker compose run)
+    containers are left out.
   - Only reads.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -38,10 +42,6 @@ options:
     description: Lines of logs returned for each container that is not healthy.
     type: int
     default: 40
-  docker_host:
-    description: Docker Engine API address.
-    type: str
-    default: unix:///var/run/docker.sock
 """
 
 EXAMPLES = r"""
@@ -76,35 +76,46 @@ report:
   type: str
 """
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
+    LABEL_SERVICE,
+    container_labels,
+    container_name,
+    health_verdict,
+    list_project_containers,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 
-def describe(client: DockerClient, summary: dict, log_tail: int) -> dict:
+def describe(client: DockerClient, summary: dict[str, t.Any], log_tail: int) -> dict[str, t.Any]:
+    """One container: state, health, restarts, the last health outputs, and its log tail when not healthy."""
     info = client.inspect_container(summary["Id"])
     state = info.get("State") or {}
     health = state.get("Health") or {}
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    entry = {
-        "name": (info.get("Name") or "").lstrip("/"),
-        "service": labels.get("com.docker.compose.service", ""),
+    verdict = health_verdict(info)
+    entry: dict[str, t.Any] = {
+        "name": container_name(info),
+        "service": container_labels(info).get(LABEL_SERVICE, ""),
         "image": (info.get("Config") or {}).get("Image", ""),
         "status": state.get("Status", ""),
         "exit_code": state.get("ExitCode"),
         "health": health.get("Status", "none"),
         "restart_count": info.get("RestartCount", 0),
         "health_log": [(h.get("Output") or "").strip()[-300:] for h in (health.get("Log") or [])[-3:]],
+        "ok": verdict.ok,
+        "logs": "",
     }
-    entry["ok"] = entry["status"] == "running" and entry["health"] in ("healthy", "none")
-    entry["logs"] = ""
     if not entry["ok"]:
         out, err = client.container_logs(summary["Id"], tail=log_tail)
         entry["logs"] = (out + err).strip()
     return entry
 
 
-def render_report(entries: list[dict], services: list[str], unhealthy: list[str]) -> tuple[str, str]:
+def render_report(entries: list[dict[str, t.Any]], services: list[str], unhealthy: list[str]) -> tuple[str, str]:
     summary = "%d/%d services healthy" % (len(services) - len(unhealthy), len(services))
     if unhealthy:
         summary += "; unhealthy: " + ", ".join(unhealthy)
@@ -129,13 +140,13 @@ def main() -> None:
         argument_spec=dict(
             project=dict(type="str", required=True),
             log_tail=dict(type="int", default=40),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
+            **docker_argument_spec(),
         ),
         supports_check_mode=True,
     )
     client = DockerClient(module.params["docker_host"])
     try:
-        found = client.list_containers(labels={"com.docker.compose.project": module.params["project"]}, all=True)
+        found = list_project_containers(client, module.params["project"], all=True)
         entries = sorted(
             (describe(client, c, module.params["log_tail"]) for c in found), key=lambda e: (e["service"], e["name"])
         )

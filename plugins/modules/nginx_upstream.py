@@ -26,12 +26,14 @@ description:
   - When no container is healthy the module refuses to write an upstream without servers; the existing file
     stays and the task fails naming each container and why it was left out.
   - The nginx role and the upgrade and rollback modules render upstreams with the same code
-    (C(plugins/module_utils/_upstream.py)), so they always agree on the file.
+    (C(plugins/module_utils/_upstream.py)), so they always agree on the file, and every writer of Nginx
+    configuration activates through the same function (C(plugins/module_utils/_nginx.py)) under one lock.
 author:
   # validate-modules wants a GitHub handle or the marker !UNKNOWN after the name.
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
+  - opsbook.stack.docker
 attributes:
   check_mode:
     support: full
@@ -136,12 +138,10 @@ options:
     description: Lock file that serializes every writer of this host's Nginx configuration.
     type: path
     default: /run/lock/opsbook-nginx.lock
-  docker_host:
-    description:
-      - Docker Engine API endpoint, as V(unix:///path/to/docker.sock) or V(tcp://host:port) (plain HTTP).
-      - Falls back to the E(DOCKER_HOST) environment variable of the target when not set.
-    type: str
-    default: unix:///var/run/docker.sock
+  lock_timeout:
+    description: Seconds to wait for another writer of the Nginx configuration before failing with its name.
+    type: float
+    default: 300
 notes:
   - Published ports are read from C(docker inspect); a container publishing its port on every interface
     (V(0.0.0.0)) is reached on 127.0.0.1 as well.
@@ -207,7 +207,7 @@ content:
   description: The file as rendered (empty when O(state=absent)).
   returned: always
   type: str
-  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;  # demo-backend-1\n    keepalive 32;\n}\n"
+  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;\n    keepalive 32;\n}\n"
 servers:
   description: The servers of the upstream, in file order.
   returned: when O(state=present)
@@ -238,9 +238,12 @@ nginx_error:
   sample: 'nginx: [emerg] invalid parameter "weight=0" in /etc/nginx/upstreams.d/demo_backend.conf:5'
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+import typing as t
 
-from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._nginx import DEFAULT_LOCK_WAIT_S
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     DEFAULT_HOST_IP,
     DEFAULT_KEEPALIVE,
@@ -290,7 +293,8 @@ def main() -> None:
             nginx_config=dict(type="path"),
             reload_command=dict(type="list", elements="str"),
             lock_path=dict(type="path", default=DEFAULT_LOCK_PATH),
-            docker_host=dict(type="str", default=DEFAULT_DOCKER_HOST, fallback=(env_fallback, ["DOCKER_HOST"])),
+            lock_timeout=dict(type="float", default=DEFAULT_LOCK_WAIT_S),
+            **docker_argument_spec(),
         ),
         required_together=[("project", "service")],
         required_one_of=[("name", "service")],
@@ -299,12 +303,18 @@ def main() -> None:
     )
     p = module.params
     nginx = NginxControl(binary=p["nginx_binary"], config=p["nginx_config"], reload_command=p["reload_command"])
-    common = dict(nginx=nginx, check_mode=module.check_mode, reload=p["reload"], lock_path=p["lock_path"])
+    common: dict[str, t.Any] = dict(
+        nginx=nginx,
+        check_mode=module.check_mode,
+        reload=p["reload"],
+        lock_path=p["lock_path"],
+        lock_wait_s=p["lock_timeout"],
+    )
     try:
         if p["state"] == "absent":
             name = p["name"] or upstream_name(p["project"], p["service"])
             done = remove_upstream(name, p["directory"], **common)
-            result = dict(
+            result: dict[str, t.Any] = dict(
                 changed=done.changed,
                 upstream=name,
                 path=done.path,

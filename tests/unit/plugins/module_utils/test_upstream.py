@@ -38,8 +38,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     upstream_file_for,
     upstream_name,
 )
-from ansible_collections.opsbook.stack.plugins.modules import nginx_upstream
-from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers: a recording nginx, a fake engine, a fake nginx binary for the failing test
@@ -145,6 +143,10 @@ FAKE_NGINX = textwrap.dedent("""\
 @pytest.fixture
 def fake_nginx(tmp_path, monkeypatch):
     """(conf_dir, NginxControl) with a fake nginx binary and a fake pid file pointing at this process."""
+    return make_fake_nginx(tmp_path, monkeypatch)
+
+
+def make_fake_nginx(tmp_path, monkeypatch):
     conf_dir = tmp_path / "upstreams.d"
     conf_dir.mkdir()
     binary = tmp_path / "nginx"
@@ -459,75 +461,23 @@ def test_sync_with_explicit_weighted_servers_for_a_canary(tmp_path):
     assert "server 127.0.0.1:40001 weight=9;  # old\n    server 127.0.0.1:40003 weight=1;  # new\n" in result.content
 
 
-# --------------------------------------------------------------------------------------------------------
-# The module
-# --------------------------------------------------------------------------------------------------------
-
-
-def run_upstream(args: dict, capsys) -> dict:
-    return run_module(nginx_upstream, args, capsys)
-
-
-def test_module_check_mode_then_real_then_quiet(fake_nginx, capsys):
-    conf_dir, nginx = fake_nginx
-    args = {
-        "name": "app_hosts",
-        "servers": [{"address": "10.0.0.12:8080"}, {"address": "10.0.0.11:8080"}],
-        "directory": str(conf_dir),
-        "nginx_binary": nginx.binary,
-        "reload": False,
-        "lock_path": str(conf_dir.parent / "lock"),
-    }
-    checked = run_upstream({**args, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
-    assert checked["changed"] is True and "server 10.0.0.11:8080;" in checked["diff"]["after"]
-    assert not (conf_dir / "app_hosts.conf").exists()
-    real = run_upstream(args, capsys)
-    assert real["changed"] is True and real["reloaded"] is False
-    assert [s["address"] for s in real["servers"]] == ["10.0.0.11:8080", "10.0.0.12:8080"]
-    assert run_upstream({**args, "_ansible_check_mode": True}, capsys)["changed"] is False
-    assert run_upstream(args, capsys)["changed"] is False
-
-
-def test_module_fails_with_nginx_error_and_keeps_the_old_file(fake_nginx, capsys):
-    conf_dir, nginx = fake_nginx
-    (conf_dir / "zz.conf").write_text("BROKEN;\n")  # something else breaks the configuration
-    result = run_upstream(
-        {
-            "name": "app_hosts",
-            "servers": [{"address": "10.0.0.11:8080"}],
-            "directory": str(conf_dir),
-            "nginx_binary": nginx.binary,
-            "lock_path": str(conf_dir.parent / "lock"),
-        },
-        capsys,
-    )
-    assert result["failed"] is True
-    assert result["nginx_error"].startswith('nginx: [emerg] unknown directive "BROKEN"')
-    assert not (conf_dir / "app_hosts.conf").exists()
-
-
-def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
-    conf_dir, nginx = fake_nginx
-    (conf_dir / "demo_legacy.conf").write_text("upstream demo_legacy { server 127.0.0.1:1; }\n")
-    args = {
-        "project": "demo",
-        "service": "legacy",
-        "state": "absent",
-        "directory": str(conf_dir),
-        "nginx_binary": nginx.binary,
-        "reload": False,
-        "lock_path": str(conf_dir.parent / "lock"),
-    }
-    removed = run_upstream(args, capsys)
-    assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
-    assert not (conf_dir / "demo_legacy.conf").exists()
-    assert calls_of(conf_dir) == ["-t"]
-    assert run_upstream(args, capsys)["changed"] is False
-
-
-def test_module_needs_a_service_or_a_name(capsys):
-    result = run_upstream({"servers": [{"address": "10.0.0.11:8080"}]}, capsys)
-    assert result["failed"] is True and "one of the following is required: name, service" in result["msg"]
+def test_final_reread_keeps_the_file_when_only_the_header_differs(tmp_path):
+    """After a switch with explicit servers, the re-read from Docker finds the same servers: no rewrite, no reload."""
+    runner = RecordingRunner()
+    nginx = systemd_nginx(runner, tmp_path)
+    servers = [Server("127.0.0.1:49153", comment="demo-backend-1")]
+    kwargs = dict(directory=str(tmp_path / "upstreams.d"), nginx=nginx, lock_path=None)
+    first = sync_upstream("demo", "backend", servers=servers, **kwargs)
+    assert first.changed and "servers given explicitly" in first.content
+    runner.calls.clear()
+    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
+    again = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
+    assert not again.changed and runner.calls == []
+    assert again.content == first.content == (tmp_path / "upstreams.d" / "demo_backend.conf").read_text()
+    # A different server is a change, header and all.
+    engine = FakeEngine(container("c2", "demo-backend-2", 2, ports=published(49160)))
+    moved = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
+    assert moved.changed and 'Compose service "backend"' in moved.content
 
 
 # --------------------------------------------------------------------------------------------------------
