@@ -15,18 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults/main.yml").is_file())
 ROLES_WITH_VARS = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "vars/main.yml").is_file())
 # Internal names that have not taken the __<role>_ prefix yet, each for a reason; the list may only shrink.
-NOT_YET_PREFIXED = {
-    # used by roles/monitoring/tasks/publish.yml and templates/nginx-monitoring.conf.j2 (the Nginx activation change)
-    "monitoring": {"monitoring_nginx_htpasswd", "monitoring_nginx_site"},
-    # the nginx role's internals move with its own change
-    "nginx": {
-        "nginx_conf_dir",
-        "nginx_stage_dir",
-        "nginx_config_files",
-        "nginx_default_site_paths",
-        "nginx_upstream_names",
-    },
-}
+NOT_YET_PREFIXED: dict[str, set[str]] = {}
 
 
 def load(path: Path):
