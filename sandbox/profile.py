@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where the test suite's time goes, from the logs ./dev keeps in build/.
 
-    profile.py hosts MOLECULE_YML SHARED_CONFIG SCENARIO   the instance names of a scenario, one a line
+    profile.py hosts MOLECULE_YML SHARED_CONFIG SCENARIO [--image IMAGE]
+                                                           the instance names of a scenario, one a line
     profile.py summary BUILD_DIR [--top N] [--budget-min M] [--scenarios A,B,...]
                                                            the slowest tasks and tests, the phases and the budget
 
@@ -44,13 +45,14 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return ENV_REF.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
 
 
-def scenario_hosts(molecule_yml: Path, shared: Path, scenario: str) -> list[str]:
+def scenario_hosts(molecule_yml: Path, shared: Path, scenario: str, image: str = "") -> list[str]:
+    """The instance names of a scenario (its own platforms, or the shared ones), those of one image if given."""
     env = dict(os.environ, MOLECULE_SCENARIO_NAME=scenario)
     env.setdefault("OPSBOOK_MOLECULE_PREFIX", "opsbook")
     for path in (molecule_yml, shared):
         data = yaml.safe_load(interpolate(path.read_text(), env)) or {}
         if data.get("platforms"):
-            return [p["name"] for p in data["platforms"]]
+            return [p["name"] for p in data["platforms"] if not image or p.get("image") == image]
     return []
 
 
@@ -112,8 +114,7 @@ def summary(build: Path, top: int, budget_min: float, scenarios: list[str], phas
     slowest = max(times.items(), key=lambda kv: kv[1]) if times else ("none", 0)
     out.append(
         f"budget: total {total}s ({total / 60:.1f} min) of {budget_min:.0f} min; "
-        f"slowest scenario {slowest[0]} {slowest[1]}s"
-        + ("  OVER BUDGET" if total > budget_min * 60 else "")
+        f"slowest scenario {slowest[0]} {slowest[1]}s" + ("  OVER BUDGET" if total > budget_min * 60 else "")
     )
     out += [f"PROBLEM: {p}" for p in problems]
     return "\n".join(out) + "\n", not problems
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("molecule_yml", type=Path)
     h.add_argument("shared", type=Path)
     h.add_argument("scenario")
+    h.add_argument("--image", default="", help="only the hosts made from this image")
     s = sub.add_parser("summary")
     s.add_argument("build", type=Path)
     s.add_argument("--top", type=int, default=15)
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--phase", action="append", default=[], help="'NAME SECONDSs' lines of ./dev's phases")
     args = parser.parse_args(argv)
     if args.cmd == "hosts":
-        print("\n".join(scenario_hosts(args.molecule_yml, args.shared, args.scenario)))
+        print("\n".join(scenario_hosts(args.molecule_yml, args.shared, args.scenario, args.image)))
         return 0
     text, ok = summary(args.build, args.top, args.budget_min, [x for x in args.scenarios.split(",") if x], args.phase)
     args.build.mkdir(parents=True, exist_ok=True)
