@@ -31,6 +31,9 @@ STEP = re.compile(r"\[(?P<scenario>[\w-]+) > (?P<step>[\w-]+)\] Executing|Runnin
 TASK = re.compile(r"^(?P<name>.+?) -{3,} (?P<secs>\d+\.\d+)s\s*$")
 # pytest --durations: "12.34s call     path::test[param]"
 TEST = re.compile(r"^(?P<secs>\d+\.\d+)s (?P<when>setup|call|teardown)\s+(?P<name>\S+)")
+# timer: "Playbook run took 0 days, 0 hours, 1 minutes, 2 seconds"; pytest: "===== 7 passed in 11.68s ====="
+PLAYBOOK = re.compile(r"Playbook run took (\d+) days, (\d+) hours, (\d+) minutes, (\d+) seconds")
+PYTEST_END = re.compile(r"^=+ .*\b(?:passed|failed|error)\b.* in (\d+\.\d+)s")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,26 @@ def parse_molecule_log(scenario: str, text: str) -> list[Item]:
     return items
 
 
+def step_seconds(text: str) -> dict[str, float]:
+    """Seconds per molecule step (create, converge, ...; the same step twice adds up) from timer and pytest."""
+    steps: dict[str, float] = {}
+    step = "?"
+    for line in text.splitlines():
+        m = STEP.search(line)
+        if m:
+            step = m.group("step") or m.group("st2")
+            continue
+        m = PLAYBOOK.search(line)
+        if m:
+            d, h, mi, s = (int(x) for x in m.groups())
+            steps[step] = steps.get(step, 0) + ((d * 24 + h) * 60 + mi) * 60 + s
+            continue
+        m = PYTEST_END.match(line)
+        if m:
+            steps[step] = steps.get(step, 0) + float(m.group(1))
+    return steps
+
+
 def parse_unit_log(text: str) -> list[Item]:
     items = []
     for line in text.splitlines():
@@ -88,14 +111,21 @@ def read(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def summary(build: Path, top: int, budget_min: float, scenarios: list[str], phases: list[str]) -> tuple[str, bool]:
+def summary(
+    build: Path, top: int, budget_min: float, scenarios: list[str], phases: list[str], wall: int | None = None
+) -> tuple[str, bool]:
     logs = build / "molecule"
     items = parse_unit_log(read(build / "unit.log"))
     times: dict[str, int] = {}
     problems: list[str] = []
     names = scenarios or sorted(p.stem for p in logs.glob("*.log"))
+    per_step: list[str] = []
     for s in names:
-        items += parse_molecule_log(s, read(logs / f"{s}.log"))
+        text = read(logs / f"{s}.log")
+        items += parse_molecule_log(s, text)
+        steps = step_seconds(text)
+        if steps:
+            per_step.append(f"  {s:14} " + "  ".join(f"{k} {v:.0f}s" for k, v in steps.items()))
         rc = read(logs / f"{s}.rc").strip()
         if not (logs / f"{s}.log").is_file() or rc == "":
             problems.append(f"scenario {s} did not run (no log or no exit status in {logs})")
@@ -107,10 +137,13 @@ def summary(build: Path, top: int, budget_min: float, scenarios: list[str], phas
     out = [f"slowest {top} tasks and tests across the suite:"]
     for it in sorted(items, key=lambda i: -i.seconds)[:top]:
         out.append(f"  {it.seconds:8.1f}s  {it.kind:4}  {it.where:28}  {it.name[:110]}")
+    if per_step:
+        out.append("molecule steps (ansible timer, pytest):")
+        out += per_step
     if phases:
         out.append("phases:")
         out += [f"  {p}" for p in phases]
-    total = sum(int(p.split()[1].rstrip("s")) for p in phases if len(p.split()) > 1 and p.split()[1][:-1].isdigit())
+    total = wall if wall is not None else sum(int(p.split()[1].rstrip("s")) for p in phases if len(p.split()) > 1 and p.split()[1][:-1].isdigit())
     slowest = max(times.items(), key=lambda kv: kv[1]) if times else ("none", 0)
     out.append(
         f"budget: total {total}s ({total / 60:.1f} min) of {budget_min:.0f} min; "
@@ -134,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--budget-min", type=float, default=60)
     s.add_argument("--scenarios", default="", help="comma-separated scenarios that must have run")
     s.add_argument("--phase", action="append", default=[], help="'NAME SECONDSs' lines of ./dev's phases")
+    s.add_argument("--total", type=int, default=None, help="wall-clock seconds of the run (default: sum of phases)")
     args = parser.parse_args(argv)
     if args.cmd == "hosts":
         print("\n".join(scenario_hosts(args.molecule_yml, args.shared, args.scenario, args.image)))
         return 0
-    text, ok = summary(args.build, args.top, args.budget_min, [x for x in args.scenarios.split(",") if x], args.phase)
+    wanted = [x for x in args.scenarios.split(",") if x]
+    text, ok = summary(args.build, args.top, args.budget_min, wanted, args.phase, args.total)
     args.build.mkdir(parents=True, exist_ok=True)
     (args.build / "profile-summary.txt").write_text(text)
     sys.stdout.write(text)
