@@ -107,6 +107,12 @@ def parse_unit_log(text: str) -> list[Item]:
     return items
 
 
+def phase_seconds(phase: str) -> int:
+    """'lint          220s' -> 220; 0 when the line has no seconds."""
+    words = phase.split()
+    return int(words[1][:-1]) if len(words) > 1 and words[1].endswith("s") and words[1][:-1].isdigit() else 0
+
+
 def read(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
@@ -143,7 +149,7 @@ def summary(
     if phases:
         out.append("phases:")
         out += [f"  {p}" for p in phases]
-    total = wall if wall is not None else sum(int(p.split()[1].rstrip("s")) for p in phases if len(p.split()) > 1 and p.split()[1][:-1].isdigit())
+    total = wall if wall is not None else sum(phase_seconds(p) for p in phases)
     slowest = max(times.items(), key=lambda kv: kv[1]) if times else ("none", 0)
     out.append(
         f"budget: total {total}s ({total / 60:.1f} min) of {budget_min:.0f} min; "
