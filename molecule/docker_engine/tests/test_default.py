@@ -52,7 +52,8 @@ def test_pull_from_sandbox_registry_and_run_healthy_container(host):
     host.check_output(f"docker pull -q {IMAGE}")
     host.check_output(
         "docker run -d --name mol-health -p 127.0.0.1::8000 "
-        "--health-cmd 'python3 -c \"import urllib.request;urllib.request.urlopen(\\\"http://127.0.0.1:8000/health\\\")\"' "
+        "--health-cmd 'python3 -c \"import urllib.request;"
+        "urllib.request.urlopen(\\\"http://127.0.0.1:8000/health\\\")\"' "
         f"--health-interval 1s --health-retries 3 {IMAGE}"
     )
     try:
