@@ -164,7 +164,7 @@ def run(
     timeout: float | None = None,
     stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, input=stdin, capture_output=capture, timeout=timeout)
+    proc = subprocess.run(argv, check=False, input=stdin, capture_output=capture, timeout=timeout)
     if check and proc.returncode != 0:
         err = (proc.stderr or b"").decode(errors="replace").strip()
         raise SandboxError(f"command failed ({proc.returncode}): {' '.join(argv)}\n{err[-2000:]}")
@@ -258,7 +258,7 @@ def apt_install(packages: list[str]) -> None:
         ["apt-get", "update", "-qq"],
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
     ):
-        proc = subprocess.run(argv, env=env, capture_output=True)
+        proc = subprocess.run(argv, check=False, env=env, capture_output=True)
         if proc.returncode != 0:
             raise SandboxError(f"{' '.join(argv)} failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
 
@@ -342,6 +342,7 @@ def ensure_base_image() -> None:
             ],
             stdin=tar.stdout,
             capture_output=True,
+            check=False,
         )
         tar.stdout.close()
         if tar.wait() != 0 or imp.returncode != 0:
@@ -390,7 +391,7 @@ def build_image(spec: ImageSpec, base_id: str, context: Path | None = None) -> b
         argv += ["--build-arg", f"{key}={value}"]
     started = time.monotonic()
     with open(logfile, "wb") as fh:
-        rc = subprocess.run([*argv, str(context)], stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([*argv, str(context)], check=False, stdout=fh, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         tail = logfile.read_text(errors="replace")[-1500:]
         kept = "the previous image keeps the tag" if image_exists(spec.local_ref) else "no previous image exists"
@@ -759,7 +760,6 @@ def cmd_status(_: argparse.Namespace) -> None:
         return
     print(f"engine: Docker {out(['docker', 'info', '--format', '{{.ServerVersion}}'])}")
     print(f"registry: {'answers' if registry_answers() else 'not answering'} on {REGISTRY_PUSH}")
-    total = 0
     ids = set()
     for ref in [BASE_IMAGE, HOST_IMAGE, READY_IMAGE] + [s.local_ref for s in STACK_IMAGES]:
         proc = run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", ref], check=False)
@@ -810,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
             # One sandbox change at a time: parallel runs would race on builds, pushes and the registry.
             if args.cmd not in ("status", "host"):
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            if args.cmd != "engine" and args.cmd != "up" and not docker_answers():
+            if args.cmd not in ("engine", "up") and not docker_answers():
                 raise SandboxError("no Docker Engine answers: run `sandbox/sandbox.py engine` (as root) first")
             if args.cmd == "up":
                 cmd_up(args)
