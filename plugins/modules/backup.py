@@ -35,6 +35,9 @@ extends_documentation_fragment:
   - opsbook.stack.backup
   - opsbook.stack.docker
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Check mode returns the plan (target directory, existing backups, last size, free space) and

@@ -28,6 +28,9 @@ author:
 extends_documentation_fragment:
   - opsbook.stack.attributes
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Reads the files and reports which would change; nothing is written, tested or reloaded.

@@ -35,6 +35,9 @@ extends_documentation_fragment:
   - opsbook.stack.attributes
   - opsbook.stack.docker
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Docker is asked for real; nothing is written, tested or reloaded.

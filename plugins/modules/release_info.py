@@ -23,6 +23,9 @@ extends_documentation_fragment:
   - opsbook.stack.attributes
   - opsbook.stack.docker
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
   diff_mode:

@@ -33,6 +33,9 @@ extends_documentation_fragment:
   - opsbook.stack.backup
   - opsbook.stack.docker
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Check mode verifies the checksums and returns the plan of the restore; it restores nothing.

@@ -30,6 +30,9 @@ extends_documentation_fragment:
   - opsbook.stack.docker
   - opsbook.stack.upgrade
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Returns the chosen release and the plan without changing anything.

@@ -41,6 +41,9 @@ extends_documentation_fragment:
   - opsbook.stack.docker
   - opsbook.stack.upgrade
 attributes:
+  action_group:
+    support: full
+    membership: [opsbook.stack.stack]
   check_mode:
     support: full
     details: Returns the plan (which services change, from which image and digest to which) without pulling,
