@@ -30,7 +30,7 @@ def docker_argument_spec() -> dict[str, t.Any]:
 
 
 def http_argument_spec() -> dict[str, t.Any]:
-    """The client options of an HTTP API, named as in ``ansible.builtin.url`` (doc fragment ``opsbook.stack.http``).
+    """The client options of an HTTP API, named as in ``ansible.builtin.url`` (fragment ``opsbook.stack.http_client``).
 
     ``url`` stays with each module: what it points at is the module's own business. _http.HttpSettings.from_params
     reads these back.

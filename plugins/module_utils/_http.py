@@ -12,7 +12,7 @@ and the basic-auth header come from ``ansible.module_utils.urls``; the options k
 url_password, force_basic_auth, client_cert, client_key, ca_path, use_proxy, validate_certs, timeout).
 
 The opener is built here and opened directly rather than through ``Request.open``, because ``Request.open``
-installs its opener process-wide (``urllib.request.install_opener``) before calling ``urlopen``: probes that
+installs its opener process-wide (``urllib.request.install_opener``) before it opens the request: probes that
 run in threads with different settings then pick up each other's opener (a redirect followed that should not
 be, another probe's TLS settings). The backup program keeps its own standard-library client: it runs on the
 host without Ansible.

@@ -25,7 +25,7 @@ author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - opsbook.stack.attributes
-  - opsbook.stack.http
+  - opsbook.stack.http_client
 attributes:
   action_group:
     support: full

@@ -17,7 +17,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._files import flock
 from ansible_collections.opsbook.stack.plugins.modules import backup as backup_module
 from ansible_collections.opsbook.stack.plugins.modules import restore as restore_module
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
-from ansible_collections.opsbook.stack.tests.unit.plugins.modules.test_backup_module import (  # noqa: F401
+from ansible_collections.opsbook.stack.tests.unit.plugins.modules.test_backup_module import (  # noqa: F401  # pylint: disable=unused-import
     cli,
     redis,
 )
