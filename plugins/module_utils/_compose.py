@@ -24,7 +24,6 @@ LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
 LABEL_ONEOFF = "com.docker.compose.oneoff"
 LABEL_NUMBER = "com.docker.compose.container-number"
-LABEL_CONFIG_HASH = "com.docker.compose.config-hash"
 
 # Compose project and service names (and everything derived from them: upstream names, journal directories).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -40,16 +39,6 @@ NOT_RUNNING = "not_running"
 
 def valid_name(name: t.Any) -> bool:
     return isinstance(name, str) and bool(NAME_RE.match(name))
-
-
-def require_name(name: t.Any, what: str = "name") -> str:
-    """name, or ValueError that says what a valid Compose name looks like."""
-    if not valid_name(name):
-        raise ValueError(
-            "%s %r is not a valid Compose name: letters, digits, '_', '.' and '-', starting with a "
-            "letter or digit" % (what, name)
-        )
-    return t.cast(str, name)
 
 
 def is_oneoff(labels: dict[str, str] | None) -> bool:
@@ -159,7 +148,6 @@ def list_project_containers(
 
 __all__ = [
     "HEALTHY",
-    "LABEL_CONFIG_HASH",
     "LABEL_NUMBER",
     "LABEL_ONEOFF",
     "LABEL_PROJECT",
@@ -180,6 +168,5 @@ __all__ = [
     "list_project_containers",
     "project_filter",
     "published_port",
-    "require_name",
     "valid_name",
 ]

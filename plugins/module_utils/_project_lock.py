@@ -21,9 +21,9 @@ __metaclass__ = type  # pylint: disable=invalid-name
 
 import contextlib
 import os
-import re
 import typing as t
 
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import valid_name
 from ansible_collections.opsbook.stack.plugins.module_utils._files import (
     HeldLock,
     LockHeld,
@@ -33,7 +33,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils._files import (
 )
 
 DEFAULT_ROOT = "/var/lib/opsbook"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ProjectLocked(Exception):
@@ -45,7 +44,7 @@ class ProjectLocked(Exception):
 
 
 def lock_path(project: str, root: str = DEFAULT_ROOT) -> str:
-    if not _NAME_RE.match(project or ""):
+    if not valid_name(project):
         raise ValueError("project %r is not a valid Compose project name" % (project,))
     return os.path.join(root, project, ".lock")
 

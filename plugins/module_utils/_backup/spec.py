@@ -12,15 +12,13 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import json
-import re
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_USAGE, BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import ENGINES, TYPES
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import NAME_RE
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
