@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -46,6 +46,9 @@ def _collection_root() -> tuple[Path, Path | None]:
 
 _ROOT, _TMP = _collection_root()
 sys.path.insert(0, str(_ROOT))
+
+# Importable only now that the collection is on sys.path.
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import QuietHandler  # pylint: disable=wrong-import-position
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,7 +91,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-class _ProbeTargetHandler(BaseHTTPRequestHandler):
+class _ProbeTargetHandler(QuietHandler):
     """Routes that imitate what health checks meet in the field.
 
     /ok                200 {"status": "ok"}
@@ -100,19 +103,6 @@ class _ProbeTargetHandler(BaseHTTPRequestHandler):
     /sse               an event, then the stream stays open (like an SSE endpoint)
     /trickle           one byte every 0.2 s for ever
     """
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-        pass  # keep pytest output clean
-
-    def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_HEAD(self) -> None:
         self.do_GET()

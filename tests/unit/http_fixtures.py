@@ -76,7 +76,9 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return TlsFiles(ca, issued["server"][0], issued["server"][1], issued["client"][0], issued["client"][1])
 
 
-class _Handler(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no access log on pytest's output, and one way to send a whole answer."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
@@ -90,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+
+class _Handler(QuietHandler):
     def _authorized(self) -> bool:
         credentials = self.server.credentials  # type: ignore[attr-defined]
         if credentials is None:
