@@ -14,8 +14,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults/main.yml").is_file())
 ROLES_WITH_VARS = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "vars/main.yml").is_file())
-# Internal names that have not taken the __<role>_ prefix yet, each for a reason; the list may only shrink.
-NOT_YET_PREFIXED: dict[str, set[str]] = {}
 
 
 def load(path: Path):
@@ -70,10 +68,7 @@ def test_readme_documents_every_variable(role):
 def test_internals_carry_a_double_underscore_prefix(role):
     """vars/main.yml holds what the role computes, not settings: `__<role>_` says so to whoever reads a play."""
     internals = load(ROOT / "roles" / role / "vars/main.yml")
-    exempt = NOT_YET_PREFIXED.get(role, set())
-    bad = sorted(k for k in internals if not k.startswith(f"__{role}_") and k not in exempt)
+    bad = sorted(k for k in internals if not k.startswith(f"__{role}_"))
     assert not bad, f"{role}: vars/main.yml names without the '__{role}_' prefix: {bad}"
-    stale = sorted(exempt - set(internals))
-    assert not stale, f"{role}: NOT_YET_PREFIXED lists names that vars/main.yml no longer has: {stale}"
     defaults = load(ROOT / "roles" / role / "defaults/main.yml")
     assert not set(internals) & set(defaults), f"{role}: names both in vars/main.yml and defaults/main.yml"
