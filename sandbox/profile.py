@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import sys
+import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,20 @@ def scenario_hosts(molecule_yml: Path, shared: Path, scenario: str, image: str =
     return []
 
 
-def parse_molecule_log(scenario: str, text: str) -> list[Item]:
-    items: list[Item] = []
+def lines_by_step(text: str) -> t.Iterator[tuple[str, str]]:
+    """(molecule step, line) for each line of a scenario's log that is not itself a step header ("?" before one)."""
     step = "?"
     for line in text.splitlines():
         m = STEP.search(line)
         if m:
             step = m.group("step") or m.group("st2")
-            continue
+        else:
+            yield step, line
+
+
+def parse_molecule_log(scenario: str, text: str) -> list[Item]:
+    items: list[Item] = []
+    for step, line in lines_by_step(text):
         m = TASK.match(line)
         if m:
             items.append(Item(float(m.group("secs")), "task", f"{scenario} > {step}", m.group("name").strip()))
@@ -81,12 +88,7 @@ def parse_molecule_log(scenario: str, text: str) -> list[Item]:
 def step_seconds(text: str) -> dict[str, float]:
     """Seconds per molecule step (create, converge, ...; the same step twice adds up) from timer and pytest."""
     steps: dict[str, float] = {}
-    step = "?"
-    for line in text.splitlines():
-        m = STEP.search(line)
-        if m:
-            step = m.group("step") or m.group("st2")
-            continue
+    for step, line in lines_by_step(text):
         m = PLAYBOOK.search(line)
         if m:
             d, h, mi, s = (int(x) for x in m.groups())
