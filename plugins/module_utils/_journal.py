@@ -10,7 +10,14 @@ image id, the hash of the rendered compose file, the outcome and timings. Record
 (module_utils/_files.py: a temporary file beside it, fsync, rename), so a reader sees a whole record or none.
 Retention keeps the newest ``keep`` records (never fewer than MIN_KEEP); the images they name are what rollback
 returns to. ``build_release`` is the one place a record is made, ``intact`` and ``runs_now`` the one answer to
-"can we return to it" and "is it what runs".
+"can we return to it" and "is it what runs", ``rollback_candidates`` the one answer to "where does a rollback go".
+
+Every record carries a ``phase`` (docs/state-machine.md): ``planned``, ``starting``, ``gated``, ``switched``,
+``baking``, ``draining`` while a run works, then ``done``, ``failed``, ``rolled_back`` or ``interrupted``. A record
+whose phase is not one of those four is unsettled: a run was killed (or its undo failed) there, and the next run
+puts the project in order from that phase. Records written before phases existed get theirs from their status.
+A file that is valid JSON of the wrong shape is skipped by ``releases()`` with a warning (``skipped``), and
+``get()`` names it as corrupt; release ids are checked before they become a path.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -19,6 +26,7 @@ __metaclass__ = type  # pylint: disable=invalid-name
 
 import json
 import os
+import re
 import time
 import typing as t
 from dataclasses import asdict, dataclass, field
@@ -32,6 +40,13 @@ MIN_KEEP = 5
 STATUSES = ("succeeded", "failed", "rolled_back", "in_progress")
 KINDS = ("deploy", "upgrade", "rollback")
 SCHEMA = 1
+# The phases of a run, in order, then the four a record ends in (docs/state-machine.md).
+WORKING_PHASES = ("planned", "starting", "gated", "switched", "baking", "draining")
+TERMINAL_PHASES = ("done", "failed", "rolled_back", "interrupted")
+PHASES = WORKING_PHASES + TERMINAL_PHASES
+# The phase of a record written before phases existed; an old `in_progress` record has none (unknown).
+PHASE_OF_STATUS = {"succeeded": "done", "failed": "failed", "rolled_back": "rolled_back", "in_progress": ""}
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class JournalError(Exception):
@@ -45,8 +60,14 @@ class ServiceImage:
     digest: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, t.Any]) -> ServiceImage:
-        return cls(image=data.get("image", ""), image_id=data.get("image_id", ""), digest=data.get("digest", ""))
+    def from_dict(cls, data: t.Any) -> ServiceImage:
+        if not isinstance(data, dict):
+            raise ValueError("a service entry is %s, not an object" % type(data).__name__)
+        values = {key: data.get(key) or "" for key in ("image", "image_id", "digest")}
+        for key, value in values.items():
+            if not isinstance(value, str):
+                raise ValueError("%s is %s, not a string" % (key, type(value).__name__))
+        return cls(**values)
 
 
 @dataclass
@@ -64,6 +85,16 @@ class Release:
     detail: str = ""
     schema: int = SCHEMA
     extra: dict[str, t.Any] = field(default_factory=dict)
+    phase: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.phase:
+            self.phase = PHASE_OF_STATUS.get(self.status, "")
+
+    @property
+    def settled(self) -> bool:
+        """The record ended (done, failed, rolled_back, interrupted); else a run stopped in its phase."""
+        return self.status != "in_progress" and self.phase in TERMINAL_PHASES
 
     def to_dict(self) -> dict[str, t.Any]:
         data = asdict(self)
@@ -71,21 +102,43 @@ class Release:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, t.Any]) -> Release:
+    def from_dict(cls, data: t.Any) -> Release:
+        """A record from its JSON; ValueError (with the reason) when the JSON has another shape."""
+        if not isinstance(data, dict):
+            raise ValueError("the record is %s, not an object" % ("null" if data is None else type(data).__name__))
+        for key in ("id", "project", "status"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise ValueError("%s is missing or not a string" % key)
+        if not _ID_RE.match(data["id"]):
+            raise ValueError("id %r is not a release id" % data["id"])
+        if data["status"] not in STATUSES:
+            raise ValueError("status %r is not one of %s" % (data["status"], ", ".join(STATUSES)))
+        created_ts = data.get("created_ts", 0)
+        if isinstance(created_ts, bool) or not isinstance(created_ts, (int, float)):
+            raise ValueError("created_ts is %s, not a number" % ("null" if created_ts is None else repr(created_ts)))
+        services = data.get("services") or {}
+        extra = data.get("extra") or {}
+        if not isinstance(services, dict) or not isinstance(extra, dict):
+            raise ValueError("services and extra must be objects")
+        phase = data.get("phase") or ""
+        if phase and phase not in PHASES:
+            raise ValueError("phase %r is not one of %s" % (phase, ", ".join(PHASES)))
+        duration = data.get("duration_s")
         return cls(
             id=data["id"],
             project=data["project"],
-            kind=data.get("kind", "deploy"),
+            kind=str(data.get("kind") or "deploy"),
             status=data["status"],
-            created=data.get("created", ""),
-            created_ts=float(data.get("created_ts", 0)),
-            services={n: ServiceImage.from_dict(s) for n, s in (data.get("services") or {}).items()},
-            compose_hash=data.get("compose_hash", ""),
-            duration_s=data.get("duration_s"),
-            previous=data.get("previous"),
-            detail=data.get("detail", ""),
-            schema=int(data.get("schema", SCHEMA)),
-            extra=data.get("extra") or {},
+            created=str(data.get("created") or ""),
+            created_ts=float(created_ts),
+            services={str(n): ServiceImage.from_dict(s) for n, s in services.items()},
+            compose_hash=str(data.get("compose_hash") or ""),
+            duration_s=float(duration) if isinstance(duration, (int, float)) else None,
+            previous=data.get("previous") if isinstance(data.get("previous"), str) else None,
+            detail=str(data.get("detail") or ""),
+            schema=data["schema"] if isinstance(data.get("schema"), int) else SCHEMA,
+            extra=extra,
+            phase=phase,
         )
 
     def same_content(self, other: Release) -> bool:
@@ -103,6 +156,15 @@ class Release:
 
 def releases_dir(root: str, project: str) -> str:
     return os.path.join(root, project, "releases")
+
+
+def check_release_id(release_id: str) -> str:
+    """A release id that is safe as a file name (no path, no leading dot); JournalError otherwise."""
+    if not isinstance(release_id, str) or not _ID_RE.match(release_id):
+        raise JournalError(
+            "%r is not a release id (letters, digits, '.', '_' and '-', as release_info lists them)" % (release_id,)
+        )
+    return release_id
 
 
 def new_release_id(now: float, compose_hash: str, existing: t.Iterable[str] = ()) -> str:
@@ -123,6 +185,8 @@ class Journal:
         self.root = root
         self.project = project
         self.path = releases_dir(root, project)
+        # What the last releases() skipped: one sentence per file, for the modules' warnings.
+        self.skipped: list[str] = []
 
     def ensure(self) -> None:
         try:
@@ -131,13 +195,18 @@ class Journal:
             raise JournalError("cannot create the release journal %s: %s" % (self.path, exc)) from exc
 
     def releases(self) -> list[Release]:
-        """All readable records, oldest first. Unreadable files are skipped (see broken())."""
+        """All readable records, oldest first. Unreadable files are skipped with a warning (see broken())."""
         out = []
+        skipped = []
         for name in self._files():
             try:
                 out.append(self._load(name))
-            except (OSError, ValueError, KeyError):
-                continue
+            except _UNREADABLE as exc:
+                skipped.append(
+                    "skipped the release record %s: %s (move it aside; the other records are used)"
+                    % (os.path.join(self.path, name), exc)
+                )
+        self.skipped = skipped
         return sorted(out, key=lambda r: (r.created_ts, r.id))
 
     def broken(self) -> list[str]:
@@ -145,16 +214,37 @@ class Journal:
         for name in self._files():
             try:
                 self._load(name)
-            except (OSError, ValueError, KeyError):
+            except _UNREADABLE:
                 bad.append(os.path.join(self.path, name))
         return bad
 
     def get(self, release_id: str) -> Release:
+        check_release_id(release_id)
         path = os.path.join(self.path, release_id + ".json")
         if not os.path.isfile(path):
             known = ", ".join(r.id for r in self.releases()[-10:]) or "none"
             raise JournalError("release '%s' is not in %s (newest known: %s)" % (release_id, self.path, known))
-        return self._load(release_id + ".json")
+        try:
+            return self._load(release_id + ".json")
+        except _UNREADABLE as exc:
+            raise JournalError(
+                "the release record %s is corrupt (%s): move it aside, or pick another release with release_info"
+                % (path, exc)
+            ) from exc
+
+    def unsettled(self) -> list[Release]:
+        """Records a run left in a working phase (killed, or its undo failed), oldest first."""
+        return [r for r in self.releases() if not r.settled]
+
+    def mark_rolled_back(self, releases: t.Iterable[Release], by: str) -> list[str]:
+        """The releases a rollback returned from: status and phase `rolled_back`, never a rollback target again."""
+        marked = []
+        for release in releases:
+            release.status = release.phase = "rolled_back"
+            release.extra = {**release.extra, "rolled_back_by": by}
+            self.record(release)
+            marked.append(release.id)
+        return marked
 
     def latest(self, status: str | None = "succeeded") -> Release | None:
         for release in reversed(self.releases()):
@@ -164,8 +254,11 @@ class Journal:
 
     def record(self, release: Release) -> str:
         self.ensure()
+        check_release_id(release.id)
         if release.status not in STATUSES:
             raise JournalError("status '%s' is not one of %s" % (release.status, ", ".join(STATUSES)))
+        if release.phase not in PHASES:
+            raise JournalError("phase '%s' is not one of %s" % (release.phase, ", ".join(PHASES)))
         path = os.path.join(self.path, release.id + ".json")
         payload = json.dumps(release.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
         try:
@@ -196,7 +289,14 @@ class Journal:
 
     def _load(self, name: str) -> Release:
         with open(os.path.join(self.path, name), "rb") as fh:
-            return Release.from_dict(json.loads(fh.read()))
+            release = Release.from_dict(json.loads(fh.read()))
+        if release.id + ".json" != name:
+            raise ValueError("it holds the record of release %s" % release.id)
+        return release
+
+
+# What reading one record can raise: the file, its JSON, or its shape.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 
 
 def iso_utc(ts: float) -> str:
@@ -244,6 +344,7 @@ def build_release(
     release_id: str | None = None,
     duration_s: float | None = None,
     extra: dict[str, t.Any] | None = None,
+    phase: str = "",
 ) -> Release:
     """The one way a record is made (release_record and the upgrade modules): the compose file's hash now,
     a new sortable id unless the run already chose one, and the previous succeeded release it follows."""
@@ -263,6 +364,7 @@ def build_release(
         previous=previous.id if previous else None,
         detail=detail,
         extra=extra or {},
+        phase=phase,
     )
 
 
@@ -293,21 +395,69 @@ def runs_now(release: Release, running: dict[str, ServiceImage]) -> bool:
     return all(running.get(n) and running[n].image_id == img.image_id for n, img in release.services.items())
 
 
+def content_of(release: Release) -> str:
+    """What a release runs, by image id: two records with the same content are the same release to return to."""
+    return ",".join("%s=%s" % (n, img.image_id) for n, img in sorted(release.services.items()))
+
+
+def current_release(releases: list[Release], running: dict[str, ServiceImage]) -> Release | None:
+    """The newest succeeded record whose images run now."""
+    for release in reversed(releases):
+        if release.status == "succeeded" and release.services and runs_now(release, running):
+            return release
+    return None
+
+
+def rollback_candidates(
+    releases: list[Release], running: dict[str, ServiceImage], present: t.Callable[[str], bool]
+) -> list[Release]:
+    """Where a rollback without a named release may go, best first (docs/state-machine.md, "Rollback target").
+
+    Right after a rollback (what runs is the outcome of a succeeded rollback) the only candidate is what runs: a
+    second rollback changes nothing. Otherwise: succeeded releases (a release rolled back from is `rolled_back`,
+    never a candidate), not what runs now, intact on this host, newest first, one per content.
+    """
+    current = current_release(releases, running)
+    if current is not None and current.kind == "rollback":
+        by_id = {r.id: r for r in releases}
+        target = by_id.get(str(current.extra.get("rollback_of") or ""))
+        if target is not None and target.status == "succeeded" and content_of(target) == content_of(current):
+            return [target]
+        return [current]
+    seen: set[str] = set()
+    out = []
+    for release in reversed(releases):
+        key = content_of(release)
+        if release.status != "succeeded" or not release.services or key in seen or runs_now(release, running):
+            continue
+        if intact(release, present):
+            seen.add(key)
+            out.append(release)
+    return out
+
+
 __all__ = [
     "DEFAULT_ROOT",
     "KINDS",
     "MIN_KEEP",
+    "PHASES",
     "STATUSES",
+    "TERMINAL_PHASES",
+    "WORKING_PHASES",
     "Journal",
     "JournalError",
     "Release",
     "ServiceImage",
     "build_release",
+    "check_release_id",
+    "content_of",
+    "current_release",
     "image_present",
     "intact",
     "iso_utc",
     "new_release_id",
     "project_images",
     "releases_dir",
+    "rollback_candidates",
     "runs_now",
 ]

@@ -16,7 +16,10 @@ description:
   - Reads the project's release journal under O(journal_root) and returns its records, oldest first, the newest
     succeeded release, and the files that could not be read.
   - With O(check_images), asks the Docker Engine whether every image of each release is still on the host
-    (C(intact), what M(opsbook.stack.rollback) needs) and which release runs now (RV(current)).
+    (C(intact), what M(opsbook.stack.rollback) needs), which release runs now (RV(current)) and where a rollback
+    without a named release would go (RV(rollback_candidates)), by the same rule as M(opsbook.stack.rollback).
+  - A record file that is not a release record (bad JSON, or JSON of another shape) is skipped with a warning
+    and listed in RV(broken).
 author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
@@ -73,6 +76,16 @@ latest:
   description: The newest succeeded release, or null.
   returned: always
   type: dict
+rollback_candidates:
+  description:
+    - Where M(opsbook.stack.rollback) without O(opsbook.stack.rollback#module:release) goes, best first: succeeded
+      releases that were never rolled back from, are not what runs now and are intact, one per content (C(id),
+      C(content), the image ids by service).
+    - Right after a rollback, only the release that runs (a second rollback changes nothing).
+    - Empty without O(check_images) or when Docker could not be asked.
+  returned: always
+  type: list
+  elements: dict
 broken:
   description: Record files that could not be parsed.
   returned: always
@@ -88,23 +101,27 @@ from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     DEFAULT_ROOT,
     Journal,
     Release,
+    content_of,
+    current_release,
     image_present,
     intact,
     project_images,
-    runs_now,
+    rollback_candidates,
 )
 
 
-def check_images(client: DockerClient, project: str, records: list[Release], out: list[dict]) -> str | None:
-    """Add `intact` to every record; return the id of the newest succeeded release that runs now."""
+def check_images(
+    client: DockerClient, project: str, records: list[Release], out: list[dict]
+) -> tuple[str | None, list[dict]]:
+    """Add `intact` to every record; return the id of the newest succeeded release that runs now, and the
+    rollback candidates."""
     present = image_present(client)
     running = project_images(client, project)
     for index, record in enumerate(records):
         out[index]["intact"] = intact(record, present)
-    for record in reversed(records):
-        if record.status == "succeeded" and record.services and runs_now(record, running):
-            return record.id
-    return None
+    current = current_release(records, running)
+    candidates = [{"id": r.id, "content": content_of(r)} for r in rollback_candidates(records, running, present)]
+    return (current.id if current else None), candidates
 
 
 def main() -> None:
@@ -121,10 +138,14 @@ def main() -> None:
     latest = journal.latest("succeeded")
     records = journal.releases()
     out = [r.to_dict() for r in records]
-    current = None
+    for warning in journal.skipped:
+        module.warn(warning)
+    current, candidates = None, []
     if module.params["check_images"] and records:
         try:
-            current = check_images(DockerClient(module.params["docker_host"]), module.params["project"], records, out)
+            current, candidates = check_images(
+                DockerClient(module.params["docker_host"]), module.params["project"], records, out
+            )
         except DockerError:
             for data in out:
                 data["intact"] = None
@@ -133,6 +154,7 @@ def main() -> None:
         releases=out,
         latest=latest.to_dict() if latest else None,
         current=current,
+        rollback_candidates=candidates,
         broken=journal.broken(),
     )
 

@@ -27,8 +27,9 @@ The mechanism (docs/architecture.md, "Contracts"), for each service that changes
 Failure before the switch removes only the new containers and puts the compose file back; failure in the
 canary or the bake switches the upstream back first. Either way the result carries the evidence (health log,
 log tail, failing probe) and the journal records the release as failed. Stateful services are recreated
-stop-first, with a warning. One lock per project (module_utils/_project_lock.py) serializes runs; a run that
-finds the leftovers of a killed run puts them in order first (``reconcile``).
+stop-first, with a warning. One lock per project (module_utils/_project_lock.py) serializes runs. Each run writes
+its phase to its release record at every step; a run that finds a record left in a working phase (a killed run)
+puts the project in order from that phase first (``recover``; docs/state-machine.md).
 
 One mechanism per file:
 
@@ -41,7 +42,8 @@ One mechanism per file:
 - ``drain``: old Nginx workers and established connections
 - ``host``: the pieces above, wired for one run
 - ``rollout``: the replacement of one service, and its undo
-- ``plan``: the plan of a service, and reconciling a killed run
+- ``plan``: the plan of a service
+- ``recover``: putting in order what a killed run left, from its recorded phase
 - ``choose``: which release a rollback returns to
 - ``execute``: a whole run under the lock, and the two entry points
 - ``runner``: the modules' shared options and body
@@ -84,9 +86,11 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model impor
     Run,
     ServicePlan,
     Settings,
+    UndoIncomplete,
     UpgradeError,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.plan import content_key, plan_service, reconcile
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.plan import content_key, plan_service
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.recover import progress_of, recover, report_surplus
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import Rollout
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.runner import (
     COMMON_OPTIONS,
@@ -113,6 +117,7 @@ __all__ = [
     "ServicePlan",
     "Settings",
     "Traffic",
+    "UndoIncomplete",
     "UpgradeError",
     "argument_spec",
     "choose_release",
@@ -127,7 +132,9 @@ __all__ = [
     "parse_docker_time",
     "parse_services",
     "plan_service",
-    "reconcile",
+    "progress_of",
+    "recover",
+    "report_surplus",
     "rollback",
     "rollback_targets",
     "rolling_upgrade",

@@ -7,7 +7,9 @@
 Private to this collection: not a public API, it may change in any release.
 
 A release can be returned to when it succeeded and is intact on this host (module_utils/_journal.py: every
-image it ran is still here). Without a named release, the newest such release that is not what runs now.
+image it ran is still here). Without a named release, the first of ``_journal.rollback_candidates``: the newest
+succeeded release that was never rolled back from and is not what runs now, or, right after a rollback, what
+runs (a second rollback changes nothing; docs/state-machine.md, "Rollback target").
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -20,7 +22,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     Release,
     intact,
     project_images,
-    runs_now,
+    rollback_candidates,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.docker_facts import DockerFacts
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import BadRequest
@@ -37,7 +39,14 @@ def choose_release(docker: DockerFacts, journal: Journal, wanted: str | None) ->
             raise BadRequest("%s; nothing was changed" % exc) from exc
         if release.status != "succeeded":
             raise BadRequest(
-                "release %s has status %s: only a release that succeeded can be returned to" % (wanted, release.status)
+                "release %s has status %s: only a release that succeeded can be returned to%s; nothing was changed"
+                % (
+                    wanted,
+                    release.status,
+                    " (it was rolled back from by %s)" % release.extra.get("rolled_back_by")
+                    if release.status == "rolled_back"
+                    else "",
+                )
             )
         if not intact(release, present):
             raise BadRequest(
@@ -46,13 +55,12 @@ def choose_release(docker: DockerFacts, journal: Journal, wanted: str | None) ->
             )
         return release
     running = project_images(docker.client, journal.project)
-    for release in reversed(journal.releases()):
-        if release.status != "succeeded" or not release.services or runs_now(release, running):
-            continue
-        if intact(release, present):
-            return release
+    candidates = rollback_candidates(journal.releases(), running, present)
+    if candidates:
+        return candidates[0]
     raise BadRequest(
-        "no previous succeeded release of %s is intact on this host (release_info lists the journal)" % journal.project
+        "no previous succeeded release of %s is intact on this host (release_info lists the journal); nothing was "
+        "changed" % journal.project
     )
 
 

@@ -37,6 +37,15 @@ class BadRequest(UpgradeError):
     """The arguments are wrong (unknown service, missing tag, unknown release); nothing was changed."""
 
 
+class UndoIncomplete(UpgradeError):
+    """A step failed and a step of its undo failed too: the message keeps the first error, ``undo_failures`` the
+    others; the record stays in its working phase so the next run puts the project in order."""
+
+    def __init__(self, message: str, undo_failures: list[str], result: dict[str, t.Any] | None = None):
+        super().__init__(message, result)
+        self.undo_failures = undo_failures
+
+
 @dataclass
 class Settings:
     """Every knob of a run; the modules fill it from their arguments."""
@@ -163,13 +172,20 @@ class Run:
         self.timings[name] = round(time.monotonic() - self.started, 3)
 
 
+# on_phase(plan, phase, old, new): a rollout reached `phase` (_journal.WORKING_PHASES) for plan.service; the run
+# records it before it goes on (docs/state-machine.md).
+PhaseHook = t.Callable[[ServicePlan, str, list[Container], list[Container]], None]
+
+
 __all__ = [
     "WATCH_INTERVAL_S",
     "BadRequest",
     "ComposeService",
     "Container",
+    "PhaseHook",
     "Run",
     "ServicePlan",
     "Settings",
+    "UndoIncomplete",
     "UpgradeError",
 ]

@@ -2,28 +2,21 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Before a rolling upgrade moves anything: what each service runs and would run, and the leftovers of a killed run.
+"""Before a rolling upgrade moves anything: what each service runs and would run.
 
 Private to this collection: not a public API, it may change in any release.
 
-``plan_service`` compares the service's running containers with the target image (by image id and digest);
-``reconcile`` puts in order what a killed run left behind: an ``in_progress`` record, stopped containers, and
-replicas beyond the service's count (the upstream tells which generation served).
+``plan_service`` compares the service's running containers with the target image (by image id and digest). What a
+killed run left behind is put in order by _upgrade/recover.py, from the phase of its record.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import time
-
-from ansible_collections.opsbook.stack.plugins.module_utils._journal import Journal, ServiceImage, iso_utc
+from ansible_collections.opsbook.stack.plugins.module_utils._journal import ServiceImage
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.docker_facts import DockerFacts, digest_of
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import ComposeService, Run, ServicePlan
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.traffic import Traffic
-from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server
-
-LIVE_STATES = ("running", "restarting", "paused")
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import ComposeService, ServicePlan
 
 
 def content_key(services: dict[str, ServiceImage]) -> str:
@@ -57,63 +50,4 @@ def plan_service(docker: DockerFacts, svc: ComposeService, to_image: str, resolv
     )
 
 
-def _interrupted_records(journal: Journal, run: Run) -> None:
-    for release in journal.releases():
-        if release.status == "in_progress":
-            release.status = "failed"
-            release.detail = (
-                "interrupted: the %s was stopped before it finished; the next run (%s) put the "
-                "containers and the upstream in order" % (release.kind, iso_utc(time.time()))
-            )
-            journal.record(release)
-            run.reconciled.append("journal: %s marked failed (interrupted)" % release.id)
-
-
-def _leftover_service(docker: DockerFacts, traffic: Traffic, svc: ComposeService, run: Run) -> None:
-    containers = docker.containers(svc.name, svc.port)
-    for container in containers:
-        if container.state not in LIVE_STATES:
-            docker.stop_and_remove(container, grace_s=1)
-            run.reconciled.append(
-                "%s: removed leftover container %s (%s)" % (svc.name, container.name, container.state)
-            )
-    running = [c for c in containers if c.state == "running"]
-    if svc.role == "stateful" or len(running) <= svc.replicas:
-        return
-    serving = set(traffic.serving(svc.name)) if svc.port is not None else set()
-    in_upstream = [c for c in running if c.address in serving]
-    if svc.port is None or not in_upstream:
-        # No upstream to tell who serves: keep the oldest replicas (the ones that served before the run).
-        keep = running[: svc.replicas]
-    elif len(in_upstream) > svc.replicas:
-        # Killed during a canary: both generations take traffic. Go back to the old ones first.
-        keep = running[: svc.replicas]
-        traffic.switch(svc.name, [Server(address=c.address, comment=c.name) for c in keep])
-        run.reconciled.append(
-            "%s: upstream put back to %s (an interrupted canary)" % (svc.name, ", ".join(c.name for c in keep))
-        )
-    else:
-        keep = in_upstream
-    for container in running:
-        if container not in keep:
-            docker.stop_and_remove(container)
-            run.reconciled.append(
-                "%s: removed %s, which the upstream did not list (left by an interrupted run)"
-                % (svc.name, container.name)
-            )
-    if svc.port is not None:
-        traffic.sync_from_docker(svc.name, svc.port)
-
-
-def reconcile(
-    docker: DockerFacts, traffic: Traffic, services: dict[str, ComposeService], journal: Journal, run: Run
-) -> None:
-    """Put the leftovers of a killed run in order: interrupted journal records, containers no upstream lists."""
-    _interrupted_records(journal, run)
-    for svc in services.values():
-        _leftover_service(docker, traffic, svc, run)
-    if run.reconciled:
-        run.step("reconciled the leftovers of an interrupted run: %s" % "; ".join(run.reconciled))
-
-
-__all__ = ["content_key", "plan_service", "reconcile"]
+__all__ = ["content_key", "plan_service"]

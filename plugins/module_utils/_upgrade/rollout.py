@@ -7,13 +7,17 @@
 Private to this collection: not a public API, it may change in any release.
 
 An upgrade, a rollback and the undo of a service that an all-or-nothing release already moved all use it. The
-steps are those of docs/architecture.md ("Contracts") and the package docstring (_upgrade/__init__.py).
+steps are those of docs/architecture.md ("Contracts") and the package docstring (_upgrade/__init__.py). Before each
+step the rollout reports its phase (``on_phase``), which the run writes to the release record, so a run killed
+at any point is put in order from there by the next one (_upgrade/recover.py, docs/state-machine.md). Every step
+of an undo is tried even when one before it failed; the first error is kept and the undo failures are added.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import functools
 import time
 import typing as t
 
@@ -28,8 +32,10 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.host import
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import (
     WATCH_INTERVAL_S,
     Container,
+    PhaseHook,
     Run,
     ServicePlan,
+    UndoIncomplete,
     UpgradeError,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, UpstreamError
@@ -37,6 +43,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Ser
 # What a failed step raises; the rollout undoes itself on any of them.
 STEP_ERRORS = (UpgradeError, UpstreamError, DockerError, OSError)
 DEFAULT_HEALTH_INTERVAL_NS = 30_000_000_000
+# How long a stop-first recreate watches its containers after they passed, so a crash loop is seen.
+RECREATE_SETTLE_S = 3.0
+
+
+def _no_phase(plan: ServicePlan, phase: str, old: list[Container], new: list[Container]) -> None:
+    """The phase hook of a rollout whose phases nobody records (the tests of one step)."""
 
 
 def servers_of(containers: list[Container]) -> list[Server]:
@@ -53,6 +65,7 @@ class Rollout:
         # Whether the service being replaced has had its upstream switched to new containers (then a failure
         # switches it back before it removes them).
         self._switched = False
+        self.on_phase: PhaseHook = _no_phase
 
     # -- gate ---------------------------------------------------------------------------------------------
 
@@ -235,6 +248,7 @@ class Rollout:
         old = [c for c in self.docker.containers(service, plan.port) if c.state == "running"]
         old_ids = {c.id for c in old}
         replicas = max(len(old), 1) if old else plan.replicas
+        self.on_phase(plan, "starting", old, [])
         compose_before = self.host.compose_file.set_image(service, plan.to_image)
         self.run.step("%s: compose.yaml image set to %s" % (service, plan.to_image))
         new: list[Container] = []
@@ -258,9 +272,16 @@ class Rollout:
             if plan.port is not None:
                 new = self._new_containers(plan, old_ids)
                 self._gate_and_switch(plan, old, new)
+            else:
+                self.on_phase(plan, "gated", old, new)
         except STEP_ERRORS as exc:
-            self._undo(plan, old, new, compose_before, self._switched, exc)
-            raise
+            self._raise_undone(exc, self._undo(plan, old, new, compose_before, self._switched, exc))
+        self.on_phase(plan, "draining", old, new)
+        self.finish(plan, old, new)
+
+    def finish(self, plan: ServicePlan, old: list[Container], new: list[Container]) -> None:
+        """After the bake: drain and retire the old containers, then the upstream follows Docker's state."""
+        service = plan.service
         self._retire(service, old)
         if plan.port is not None:
             if not self.s.docker_health_gate:
@@ -278,6 +299,20 @@ class Rollout:
             self.traffic.sync_from_docker(service, plan.port)
         self.run.mark("%s_done" % service)
 
+    @staticmethod
+    def _raise_undone(exc: Exception, undo_failures: list[str]) -> t.NoReturn:
+        """The step's own error again, or, when a step of the undo failed too, both (UndoIncomplete)."""
+        if not undo_failures:
+            raise exc
+        result = dict(exc.result) if isinstance(exc, UpgradeError) else {}
+        result["undo_failures"] = undo_failures
+        raise UndoIncomplete(
+            "%s; the undo did not finish (%s), the next run puts the project in order"
+            % (exc, "; ".join(undo_failures)),
+            undo_failures,
+            result,
+        ) from exc
+
     def _gate_and_switch(self, plan: ServicePlan, old: list[Container], new: list[Container]) -> None:
         """Readiness, the gate, the canary, the switch and the bake of a service with a port."""
         service = plan.service
@@ -292,8 +327,10 @@ class Rollout:
         self.run.mark("%s_gate_passed" % service)
         old_servers = servers_of(old)
         new_servers = [Server(address=c.address, comment=c.name) for c in new]
+        self.on_phase(plan, "gated", old, new)
         if self.s.canary_weight and old_servers:
             weight_new, weight_old = self.s.canary_weight, 100 - self.s.canary_weight
+            self.on_phase(plan, "switched", old, new)
             self.traffic.switch(
                 service,
                 [Server(s.address, weight=weight_old, comment=s.comment) for s in old_servers]
@@ -307,10 +344,12 @@ class Rollout:
             if not verdict.ok:
                 raise UpgradeError("%s canary failed: %s" % (service, verdict.reason))
         offset = self.host.access_log.offset()
+        self.on_phase(plan, "switched", old, new)
         self.traffic.switch(service, new_servers)
         self._switched = True
         self.run.mark("%s_switched" % service)
         self.run.step("%s: upstream switched to the new containers" % service)
+        self.on_phase(plan, "baking", old, new)
         verdict = self.bake(service, new, self.s.bake_s, offset)
         self.run.evidence.setdefault("bake", {})[service] = verdict.to_dict()
         if not verdict.ok:
@@ -325,30 +364,62 @@ class Rollout:
         plan: ServicePlan,
         old: list[Container],
         new: list[Container],
-        compose_before: str,
+        compose_before: str | None,
         switched: bool,
-        exc: Exception,
-    ) -> None:
+        exc: Exception | None,
+    ) -> list[str]:
+        """Traffic back to the old containers, the new ones drained and removed, compose.yaml back: each step is
+        tried even when one before failed. compose_before None: put the service's image back to plan.from_image
+        in the text as it is now (a rerun after a kill). Returns what failed, one sentence per step."""
         service = plan.service
-        if switched:
-            old_servers = servers_of(old)
-            if old_servers:
-                self.traffic.switch(service, old_servers)
-                self.run.mark("%s_switched_back" % service)
-                self.run.step("%s: upstream switched back to the old containers" % service)
+        failures: list[str] = []
+
+        def attempt(what: str, step: t.Callable[[], t.Any]) -> bool:
+            try:
+                step()
+                return True
+            except STEP_ERRORS as undo_exc:
+                failures.append("%s failed: %s" % (what, undo_exc))
+                return False
+
         if isinstance(exc, UpgradeError):
             self.run.evidence.update({k: v for k, v in exc.result.items() if k not in self.run.evidence})
+        old_servers = servers_of(old)
+        if switched and old_servers:
+            if attempt("switching the upstream back", lambda: self.traffic.switch(service, old_servers)):
+                self.run.mark("%s_switched_back" % service)
+                self.run.step("%s: upstream switched back to the old containers" % service)
         if new and "evidence" not in self.run.evidence:
-            self.run.evidence["evidence"] = [self.docker.evidence(c) for c in new[:2]]
+            attempt("collecting evidence", lambda: self._collect_evidence(new))
         if switched and new:
-            self.run.step("%s: drained the new containers (%s)" % (service, self._drain(new)))
+            attempt(
+                "draining the new containers",
+                lambda: self.run.step("%s: drained the new containers (%s)" % (service, self._drain(new))),
+            )
         for container in new:
-            self.docker.stop_and_remove(container, grace_s=None if switched else 1)
-        self.traffic.close_gate(service)
-        self.host.compose_file.restore(compose_before)
-        self.run.step("%s: removed the new containers, compose.yaml back to %s" % (service, plan.from_image))
+            remove = functools.partial(self.docker.stop_and_remove, container, grace_s=None if switched else 1)
+            attempt("removing %s" % container.name, remove)
+        attempt("closing the gate", lambda: self.traffic.close_gate(service))
+        if compose_before is None:
+            restored = attempt(
+                "putting compose.yaml back", lambda: self.host.compose_file.set_image(service, plan.from_image)
+            )
+        else:
+            restored = attempt("putting compose.yaml back", lambda: self.host.compose_file.restore(compose_before))
+        if restored:
+            self.run.step("%s: removed the new containers, compose.yaml back to %s" % (service, plan.from_image))
         if plan.port is not None and old:
-            self.traffic.sync_from_docker(service, plan.port)
+            attempt("re-reading the upstream from Docker", lambda: self.traffic.sync_from_docker(service, plan.port))
+        for failure in failures:
+            self.run.warnings.append("%s: undo step %s" % (service, failure))
+        return failures
+
+    def undo(self, plan: ServicePlan, old: list[Container], new: list[Container], switched: bool) -> list[str]:
+        """The undo of a run that was killed (no error of its own; compose.yaml is edited back, not restored)."""
+        return self._undo(plan, old, new, None, switched, None)
+
+    def _collect_evidence(self, new: list[Container]) -> None:
+        self.run.evidence["evidence"] = [self.docker.evidence(c) for c in new[:2]]
 
     def _drain(self, containers: list[Container]) -> str:
         """Wait for the Nginx workers of before the last switch (the only ones that still route to these
@@ -364,25 +435,56 @@ class Rollout:
             self.run.step("%s: stopped and removed %s" % (service, ", ".join(c.name for c in old)))
 
     def _recreate(self, plan: ServicePlan) -> None:
+        """Stop-first: every container of the service must run and stay healthy, else the previous image back."""
         service = plan.service
         self.run.warnings.append(
             "%s is stateful: recreated stop-first (%s -> %s), so it was unavailable while it restarted"
             % (service, plan.from_image, plan.to_image)
         )
+        old = [c for c in self.docker.containers(service) if c.state == "running"]
+        self.on_phase(plan, "starting", old, [])
         compose_before = self.host.compose_file.set_image(service, plan.to_image)
-        done = self.host.compose.up(service, "--force-recreate")
-        new = [c for c in self.docker.containers(service) if c.state == "running"]
         try:
+            done = self.host.compose.up(service, "--force-recreate")
             if not done.ok:
                 raise UpgradeError("docker compose up --force-recreate %s failed: %s" % (service, tail(done)))
-            self.wait_healthy(new, True)
-        except UpgradeError as exc:
-            self.run.evidence.update(exc.result)
-            self.host.compose_file.restore(compose_before)
-            self.host.compose.up(service, "--force-recreate")
-            self.run.step("%s: recreated again from %s after the failure" % (service, plan.from_image))
-            raise
+            self.check_recreated(service)
+        except STEP_ERRORS as exc:
+            if isinstance(exc, UpgradeError):
+                self.run.evidence.update(exc.result)
+            self._raise_undone(exc, self.recreate_back(plan, compose_before))
+        self.on_phase(plan, "gated", old, self.docker.containers(service))
         self.run.step("%s: recreated stop-first on %s" % (service, plan.to_image))
 
+    def check_recreated(self, service: str) -> None:
+        """All the service's containers (any state: an exited one counts) healthy, and still so a moment later."""
+        new = self.docker.containers(service)
+        if not new:
+            raise UpgradeError("docker compose up --force-recreate %s left no container of the service" % service)
+        self.wait_healthy(new, True)
+        settle = time.monotonic() + RECREATE_SETTLE_S
+        while time.monotonic() < settle:
+            time.sleep(WATCH_INTERVAL_S)
+            self.wait_healthy(new, False)
+        if len(self.docker.containers(service)) != len(new):
+            raise UpgradeError("the containers of %s changed while they settled (a crash loop?)" % service)
 
-__all__ = ["STEP_ERRORS", "Rollout", "servers_of"]
+    def recreate_back(self, plan: ServicePlan, compose_before: str) -> list[str]:
+        """compose.yaml back and the previous image recreated; what failed, one sentence per step."""
+        failures: list[str] = []
+        try:
+            self.host.compose_file.restore(compose_before)
+        except STEP_ERRORS as exc:
+            failures.append("putting compose.yaml back failed: %s" % exc)
+        try:
+            again = self.host.compose.up(plan.service, "--force-recreate")
+            if not again.ok:
+                failures.append("recreating %s from %s failed: %s" % (plan.service, plan.from_image, tail(again)))
+            else:
+                self.run.step("%s: recreated again from %s after the failure" % (plan.service, plan.from_image))
+        except STEP_ERRORS as exc:
+            failures.append("recreating %s from %s failed: %s" % (plan.service, plan.from_image, exc))
+        return failures
+
+
+__all__ = ["RECREATE_SETTLE_S", "STEP_ERRORS", "Rollout", "servers_of"]
