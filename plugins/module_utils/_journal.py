@@ -116,8 +116,8 @@ class Release:
         created_ts = data.get("created_ts", 0)
         if isinstance(created_ts, bool) or not isinstance(created_ts, (int, float)):
             raise ValueError("created_ts is %s, not a number" % ("null" if created_ts is None else repr(created_ts)))
-        services = data.get("services") or {}
-        extra = data.get("extra") or {}
+        services = {} if data.get("services") is None else data["services"]
+        extra = {} if data.get("extra") is None else data["extra"]
         if not isinstance(services, dict) or not isinstance(extra, dict):
             raise ValueError("services and extra must be objects")
         phase = data.get("phase") or ""

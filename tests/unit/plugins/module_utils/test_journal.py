@@ -122,3 +122,61 @@ def test_project_images_resolve_digests_and_prefer_the_newest_replica():
     assert list(found) == ["web"]
     assert found["web"].digest == "reg:5000/web@sha256:02"
     assert found["web"].image == "reg:5000/web:2"
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("null", "the record is null, not an object"),
+        ("[]", "the record is list, not an object"),
+        ('{"id": "r02", "project": "demo", "status": "succeeded", "created_ts": null}', "created_ts is null"),
+        ('{"id": "r02", "project": "demo", "status": "succeeded", "services": []}', "services and extra"),
+        ('{"id": "r02", "project": "demo", "status": "bogus"}', "status 'bogus'"),
+        ('{"id": "r02", "project": "demo", "status": "succeeded", "services": {"web": 3}}', "not an object"),
+    ],
+)
+def test_records_of_the_wrong_shape_are_skipped_with_a_warning_and_get_names_them(tmp_path, content, reason):
+    journal = Journal(str(tmp_path), "demo")
+    journal.record(release(1))
+    bad = os.path.join(journal.path, "r02.json")
+    with open(bad, "w") as fh:
+        fh.write(content)
+    assert [r.id for r in journal.releases()] == ["r01"]
+    assert len(journal.skipped) == 1 and bad in journal.skipped[0] and reason in journal.skipped[0]
+    assert journal.latest().id == "r01" and journal.broken() == [bad]
+    with pytest.raises(JournalError, match="the release record %s is corrupt .*%s" % (bad, reason.split()[0])):
+        journal.get("r02")
+
+
+@pytest.mark.parametrize("wanted", ["../../x", "/etc/passwd", ".hidden", "a/b", ""])
+def test_get_refuses_what_is_not_a_release_id(tmp_path, wanted):
+    (tmp_path / "x.json").write_text('{"id": "x", "project": "demo", "status": "succeeded"}')
+    journal = Journal(str(tmp_path / "j"), "demo")
+    with pytest.raises(JournalError, match="is not a release id"):
+        journal.get(wanted)
+
+
+def test_a_record_of_before_phases_reads_with_the_phase_of_its_status(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    journal.ensure()
+    for n, status in [(1, "succeeded"), (2, "failed"), (3, "in_progress")]:
+        data = release(n, status).to_dict()
+        del data["phase"]
+        with open(os.path.join(journal.path, "r%02d.json" % n), "w") as fh:
+            json.dump(data, fh)
+    phases = [(r.id, r.phase, r.settled) for r in journal.releases()]
+    assert phases == [("r01", "done", True), ("r02", "failed", True), ("r03", "", False)]
+    assert [r.id for r in journal.unsettled()] == ["r03"]
+
+
+def test_a_record_left_in_a_working_phase_is_unsettled_whatever_its_status(tmp_path):
+    journal = Journal(str(tmp_path), "demo")
+    undo_failed = release(1, "failed")
+    undo_failed.phase = "switched"
+    journal.record(undo_failed)
+    journal.record(release(2))
+    assert [r.id for r in journal.unsettled()] == ["r01"]
+    with pytest.raises(JournalError, match="phase 'nonsense'"):
+        bad = release(3)
+        bad.phase = "nonsense"
+        journal.record(bad)

@@ -102,6 +102,46 @@ def test_set_service_image_refuses_a_service_without_image_line():
         set_service_image(COMPOSE, "nosuch", "x:1")
 
 
+SHAPES = """\
+x-base: &base
+  image: reg/base:1
+services:
+  "api":   # the API, with an anchor of its own
+    image: reg/api:1  # pinned
+  worker: &worker
+    <<: *base
+    image: reg/worker:1
+  cron:
+    <<: *worker
+  flow: {image: reg/flow:1}
+  aliased:
+    image: &img reg/aliased:1
+"""
+
+
+def test_set_service_image_on_valid_compose_shapes():
+    after = set_service_image(SHAPES, "api", "reg/api:2")
+    assert yaml.safe_load(after)["services"]["api"]["image"] == "reg/api:2"
+    assert '  "api":   # the API, with an anchor of its own\n    image: reg/api:2  # pinned\n' in after
+    # The service's own line wins over the merge; that cron shares it is found by the Compose check (test below).
+    after = set_service_image(SHAPES, "worker", "reg/worker:2")
+    assert yaml.safe_load(after)["services"]["worker"]["image"] == "reg/worker:2"
+
+
+@pytest.mark.parametrize(
+    "service, says",
+    [
+        ("cron", "cannot find the `image:` line of service cron"),
+        ("flow", "service flow is not a block mapping"),
+        ("aliased", "the `image:` of service aliased is not a plain reference"),
+    ],
+)
+def test_set_service_image_names_the_shape_it_cannot_edit(service, says):
+    with pytest.raises(ValueError, match=says) as info:
+        set_service_image(SHAPES, service, "x:2")
+    assert "no flow mapping" in str(info.value)
+
+
 LOG = (
     '127.0.0.1 - - [22/Nov/2026:16:00:00 +0000] "GET /api/version HTTP/1.1" %s 60 "-" "load" "-" '
     'rt=0.004 urt="%s" ua="%s" rid=abc'
@@ -326,87 +366,3 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder.join(10)
     with project_lock("demo", "rolling_upgrade", str(tmp_path), wait_s=0) as held:
         assert held.waited_s < 0.5  # no wait for a lock whose holder is gone
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reconciling the leftovers of a killed run
-# --------------------------------------------------------------------------------------------------------
-
-
-class LeftoverHost:
-    """A host after a killed run: containers by (name, state, port), the upstream's addresses."""
-
-    def __init__(self, containers, serving):
-        from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Container
-
-        self.items = [
-            Container(name, name, "img", state, n, float(n), port) for n, (name, state, port) in enumerate(containers)
-        ]
-        self.upstream = list(serving)
-        self.removed = []
-        self.switched = []
-
-    def containers(self, service, port=None):
-        return [c for c in self.items if c.name not in self.removed]
-
-    def serving(self, service):
-        return self.upstream
-
-    def switch(self, service, servers):
-        self.upstream = [s.address for s in servers]
-        self.switched.append(self.upstream)
-
-    def stop_and_remove(self, container, grace_s=None):
-        self.removed.append(container.name)
-
-    def sync_from_docker(self, service, port):
-        self.upstream = [c.address for c in self.containers(service) if c.state == "running"]
-        return True
-
-
-def reconciled(tmp_path, containers, serving, records=()):
-    from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import Run, reconcile
-
-    journal = Journal(str(tmp_path), "demo")
-    for record in records:
-        journal.record(record)
-    host = LeftoverHost(containers, serving)
-    run = Run()
-    reconcile(host, host, {"web": ComposeService("web", "reg/app:2", 2, "web", 8000, True)}, journal, run)
-    return host, journal, run
-
-
-FOUR_RUNNING = [("web-1", "running", 1), ("web-2", "running", 2), ("web-3", "running", 3), ("web-4", "running", 4)]
-
-
-def test_killed_before_the_switch_removes_the_new_containers_only(tmp_path):
-    containers = [("web-1", "running", 1), ("web-2", "running", 2), ("web-3", "running", 3), ("web-4", "created", None)]
-    host, _journal, run = reconciled(tmp_path, containers, ["127.0.0.1:1", "127.0.0.1:2"])
-    assert sorted(host.removed) == ["web-3", "web-4"]
-    assert host.upstream == ["127.0.0.1:1", "127.0.0.1:2"] and not host.switched
-    assert len(run.reconciled) == 2
-
-
-def test_killed_after_the_switch_removes_the_old_containers(tmp_path):
-    host = reconciled(tmp_path, FOUR_RUNNING, ["127.0.0.1:3", "127.0.0.1:4"])[0]
-    assert sorted(host.removed) == ["web-1", "web-2"]
-    assert host.upstream == ["127.0.0.1:3", "127.0.0.1:4"]
-
-
-def test_killed_during_a_canary_goes_back_to_the_old_containers_first(tmp_path):
-    host = reconciled(tmp_path, FOUR_RUNNING, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"])[0]
-    assert host.switched == [["127.0.0.1:1", "127.0.0.1:2"]]  # before anything is stopped
-    assert sorted(host.removed) == ["web-3", "web-4"]
-
-
-def test_an_interrupted_record_is_marked_failed_and_a_clean_host_is_left_alone(tmp_path):
-    host, journal, run = reconciled(
-        tmp_path,
-        [("web-1", "running", 1), ("web-2", "running", 2)],
-        ["127.0.0.1:1", "127.0.0.1:2"],
-        [rel(1, "sha256:one", "in_progress")],
-    )
-    assert not host.removed and not host.switched
-    record = journal.get("r1")
-    assert record.status == "failed" and record.detail.startswith("interrupted")
-    assert run.reconciled == ["journal: r1 marked failed (interrupted)"]

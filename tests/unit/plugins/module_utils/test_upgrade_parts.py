@@ -61,8 +61,11 @@ def test_compose_file_edit_is_checked_before_it_replaces_the_file(tmp_path):
     seen = []
 
     def config(candidate):
-        seen.append((os.path.dirname(candidate), open(candidate, encoding="utf-8").read()))
-        return {"web": ComposeService("web", "reg/web:2", 1, "web", None, False)}
+        text = open(candidate, encoding="utf-8").read()
+        if candidate != str(path):
+            seen.append((os.path.dirname(candidate), text))
+        image = "reg/web:2" if ":2" in text else "reg/web:1"
+        return {"web": ComposeService("web", image, 1, "web", None, False)}
 
     edit = ComposeFile(str(path), config)
     before = edit.set_image("web", "reg/web:2")
@@ -81,6 +84,22 @@ def test_a_compose_file_edit_that_compose_reads_otherwise_changes_nothing(tmp_pa
     with pytest.raises(UpgradeError, match="does not give service web the image reg/web:2"):
         edit.set_image("web", "reg/web:2")
     assert path.read_text() == COMPOSE and os.listdir(tmp_path) == ["compose.yaml"]
+
+
+def test_an_edit_that_moves_another_service_too_is_refused(tmp_path):
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  web: &w\n    image: reg/web:1\n  copy:\n    <<: *w\n")
+
+    def config(candidate):
+        image = "reg/web:2" if ":2" in open(candidate, encoding="utf-8").read() else "reg/web:1"
+        return {name: ComposeService(name, image, 1, "web", None, False) for name in ("web", "copy")}
+
+    edit = ComposeFile(str(path), config)
+    with pytest.raises(UpgradeError, match=r"would change the image of copy too .*compose.yaml|would change"):
+        edit.check_all({"web": "reg/web:2"})
+    with pytest.raises(UpgradeError, match="cannot set the image of service nosuch in %s" % path):
+        edit.check_all({"nosuch": "reg/web:2"})
+    assert path.read_text().count("reg/web:1") == 1  # the file was not touched
 
 
 def test_compose_cli_argv_and_a_missing_binary(tmp_path, monkeypatch):

@@ -39,6 +39,24 @@ def test_missing_tags_fail_before_anything(tmp_path, capsys, services, message):
     assert not (tmp_path / "j").exists()  # not even the lock was taken
 
 
+@pytest.mark.parametrize("tag", [2.1, 3, True])
+def test_a_tag_yaml_read_as_a_number_is_refused_before_anything(tmp_path, capsys, tag):
+    # `backend: 2.10` unquoted in an inventory arrives as the float 2.1: another version would be deployed.
+    result = run_module(
+        rolling_upgrade,
+        {
+            "project": "demo",
+            "project_dir": str(tmp_path),
+            "services": {"backend": tag},
+            "journal_root": str(tmp_path / "j"),
+        },
+        capsys,
+    )
+    assert result["failed"] is True and result["changed"] is False
+    assert "tag of service backend is the" in result["msg"] and "quote it" in result["msg"]
+    assert not (tmp_path / "j").exists()
+
+
 def test_a_project_without_compose_file_is_refused(tmp_path, capsys):
     result = run_module(
         rolling_upgrade, {"project": "demo", "project_dir": str(tmp_path), "services": {"backend": "2.0"}}, capsys
