@@ -83,6 +83,17 @@ def run(module: str, args: dict, check: bool = False) -> dict:
     return finish(start(module, args, check))
 
 
+def run_playbook(path: str, extra: dict) -> dict:
+    """A playbook of the collection as an operator runs it; the JSON callback's whole result."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="json")
+    done = subprocess.run(["ansible-playbook", "-i", inventory(), str(PROJECT_DIR / path), "-e", json.dumps(extra)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    try:
+        return json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        raise AssertionError("no JSON from ansible-playbook: %s %s" % (done.stdout[-2000:], done.stderr[-2000:])) from None
+
+
 def upgrade(tag: str, **options) -> dict:
     return run("opsbook.stack.rolling_upgrade", {"project": PROJECT, "services": {"backend": tag}, **FAST, **options})
 
@@ -131,6 +142,7 @@ def assert_consistent(host, version: str) -> None:
     assert compose_image(host) == "registry:5000/demo-backend:%s" % version
     assert not host.file("/etc/nginx/upstreams.d/demo_backend_gate.conf").exists
     assert all(r["status"] != "in_progress" for r in releases(host))
+    assert all(r["phase"] in ("done", "failed", "rolled_back", "interrupted") for r in releases(host))
     assert host.run("nginx -t").rc == 0
 
 
@@ -205,6 +217,24 @@ def test_rollback_to_the_previous_release_under_load(host, address):
     assert last["kind"] == "rollback" and last["status"] == "succeeded" and last["extra"]["rollback_of"] == deploy["id"]
     # From the decision (module start) to the old version serving, while its image is warm.
     assert result["timings"]["backend_switched"] <= 5.0, result["steps"]
+    # The release rolled back from is never a rollback target again (issue 14, defect 1).
+    left = {r["id"]: r for r in releases(host)}[last["extra"]["rolls_back_from"][0]]
+    assert left["status"] == "rolled_back" and left["phase"] == "rolled_back"
+    assert left["services"]["backend"]["image"].endswith(":2.0")
+
+
+def test_the_rollback_playbook_rerun_right_after_a_rollback_changes_nothing(host, address):
+    before = (host.file(COMPOSE).sha256sum, container_ports(host), len(releases(host)), host.file(UPSTREAM).sha256sum)
+    with HttpLoad(address) as load:
+        data = run_playbook("playbooks/rollback.yml", {"upgrade_hosts": "all", "upgrade_options": FAST})
+    stats = next(iter(data["stats"].values()))
+    assert stats["failures"] == 0 and stats["unreachable"] == 0, data["stats"]
+    assert stats["changed"] == 0, data["stats"]
+    assert load.failed == 0, load.errors[:10]
+    assert_consistent(host, "1.0")
+    assert served_version(address) == "1.0"
+    assert (host.file(COMPOSE).sha256sum, container_ports(host), len(releases(host)),
+            host.file(UPSTREAM).sha256sum) == before
 
 
 def test_upgrade_1_to_2_under_load_loses_no_request_and_twice_is_no_change(host, address):
@@ -283,7 +313,10 @@ def test_two_upgrades_at_once_the_second_fails_clearly(host, address):
     assert_consistent(host, "1.0")
 
 
-def test_killed_in_the_middle_a_rerun_converges(host, address):
+def test_killed_in_the_bake_a_rerun_never_records_it_unbaked(host, address):
+    """Issue 14, defect 2: the old verifier asserted that the rerun completed the killed upgrade as `succeeded`
+    without a bake. Now the killed record ends `interrupted` (never a rollback target), the rerun first puts the
+    traffic back on the old containers, then upgrades again with the full gate and bake."""
     with HttpLoad(address) as load:
         proc = start("opsbook.stack.rolling_upgrade",
                      {"project": PROJECT, "services": {"backend": "2.0"}, **FAST, "bake_s": 30})
@@ -298,17 +331,22 @@ def test_killed_in_the_middle_a_rerun_converges(host, address):
         host.run("kill -9 %s" % " ".join(pids))
         proc.communicate(timeout=60)
         interrupted = releases(host)[-1]
-        assert interrupted["status"] == "in_progress"
+        # The phase is written right after the switch, before the bake starts.
+        assert interrupted["status"] == "in_progress" and interrupted["phase"] in ("switched", "baking")
+        assert interrupted["extra"]["progress"]["service"] == "backend"
         rerun = upgrade("2.0")
-    record("killed_then_rerun", {**load.figures(), "reconciled": rerun.get("reconciled")})
+    record("killed_in_bake_then_rerun", {**load.figures(), "reconciled": rerun.get("reconciled")})
     assert rerun.get("failed") is not True, rerun.get("msg")
-    assert rerun["reconciled"]
+    assert any("switched back to the old containers" in line for line in rerun["reconciled"]), rerun["reconciled"]
     assert load.failed == 0, load.errors[:10]
     assert_consistent(host, "2.0")
     journal = {r["id"]: r for r in releases(host)}
-    assert journal[interrupted["id"]]["status"] == "failed"
-    assert "interrupted" in journal[interrupted["id"]]["detail"]
-    assert releases(host)[-1]["status"] == "succeeded"
+    killed = journal[interrupted["id"]]
+    assert killed["status"] == "failed" and killed["phase"] == "interrupted"
+    assert "interrupted in phase %s" % interrupted["phase"] in killed["detail"]
+    last = releases(host)[-1]
+    assert last["id"] != interrupted["id"] and last["status"] == "succeeded" and last["phase"] == "done"
+    assert rerun["evidence"]["bake"]["backend"]["ok"] is True  # baked in full by the rerun
     assert served_version(address) == "2.0"
 
 

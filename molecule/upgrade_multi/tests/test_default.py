@@ -21,7 +21,10 @@ from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-posit
 
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 FIGURES = PROJECT_DIR / "build" / "molecule-upgrade-multi-figures.json"
-APPS = ("opsbook-um-app1", "opsbook-um-app2")
+# Instance names carry the checkout's prefix (.config/molecule/config.yml), like the platforms of molecule.yml.
+PREFIX = os.environ.get("OPSBOOK_MOLECULE_PREFIX") or "opsbook"
+APP1, APP2, LB = PREFIX + "-um-app1", PREFIX + "-um-app2", PREFIX + "-um-lb"
+APPS = (APP1, APP2)
 
 
 def record(name: str, value) -> None:
@@ -42,7 +45,7 @@ def node(name: str):
 
 @pytest.fixture(scope="module")
 def edge() -> str:
-    lb = node("opsbook-um-lb")
+    lb = node(LB)
     device = lb.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
     out = lb.check_output("ip -4 -o addr show dev %s scope global" % device)
     return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
@@ -87,7 +90,7 @@ def test_edge_reaches_both_app_hosts(edge):
 
 def test_second_host_fails_and_the_first_is_rolled_back(edge):
     # The fault: app2's "2.0" is really the broken 3.0 (a bad image cached on one host).
-    app2 = node("opsbook-um-app2")
+    app2 = node(APP2)
     app2.check_output("docker pull -q registry:5000/demo-backend:3.0 && "
                       "docker tag registry:5000/demo-backend:3.0 registry:5000/demo-backend:2.0")
     started = time.monotonic()
@@ -98,19 +101,34 @@ def test_second_host_fails_and_the_first_is_rolled_back(edge):
     output = run.stdout + run.stderr
     assert run.returncode != 0, output[-3000:]
     assert "Roll back every host upgraded in this run" in output
-    assert re.search(r"opsbook-um-app1\s+: ok=\d+\s+changed=[1-9]", output), output[-2000:]
+    assert re.search(r"%s\s+: ok=\d+\s+changed=[1-9]" % APP1, output), output[-2000:]
     assert load.failed == 0, load.errors[:10]
     assert load.seen.get("2.0"), "app1 never served 2.0: the rollback proved nothing"
     for app in APPS:
         assert versions(app) == ["1.0", "1.0"], app
         assert upstream_matches_containers(app), app
-    kinds = [(r["kind"], r["status"]) for r in journal("opsbook-um-app1")]
-    assert kinds[-2:] == [("upgrade", "succeeded"), ("rollback", "succeeded")]
-    assert journal("opsbook-um-app2")[-1]["status"] == "failed"
+
+
+def test_the_rollback_playbook_rerun_right_after_a_rollback_changes_nothing(edge):
+    before = {app: (journal(app), versions(app)) for app in APPS}
+    with HttpLoad(edge) as load:
+        again = playbook("rollback.yml")
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert load.failed == 0, load.errors[:10]
+    for app in APPS:
+        assert re.search(r"%s\s+: ok=\d+\s+changed=0\s" % app, output), output[-2000:]
+        assert (journal(app), versions(app)) == before[app] and versions(app) == ["1.0", "1.0"], app
+        assert upstream_matches_containers(app), app
+    kinds = [(r["kind"], r["status"]) for r in journal(APP1)]
+    # The upgrade app1 was rolled back from is `rolled_back` (issue 14: it stayed `succeeded` and was the next
+    # rollback's target, the bad version again).
+    assert kinds[-2:] == [("upgrade", "rolled_back"), ("rollback", "succeeded")]
+    assert journal(APP2)[-1]["status"] == "failed"
 
 
 def test_clean_upgrade_of_both_then_rollback(edge):
-    app2 = node("opsbook-um-app2")
+    app2 = node(APP2)
     app2.check_output("docker rmi registry:5000/demo-backend:2.0 && docker pull -q registry:5000/demo-backend:2.0")
     with HttpLoad(edge) as load:
         up = playbook("upgrade.yml", "-e", json.dumps({"upgrade_services": {"backend": "2.0"}}))
