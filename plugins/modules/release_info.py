@@ -140,7 +140,8 @@ def main() -> None:
     out = [r.to_dict() for r in records]
     for warning in journal.skipped:
         module.warn(warning)
-    current, candidates = None, []
+    current: str | None = None
+    candidates: list[dict] = []
     if module.params["check_images"] and records:
         try:
             current, candidates = check_images(

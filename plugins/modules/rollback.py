@@ -14,7 +14,8 @@ short_description: Return a Compose project to an earlier release from its journ
 version_added: 0.1.0
 description:
   - Picks the release O(release) from the project's journal or, by default, the newest previous release that
-    succeeded and is intact on this host (every image it ran is still present), and moves every service whose
+    succeeded, was never rolled back from, is not what runs now and is intact on this host (every image it ran
+    is still present), and moves every service whose
     image differs back to that release's image with the same start-first mechanics as
     M(opsbook.stack.rolling_upgrade) (new containers beside the old, gate, upstream switch, bake, drain).
   - The image is referred to by its tag when the tag still points to the release's image, else by digest.
@@ -22,6 +23,9 @@ description:
     release already proved healthy on this host, and HTTP readiness plus the synthetic requests through Nginx
     still gate it, so the old version serves again within seconds. An C(unhealthy) container still aborts.
   - Records a C(rollback) release in the journal (with C(extra.rollback_of)), or C(failed) with the evidence.
+    When it succeeds, the release it returned from becomes C(rolled_back) and is never a target again.
+  - Right after a rollback, a second one without O(release) changes nothing (V(changed=false)): it does not go
+    further back. Name the release to go further.
   - Takes the project's lock, like upgrades and restores.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
@@ -40,12 +44,14 @@ attributes:
     support: none
   idempotent:
     support: full
-    details: Rolling back to the release that already runs changes nothing (V(changed=false)).
+    details: Rolling back to the release that already runs changes nothing (V(changed=false)), and so does a
+      second rollback without O(release) right after one.
 options:
   release:
     description:
       - Id of the release to return to (see M(opsbook.stack.release_info)).
-      - By default the newest previous succeeded release that is intact on this host.
+      - By default the newest previous succeeded release that was never rolled back from and is intact on this
+        host; right after a rollback, the release that runs (nothing changes).
       - An unknown id fails and changes nothing.
     type: str
   wait_docker_health:

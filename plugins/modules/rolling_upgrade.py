@@ -61,6 +61,8 @@ options:
       - 'Service name to new image tag, for example V({"backend": "2.0"}). A value with a C(/) or C(@) is taken
         as a full image reference.'
       - An unknown service or an empty tag fails before anything changes.
+      - A tag must be a string. YAML reads an unquoted V(2.10) as the number 2.1, so a number is refused with a
+        message that says to quote it (V("2.10")).
     type: dict
     required: true
 notes:
@@ -118,7 +120,10 @@ plan:
   type: list
   elements: dict
 release:
-  description: The journal record of this run (or the newest succeeded one when nothing changed).
+  description:
+    - The journal record of this run (or the newest succeeded one when nothing changed).
+    - Its C(phase) says where the run got to (C(done), C(failed), or the working phase it stopped in);
+      docs/state-machine.md in the collection describes the phases and what a rerun does with each.
   returned: always
   type: dict
 previous_release:
@@ -135,8 +140,17 @@ timings:
   returned: always
   type: dict
 reconciled:
-  description: What a run put in order after a killed run (journal records, leftover containers).
+  description:
+    - What a run put in order after a killed run, from the phase its record names (containers removed,
+      upstream switched back, old containers drained). Empty when no record was left unsettled; then replicas
+      beyond the Compose count are only reported as a warning.
   returned: always
+  type: list
+  elements: str
+undo_failures:
+  description: On failure, the steps of the undo that failed too (the message keeps the first error); the record
+    stays in its working phase and the next run finishes the undo.
+  returned: when an undo step failed
   type: list
   elements: str
 evidence:

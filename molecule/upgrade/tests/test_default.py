@@ -91,7 +91,8 @@ def run_playbook(path: str, extra: dict) -> dict:
     try:
         return json.loads(done.stdout[done.stdout.index("{"):])
     except ValueError:
-        raise AssertionError("no JSON from ansible-playbook: %s %s" % (done.stdout[-2000:], done.stderr[-2000:])) from None
+        raise AssertionError("no JSON from ansible-playbook: %s %s"
+                             % (done.stdout[-2000:], done.stderr[-2000:])) from None
 
 
 def upgrade(tag: str, **options) -> dict:
