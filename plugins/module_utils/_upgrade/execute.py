@@ -44,9 +44,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.plan import
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.recover import progress_of, recover
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import STEP_ERRORS, Rollout
 
+# A rollback's choice of target made again under the lock: (service -> image, the release id).
+Rechoose = t.Callable[[], tuple[dict[str, str], str]]
+
 
 def _result(run: Run, plans: list[ServicePlan], **extra: t.Any) -> dict[str, t.Any]:
-    out = {
+    out: dict[str, t.Any] = {
         "plan": [p.to_dict() for p in plans],
         "steps": run.steps,
         "warnings": run.warnings,
@@ -55,6 +58,8 @@ def _result(run: Run, plans: list[ServicePlan], **extra: t.Any) -> dict[str, t.A
     }
     if run.evidence:
         out["evidence"] = run.evidence
+    if run.rolled_back_to:
+        out["rolled_back_to"] = run.rolled_back_to
     out.update(extra)
     return out
 
@@ -138,6 +143,7 @@ def execute(
     host: Host | None = None,
     rollback_of: str | None = None,
     services: dict[str, ComposeService] | None = None,
+    rechoose: Rechoose | None = None,
 ) -> dict[str, t.Any]:
     """Plan, and unless in check mode carry out, the move of `targets` (service -> image reference)."""
     host = host or Host(settings)
@@ -168,7 +174,7 @@ def execute(
             try:
                 if held.waited_s:
                     run.step("waited %g s for the project lock" % held.waited_s)
-                return _locked(host, journal, run, targets, kind, rollback_of, services)
+                return _locked(host, journal, run, targets, kind, rollback_of, services, rechoose)
             finally:
                 host.compose.lock_fd = None
     except ProjectLocked as exc:
@@ -183,12 +189,18 @@ def _locked(
     kind: str,
     rollback_of: str | None,
     services: dict[str, ComposeService],
+    rechoose: Rechoose | None = None,
 ) -> dict[str, t.Any]:
     """The run while the project's lock is held."""
     settings = host.s
     completed = recover(host, journal, run, services)
     if run.reconciled:
         services = host.compose.config()
+        if rechoose is not None:
+            # What runs changed under the lock (an interrupted run put in order): choose the target again.
+            targets, rollback_of = rechoose()
+    if rollback_of:
+        run.rolled_back_to = rollback_of
     run.warnings.extend(journal.skipped)
     plans = [plan_service(host.docker, services[name], image, False) for name, image in targets.items()]
     previous = journal.latest("succeeded")
@@ -386,9 +398,16 @@ def rollback(settings: Settings, release_id: str | None = None, host: Host | Non
     """Back to release_id, or to the newest previous succeeded release that is intact on this host."""
     host = host or Host(settings)
     journal = Journal(settings.journal_root, settings.project)
-    release = choose_release(host.docker, journal, release_id)
-    result = execute(settings, rollback_targets(host.docker, release), "rollback", host, rollback_of=release.id)
-    result["rolled_back_to"] = release.id
+    release = choose_release(host.docker, journal, release_id)  # before the lock: a bad request changes nothing
+
+    def rechoose() -> tuple[dict[str, str], str]:
+        chosen = choose_release(host.docker, journal, release_id)
+        return rollback_targets(host.docker, chosen), chosen.id
+
+    result = execute(
+        settings, rollback_targets(host.docker, release), "rollback", host, rollback_of=release.id, rechoose=rechoose
+    )
+    result.setdefault("rolled_back_to", release.id)
     return result
 
 

@@ -163,6 +163,7 @@ class Run:
     evidence: dict[str, t.Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     reconciled: list[str] = field(default_factory=list)
+    rolled_back_to: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def step(self, text: str) -> None:

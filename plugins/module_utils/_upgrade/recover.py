@@ -15,8 +15,9 @@ and never skips a check:
   failure before the switch). A stateful service recreated stop-first is checked again instead (every container
   healthy and stable on the new image) and kept when it passes, else recreated from the previous image.
 - ``switched``, ``baking``: the new containers took traffic unbaked. The upstream goes back to the old
-  containers and the new ones are drained and removed; when no old container runs any more, the new ones are
-  baked again (the full bake) and kept only when it passes.
+  containers and the new ones are drained and removed; when no old container runs any more, or the run was a
+  rollback (the old containers are the release it left), the new ones are baked again (the full bake) and kept
+  only when it passes.
 - ``draining``: the bake had passed: the old containers are drained and removed, the upgrade is complete.
 
 Only a record in a working phase triggers any of this. Without one, replicas beyond the service's count are
@@ -46,7 +47,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model impor
     UndoIncomplete,
     UpgradeError,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import STEP_ERRORS, Rollout
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import STEP_ERRORS, Rollout, servers_of
 
 
 def progress_of(plan: ServicePlan, phase: str, old: list[Container], new: list[Container]) -> dict[str, t.Any]:
@@ -112,30 +113,47 @@ def _recover_stateful(rollout: Rollout, host: Host, plan: ServicePlan) -> tuple[
     return False, failures, "%s: recreated from %s" % (reason, plan.from_image)
 
 
+def _rebake(rollout: Rollout, host: Host, plan: ServicePlan, new: list[Container]) -> tuple[bool, str]:
+    """The new containers take the traffic again and go through the whole bake: (passed, reason)."""
+    rollout.traffic.switch(plan.service, servers_of(new))
+    verdict = rollout.bake(plan.service, new, host.s.bake_s, host.access_log.offset())
+    rollout.run.evidence.setdefault("bake", {})[plan.service] = verdict.to_dict()
+    return verdict.ok, verdict.reason
+
+
 def _recover_rolling(
-    rollout: Rollout, host: Host, plan: ServicePlan, phase: str, old: list[Container], new: list[Container]
+    rollout: Rollout,
+    host: Host,
+    plan: ServicePlan,
+    phase: str,
+    old: list[Container],
+    new: list[Container],
+    prefer_rebake: bool,
 ) -> tuple[bool, list[str], str]:
-    """(the service stays moved, undo failures, what was done)."""
+    """(the service stays moved, undo failures, what was done). prefer_rebake: a rollback killed in its bake
+    bakes the release it returns to again rather than putting the one it left back in front of users."""
+    running_new = [c for c in new if c.state == "running"]
     if phase == "draining":
-        rollout.finish(plan, old, [c for c in new if c.state == "running"])
+        rollout.finish(plan, old, running_new)
         return True, [], "the bake had passed: drained and removed the old containers"
     switched = phase in ("switched", "baking")
-    if switched and not old and plan.port is not None:
-        running_new = [c for c in new if c.state == "running"]
-        if not running_new:
-            raise UpgradeError(
-                "the run was killed in its bake and neither the old nor the new containers of %s run; "
-                "deploy the previous release (compose_app) and check the host" % plan.service
-            )
-        verdict = rollout.bake(plan.service, running_new, host.s.bake_s, host.access_log.offset())
-        rollout.run.evidence.setdefault("bake", {})[plan.service] = verdict.to_dict()
-        if not verdict.ok:
+    if switched and plan.port is not None and running_new and (prefer_rebake or not old):
+        passed, reason = _rebake(rollout, host, plan, running_new)
+        if passed:
+            rollout.finish(plan, old, running_new)
+            return True, [], "the new containers were baked again (passed) and kept; old ones drained and removed"
+        if not old:
             raise UpgradeError(
                 "the run was killed in its bake, no old container of %s runs any more, and the new ones failed "
-                "the bake again: %s" % (plan.service, verdict.reason)
+                "the bake again: %s" % (plan.service, reason)
             )
-        rollout.finish(plan, [], running_new)
-        return True, [], "no old container ran any more: the new ones were baked again (passed) and kept"
+        failures = rollout.undo(plan, old, new, True)
+        return False, failures, "the new containers failed the bake again (%s): switched back to the old ones" % reason
+    if switched and not old and plan.port is not None:
+        raise UpgradeError(
+            "the run was killed in its bake and neither the old nor the new containers of %s run; "
+            "deploy the previous release (compose_app) and check the host" % plan.service
+        )
     failures = rollout.undo(plan, old, new, switched)
     what = "switched back to the old containers, " if switched else ""
     return False, failures, "%sremoved the new containers, compose.yaml back to %s" % (what, plan.from_image)
@@ -210,7 +228,7 @@ def _recover_one(
         moved, failures, outcome = _recover_stateful(rollout, host, plan)
     else:
         old, new = _split(host, plan, progress, record)
-        moved, failures, outcome = _recover_rolling(rollout, host, plan, phase, old, new)
+        moved, failures, outcome = _recover_rolling(rollout, host, plan, phase, old, new, record.kind == "rollback")
     run.reconciled.append("%s: %s (%s stopped in phase %s)" % (service, outcome, record.id, phase))
     if failures:
         raise UndoIncomplete(

@@ -129,14 +129,29 @@ def test_killed_in_the_bake_with_the_old_containers_gone_the_new_ones_are_baked_
     written = phases_written(monkeypatch, kill_at=("web", "baking"))
     with pytest.raises(Killed):
         upgrade(world)
+    killed_id = written[-1][0]
     for c in list(world.items.values()):
         if c["image"] == "reg/web:1":
             del world.items[c["id"]]  # an engine restart took them
     rerun = upgrade(world)
-    killed = journal_of(world).get(written[-1][0])
+    killed = journal_of(world).get(killed_id)
     assert (killed.status, killed.phase) == ("succeeded", "done")
     assert rerun["evidence"]["bake"]["web"]["ok"] is True
     assert world.consistent()
+
+
+def test_a_rollback_killed_in_its_bake_bakes_the_release_it_returns_to_again(world, monkeypatch):
+    upgraded = upgrade(world)["release"]["id"]
+    written = phases_written(monkeypatch, kill_at=("web", "baking"))
+    with pytest.raises(Killed):
+        rollback(world.s, host=world)
+    killed_id = written[-1][0]
+    result = rollback(world.s, host=world)
+    killed = journal_of(world).get(killed_id)
+    assert (killed.status, killed.phase) == ("succeeded", "done")
+    assert result["evidence"]["bake"]["web"]["ok"] is True and result["rolled_back_to"] == killed.extra["rollback_of"]
+    assert world.running_images("web") == ["reg/web:1", "reg/web:1"] and world.consistent()
+    assert journal_of(world).get(upgraded).status == "rolled_back"
 
 
 def test_killed_in_the_bake_of_a_bad_release_with_no_old_container_left_is_not_kept_quietly(world, monkeypatch):
@@ -260,9 +275,10 @@ def test_a_stateful_service_killed_while_recreating_is_checked_again(world, monk
     written = phases_written(monkeypatch, kill_at=("db", "gated"))
     with pytest.raises(Killed):
         upgrade(world, db="2")
+    killed_id = written[-1][0]
     result = upgrade(world, db="2")
     assert world.running_images("db") == ["reg/db:2"]
-    assert journal_of(world).get(written[-1][0]).phase == "done" and result["changed"] is True
+    assert journal_of(world).get(killed_id).phase == "done" and result["changed"] is True
 
 
 # --------------------------------------------------------------------------------------------------------
