@@ -106,10 +106,18 @@ def _recover_stateful(rollout: Rollout, host: Host, plan: ServicePlan) -> tuple[
             return True, [], "the recreated containers passed the health check again and stay on %s" % plan.to_image
         except STEP_ERRORS as exc:
             reason = "the recreated containers failed the health check again (%s)" % exc
+    elif containers and all(c.state == "running" for c in containers):
+        # Killed before `compose up` replaced them: the previous containers still run, untouched.
+        undone = rollout.undo(plan, [], [], False)
+        return False, undone, "the recreate had not started: compose.yaml back to %s" % plan.from_image
     else:
         reason = "the recreate had not finished"
-    compose_before = host.compose_file.edited(host.compose_file.read(), plan.service, plan.from_image)
-    failures = rollout.recreate_back(plan, compose_before)
+    failures: list[str] = []
+    try:
+        host.compose_file.set_image(plan.service, plan.from_image)
+    except STEP_ERRORS as exc:
+        failures.append("putting compose.yaml back failed: %s" % exc)
+    failures += rollout.recreate_back(plan, host.compose_file.read())
     return False, failures, "%s: recreated from %s" % (reason, plan.from_image)
 
 

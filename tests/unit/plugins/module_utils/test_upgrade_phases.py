@@ -271,14 +271,20 @@ def test_a_failed_recovery_recreate_is_reported_with_the_first_error(world):
     assert not journal_of(world).releases()[-1].settled  # the next run puts it in order
 
 
-def test_a_stateful_service_killed_while_recreating_is_checked_again(world, monkeypatch):
-    written = phases_written(monkeypatch, kill_at=("db", "gated"))
+@pytest.mark.parametrize("phase", ["starting", "gated"])
+def test_a_stateful_service_killed_while_recreating_is_checked_again(world, monkeypatch, phase):
+    written = phases_written(monkeypatch, kill_at=("db", phase))
     with pytest.raises(Killed):
         upgrade(world, db="2")
-    killed_id = written[-1][0]
+    if phase == "starting":  # killed before compose up: the database was never stopped, and is not now
+        before = [c["id"] for c in world.items.values() if c["service"] == "db"]
+        recover(world, journal_of(world), Run(), world.config())
+        assert [c["id"] for c in world.items.values() if c["service"] == "db"] == before
+        assert world.compose_image("db") == "reg/db:1"
+    killed_id = written[0][0]
     result = upgrade(world, db="2")
-    assert world.running_images("db") == ["reg/db:2"]
-    assert journal_of(world).get(killed_id).phase == "done" and result["changed"] is True
+    assert world.running_images("db") == ["reg/db:2"] and result["changed"] is True
+    assert journal_of(world).get(killed_id).phase == ("done" if phase == "gated" else "interrupted")
 
 
 # --------------------------------------------------------------------------------------------------------
