@@ -121,6 +121,8 @@ class ComposeFile:
         # read_config(candidate path): the services as `docker compose config` reads that file.
         self.path = path
         self.read_config = read_config
+        # The texts check_all proved (each step of a run's edits, in order): writing one needs no second check.
+        self._proved: set[str] = set()
 
     def read(self) -> str:
         with open(self.path, encoding="utf-8") as handle:
@@ -144,25 +146,32 @@ class ComposeFile:
         after = self.edited(before, service, image)
         if after == before:
             return before
-        self._check({service: image}, after)
+        if after not in self._proved:
+            self._check({service: image}, after)
         write_atomic(self.path, after, self._mode())
         return before
 
-    def check_all(self, images: dict[str, str]) -> None:
-        """Every edit of a run (service -> image) on a scratch copy, checked by Compose; the file is not touched."""
+    def check_all(self, images: dict[str, str], before: dict[str, ComposeService] | None = None) -> None:
+        """Every edit of a run (service -> image), in order, on a scratch copy checked by Compose; the file is
+        not touched. before: the services as Compose reads the file now, when the caller has them."""
         text = self.read()
+        steps = []
         for service, image in images.items():
             text = self.edited(text, service, image)
-        self._check(images, text)
+            steps.append(text)
+        self._check(images, text, before)
+        # The steps between differ from the checked text only by images that are still the valid ones of now.
+        self._proved = set(steps)
 
     def restore(self, text: str) -> None:
         if self.read() != text:
             write_atomic(self.path, text, self._mode())
 
-    def _check(self, images: dict[str, str], text: str) -> None:
+    def _check(self, images: dict[str, str], text: str, before: dict[str, ComposeService] | None = None) -> None:
         """`docker compose config` on the candidate, beside the real file so relative paths resolve the same: the
         edited services have their new image, every other one the image it had."""
-        before = self.read_config(self.path)
+        if before is None:
+            before = self.read_config(self.path)
         fd, candidate = tempfile.mkstemp(prefix=".compose.", suffix=".yaml", dir=os.path.dirname(self.path) or ".")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -234,7 +234,7 @@ def _locked(
         phase="planned",
     )
     try:
-        host.compose_file.check_all({p.service: p.to_image for p in todo})
+        host.compose_file.check_all({p.service: p.to_image for p in todo}, services)
     except STEP_ERRORS as exc:
         release = recorder.record("failed", "%s refused before anything moved: %s" % (kind, exc), phase="failed")
         raise UpgradeError(

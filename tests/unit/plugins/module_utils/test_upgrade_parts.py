@@ -197,3 +197,31 @@ def test_intact_and_runs_now():
     assert runs_now(release, {"web": ServiceImage("reg/web:1", "sha256:one")})
     assert not runs_now(release, {"web": ServiceImage("reg/web:2", "sha256:two")})
     assert not runs_now(release, {})
+
+
+def test_the_edits_check_all_proved_are_written_without_a_second_compose_run(tmp_path):
+    # Each `docker compose config` costs most of a second on a busy host, before the switch of a rollback.
+    path = tmp_path / "compose.yaml"
+    path.write_text("services:\n  web:\n    image: reg/web:1\n  api:\n    image: reg/api:1\n")
+    calls = []
+
+    def config(candidate):
+        calls.append(candidate)
+        text = open(candidate, encoding="utf-8").read()
+        return {
+            name: ComposeService(
+                name, "reg/%s:%s" % (name, "2" if "reg/%s:2" % name in text else "1"), 1, "web", None, False
+            )
+            for name in ("web", "api")
+        }
+
+    edit = ComposeFile(str(path), config)
+    now = config(str(path))
+    calls.clear()
+    edit.check_all({"web": "reg/web:2", "api": "reg/api:2"}, now)
+    assert len(calls) == 1
+    edit.set_image("web", "reg/web:2")
+    edit.set_image("api", "reg/api:2")
+    assert len(calls) == 1 and path.read_text().count(":2") == 2
+    edit.set_image("web", "reg/web:1")  # not a text check_all proved (a move back): checked again
+    assert len(calls) == 3
