@@ -78,7 +78,7 @@ latest:
   type: dict
 rollback_candidates:
   description:
-    - Where M(opsbook.stack.rollback) without O(opsbook.stack.rollback#module:release) goes, best first: succeeded
+    - Where M(opsbook.stack.rollback) without O(opsbook.stack.rollback#module:release) goes, best first; succeeded
       releases that were never rolled back from, are not what runs now and are intact, one per content (C(id),
       C(content), the image ids by service).
     - Right after a rollback, only the release that runs (a second rollback changes nothing).

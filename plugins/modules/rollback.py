@@ -24,7 +24,7 @@ description:
     still gate it, so the old version serves again within seconds. An C(unhealthy) container still aborts.
   - Records a C(rollback) release in the journal (with C(extra.rollback_of)), or C(failed) with the evidence.
     When it succeeds, the release it returned from becomes C(rolled_back) and is never a target again.
-  - Right after a rollback, a second one without O(release) changes nothing (V(changed=false)): it does not go
+  - Right after a rollback, a second one without O(release) changes nothing (V(changed=false)) and does not go
     further back. Name the release to go further.
   - Takes the project's lock, like upgrades and restores.
 author:

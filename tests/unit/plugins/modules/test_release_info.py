@@ -63,18 +63,21 @@ def test_records_oldest_first_latest_succeeded_and_broken_files(tmp_path, capsys
     assert all("intact" not in r for r in result["releases"])
 
 
-def test_a_record_of_the_wrong_shape_is_a_warning_not_a_crash(tmp_path, capsys):
+def test_a_record_of_the_wrong_shape_is_a_warning_not_a_crash(tmp_path, capsys, monkeypatch):
     journal = journal_with(tmp_path, release(1, "a"))
     for name, content in (("r02.json", "null"), ("r03.json", "[]"), ("r04.json", '{"id": "r04", "created_ts": null}')):
         with open(os.path.join(journal.path, name), "w", encoding="utf-8") as handle:
             handle.write(content)
+    # Where a warning goes depends on what the test process imported before (the controller's display or the
+    # result); the module's own call is what this test is about.
+    warned = []
+    monkeypatch.setattr(release_info.AnsibleModule, "warn", lambda self, message: warned.append(message))
     result = run_module(
         release_info, {"project": "demo", "journal_root": str(tmp_path / "j"), "check_images": False}, capsys
     )
     assert [r["id"] for r in result["releases"]] == ["r01"] and result["latest"]["id"] == "r01"
     assert len(result["broken"]) == 3
-    mine = [str(w) for w in result["warnings"] if journal.path in str(w)]  # Ansible keeps earlier tests' too
-    assert len(mine) == 3 and all("skipped the release record" in w for w in mine)
+    assert len(warned) == 3 and all("skipped the release record %s" % journal.path in w for w in warned)
 
 
 def test_an_unreachable_engine_gives_intact_null(tmp_path, capsys, monkeypatch):
