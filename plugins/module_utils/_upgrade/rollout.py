@@ -409,7 +409,14 @@ class Rollout:
         if restored:
             self.run.step("%s: removed the new containers, compose.yaml back to %s" % (service, plan.from_image))
         if plan.port is not None and old:
-            attempt("re-reading the upstream from Docker", lambda: self.traffic.sync_from_docker(service, plan.port))
+            # A refresh, not a step of the undo: when it is refused (no old replica healthy at this instant), the
+            # upstream keeps the old servers it lists, which is what the undo wants.
+            try:
+                self.traffic.sync_from_docker(service, plan.port)
+            except STEP_ERRORS as exc:
+                self.run.warnings.append(
+                    "%s: the upstream was not re-read from Docker after the undo: %s" % (service, exc)
+                )
         for failure in failures:
             self.run.warnings.append("%s: undo step %s" % (service, failure))
         return failures

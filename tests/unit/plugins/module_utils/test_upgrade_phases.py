@@ -26,6 +26,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     rolling_upgrade,
     rollout,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import UpstreamError
 from ansible_collections.opsbook.stack.tests.unit.plugins.module_utils.upgrade_world import COMPOSE, Killed, World
 
 
@@ -308,6 +309,23 @@ def test_when_switching_back_fails_the_rest_of_the_undo_still_runs(world):
     run = Run()
     recover(world, journal_of(world), run, world.config())
     assert world.consistent() and journal_of(world).get(last.id).phase == "interrupted"
+
+
+def test_an_upstream_refresh_refused_after_the_undo_is_a_warning_not_an_unfinished_undo(world, monkeypatch):
+    # Seen under heavy load: the old replicas' health checks time out, so re-reading the upstream from Docker is
+    # refused (no healthy server) although the upstream still lists the old containers, as the undo wants.
+    world.behaviour["reg/web:3"] = "unhealthy"
+
+    def refused(service, port):
+        raise UpstreamError("an upstream without servers is refused")
+
+    monkeypatch.setattr(world, "sync_from_docker", refused)
+    with pytest.raises(UpgradeError) as info:
+        upgrade(world, web="3")
+    assert "undo did not finish" not in str(info.value) and "became unhealthy" in str(info.value)
+    last = journal_of(world).releases()[-1]
+    assert (last.status, last.phase) == ("failed", "failed")
+    assert any("not re-read from Docker" in w for w in info.value.result["warnings"])
 
 
 # --------------------------------------------------------------------------------------------------------
