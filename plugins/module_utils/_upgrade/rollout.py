@@ -413,9 +413,9 @@ class Rollout:
             # upstream keeps the old servers it lists, which is what the undo wants.
             try:
                 self.traffic.sync_from_docker(service, plan.port)
-            except STEP_ERRORS as exc:
+            except STEP_ERRORS as refresh_exc:
                 self.run.warnings.append(
-                    "%s: the upstream was not re-read from Docker after the undo: %s" % (service, exc)
+                    "%s: the upstream was not re-read from Docker after the undo: %s" % (service, refresh_exc)
                 )
         for failure in failures:
             self.run.warnings.append("%s: undo step %s" % (service, failure))
