@@ -82,7 +82,7 @@ class World:
         self.lock_fd = None
         self.workers_before_switch: set[int] = set()
         for name, svc in self.config().items():
-            for _ in range(svc.replicas):
+            for _n in range(svc.replicas):
                 self._create(name, svc.image)
             if svc.port:
                 self.sync_from_docker(name, svc.port)
@@ -116,11 +116,11 @@ class World:
                 return CommandResult(("docker", "compose", "up"), 1, "", "no space left on device")
             for c in mine:
                 del self.items[c["id"]]
-            for _ in range(svc.replicas):
+            for _n in range(svc.replicas):
                 self._create(service, svc.image)
         else:
             scale = int(flags[flags.index("--scale") + 1].split("=")[1])
-            for _ in range(scale - len([c for c in mine if c["state"] == "running"])):
+            for _n in range(scale - len([c for c in mine if c["state"] == "running"])):
                 self._create(service, svc.image)
         return CommandResult(("docker", "compose", "up"), 0, "", "")
 
