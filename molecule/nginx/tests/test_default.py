@@ -360,7 +360,7 @@ class KeepAliveLoad:
             n += 1
             time.sleep(0.01)
 
-    def __enter__(self) -> "KeepAliveLoad":
+    def __enter__(self) -> KeepAliveLoad:
         for thread in self.threads:
             thread.start()
         time.sleep(0.5)
@@ -441,7 +441,8 @@ def test_a_websocket_route_completes_a_handshake_through_nginx(address):
         accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         assert b"sec-websocket-accept: " + accept.lower() in head.lower()
         payload, mask = b"hello", os.urandom(4)
-        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
         frame = sock.recv(2)
         body = b""
         while len(body) < frame[1] & 0x7F:
