@@ -619,6 +619,16 @@ def remove_upstream(
     )
 
 
+def empty_service_hosts(name: str, directory: str = DEFAULT_UPSTREAM_DIR, check_mode: bool = False) -> ActivationResult:
+    """A service that is gone: its hosts file without addresses (dnsmasq keeps the names of a removed file)."""
+    path = hosts_file_for(name, directory)
+    if read_text(path) is None:
+        return ActivationResult(path, False, "", None, note="no hosts file")
+    content = render_hosts(name, [], allow_empty=True)
+    changed, previous = write_hosts(path, content, check_mode)
+    return ActivationResult(path, changed, content, previous)
+
+
 __all__ = [
     "COMMAND_TIMEOUT_S",
     "DEFAULT_HOST_IP",
@@ -656,6 +666,7 @@ __all__ = [
     "container_ip",
     "container_port_of",
     "discover_servers",
+    "empty_service_hosts",
     "hosts_addresses",
     "hosts_dir_for",
     "hosts_file_for",

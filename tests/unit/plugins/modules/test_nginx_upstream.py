@@ -83,10 +83,14 @@ def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
         "reload": False,
         "lock_path": str(conf_dir.parent / "lock"),
     }
+    (conf_dir / "hosts.d").mkdir()
+    (conf_dir / "hosts.d" / "demo_legacy").write_text("# port 8000\n172.18.0.2 demo_legacy.opsbook.internal\n")
     removed = run_upstream(args, capsys)
     assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
-    assert not (conf_dir / "demo_legacy.conf").exists()
+    assert not (conf_dir / "demo_legacy.conf").exists()  # the upstream block of an earlier release
     assert calls_of(conf_dir) == ["-t"]
+    # Emptied, not removed: dnsmasq would keep serving the names of a removed file.
+    assert _upstream.hosts_addresses((conf_dir / "hosts.d" / "demo_legacy").read_text()) == []
     assert run_upstream(args, capsys)["changed"] is False
 
 
