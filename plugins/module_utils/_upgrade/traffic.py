@@ -74,8 +74,9 @@ class Traffic:
 
     `last_switch_at` (time.monotonic() of the last write that changed a service's addresses) and
     `resolver_valid_s` tell the drain when no Nginx worker can pick an old address any more: at
-    last_switch_at + resolver_valid_s + a margin (`switch_settled_at`). From then on only requests and streams
-    already sent to an old container (established connections from this host to its address) remain.
+    last_switch_at + resolver_valid_s + a margin (`switch_settled_at`); `switch` waits for that moment before it
+    returns. From then on only requests and streams already sent to an old container (established connections
+    from this host to its address) remain.
     """
 
     def __init__(self, settings: Settings, client: DockerClient):
@@ -100,9 +101,21 @@ class Traffic:
         return upstream_addresses(read_text(self.upstream_path(service)))
 
     def switch(self, service: str, servers: list[Server]) -> None:
+        """Write the service's addresses; return once no worker can pick the old ones any more.
+
+        Waiting out the resolver validity here (about 1.25 s, only when the addresses changed) means that when a
+        switch returns, whatever comes next (a bake, or removing the containers switched away from after an undo)
+        sees new requests on the new addresses only; the old containers keep only what was already sent to them.
+        """
         done = sync_upstream(self.s.project, service, servers=servers, directory=self.s.upstream_dir)
         if done.changed:
             self.last_switch_at = time.monotonic()
+            self.wait_switch_settled()
+
+    def wait_switch_settled(self) -> None:
+        settled = self.switch_settled_at()
+        if settled is not None:
+            time.sleep(max(0.0, settled - time.monotonic()))
 
     def sync_from_docker(self, service: str, port: int | None) -> bool:
         done = sync_upstream(self.s.project, service, port=port, directory=self.s.upstream_dir, docker=self.client)
