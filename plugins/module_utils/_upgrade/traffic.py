@@ -12,13 +12,15 @@ what it should list. A switch, the gate opening and closing and the final re-rea
 hosts files: Nginx is not reloaded, so no keep-alive client connection is closed. The gate is a loopback server
 that proxies to the name ``<project>_<service>_gate``, which lists the new containers only, so synthetic requests
 go through Nginx to them before any user request does. Its server block is written (with nginx -t and a reload)
-only when it does not exist yet or the gated service's port changed; closing the gate empties its name.
+only when it does not exist yet or the gated service's port changed (the nginx role renders it ahead for the
+first service of its project, so that one never needs it); closing the gate empties its name.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import re
 import socket
 import time
 
@@ -58,6 +60,24 @@ _GATE_SERVER = (
     "    }\n"
     "}\n"
 )
+
+
+_GATE_LISTEN_RE = re.compile(r"^\s*listen 127\.0\.0\.1:([0-9]+);", re.M)
+_GATE_TARGET_RE = re.compile(
+    r'^\s*set \$opsbook_gate "([^"]+)";\s*$\s*proxy_pass http://\$opsbook_gate:([0-9]+);', re.M
+)
+
+
+def gate_block_serves(content: str | None, gate_port: int, host: str, service_port: int) -> bool:
+    """Whether a gate server block (this module's, or the one the nginx role renders ahead) already listens on
+    gate_port and proxies to host:service_port: then opening the gate needs no reload."""
+    listen = _GATE_LISTEN_RE.search(content or "")
+    target = _GATE_TARGET_RE.search(content or "")
+    return bool(listen and target) and (int(listen.group(1)), target.group(1), int(target.group(2))) == (
+        gate_port,
+        host,
+        service_port,
+    )
 
 
 def upstream_addresses(content: str | None) -> list[str]:
@@ -140,7 +160,9 @@ class Traffic:
             "host": route_host(name),
             "service_port": _port_of(servers),
         }
-        if read_text(self.gate_file(service)) != block:
+        if not gate_block_serves(
+            read_text(self.gate_file(service)), self.s.gate_port, route_host(name), _port_of(servers)
+        ):
             activate(self.gate_file(service), block, nginx=self.nginx)
         self._wait_gate_listener()
         # A worker may hold the closed gate's empty answer for up to the resolver's validity.
@@ -168,4 +190,4 @@ class Traffic:
             write_hosts(hosts, render_hosts(name, [], allow_empty=True))
 
 
-__all__ = ["RESOLVER_MARGIN_S", "Traffic", "upstream_addresses"]
+__all__ = ["RESOLVER_MARGIN_S", "Traffic", "gate_block_serves", "upstream_addresses"]

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import socket
 import struct
@@ -27,6 +28,7 @@ import jinja2
 import pytest
 import yaml
 
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.traffic import gate_block_serves
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, sync_upstream
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "nginx"
@@ -60,6 +62,9 @@ def role_variables(overrides: dict) -> dict:
         **overrides,
     }
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["regex_escape"] = re.escape
+    env.filters["relpath"] = os.path.relpath
+    env.tests["match"] = lambda value, pattern: re.match(pattern, value) is not None
     context = {"ansible_facts": {"distribution": "Debian"}, "ansible_managed": "test", **raw}
     for _ in range(4):
         for key, value in raw.items():
@@ -178,6 +183,10 @@ class Stack:
         (self.conf / "nginx.conf").write_text(render("nginx.conf.j2", context))
         self.site = render("site.conf.j2", context)
         (self.conf / "conf.d" / "opsbook-site.conf").write_text(self.site)
+        self.gate_port = free_port()
+        assert context["__nginx_gate_dest"] == "upstreams.d/demo_gate.conf"
+        self.gate = render("gate.conf.j2", {**context, "nginx_gate_port": self.gate_port})
+        (self.conf / context["__nginx_gate_dest"]).write_text(self.gate)
         self.backends = [serve("127.0.0.2", self.port), serve("127.0.0.3", self.port)]
         self.switch("127.0.0.2")
         # As the role's opsbook-resolver.service starts it (its ExecStart, without the unit file's paths).
@@ -264,6 +273,25 @@ def keep_alive_client(port: int, stop: threading.Event, tally: dict, lock: threa
         n += 1
         time.sleep(0.005)
     conn.close()
+
+
+def test_the_role_renders_the_gate_the_upgrade_recognises(stack):
+    """The first upgrade of the project's first service opens its gate without a reload (docs/routing.md)."""
+    assert gate_block_serves(stack.gate, stack.gate_port, "demo_backend_gate.opsbook.internal", stack.port)
+    assert not gate_block_serves(stack.gate, stack.gate_port, "demo_backend_gate.opsbook.internal", stack.port + 1)
+    gate = "demo_backend_gate"
+    sync_upstream(name=gate, project="demo", service="backend_gate", servers=[Server("127.0.0.3:%d" % stack.port)],
+                  directory=str(stack.upstreams))  # fmt: skip
+    deadline = time.monotonic() + 3
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", stack.gate_port, timeout=5)
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        if response.status == 200:
+            assert response.read().decode().startswith("127.0.0.3")
+            break
+        assert time.monotonic() < deadline, "the gate does not answer 3 s after its hosts file was written"
+        time.sleep(0.1)
 
 
 def test_switches_under_keep_alive_load_lose_no_request_and_reload_nothing(stack):
