@@ -19,7 +19,7 @@ description:
     C(<directory>/hosts.d/<project>_<service>). The nginx role's resolver (dnsmasq) serves that file to Nginx as
     C(<project>_<service>.opsbook.internal), and the site proxies to that name with the container port
     (C(docs/routing.md)).
-  - The file is written atomically and only when it changes. Nginx is not reloaded: it uses the new addresses
+  - The file is written atomically and only when it changes. Nginx is not reloaded; it uses the new addresses
     within its resolver validity (1 s), and no keep-alive client connection is closed.
   - With O(servers) for a service, those servers (C(<ip>:<container port>)) are written as given. With O(name) and
     O(servers) alone (the app hosts behind an edge Nginx), an Nginx C(upstream) block is written to
@@ -157,7 +157,7 @@ options:
     default: 300
 notes:
   - The bridge address is the container's IPv4 address on its first network by name (C(docker inspect)); a
-    container of C(network_mode: host) is reached on 127.0.0.1.
+    container with host networking is reached on 127.0.0.1.
   - Containers created by C(docker compose run) are never part of the upstream.
 seealso:
   - name: ngx_http_upstream_module
