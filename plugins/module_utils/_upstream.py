@@ -2,22 +2,25 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""The Nginx upstream of a Compose service, rendered from Docker's state and activated safely.
+"""Which containers serve a Compose service, and the file that tells Nginx: rendered from Docker's state.
 
 Private to this collection: not a public API, it may change in any release.
 
-docs/architecture.md "Contracts": stateless web services publish each container on 127.0.0.1 with an ephemeral
-host port; the Nginx upstream file of a service lists the ports of its healthy containers. This module is the one
-place that renders that file, so the nginx role and the upgrade/rollback modules write the same thing:
+docs/routing.md: Nginx reaches a web service by name (``<project>_<service>.opsbook.internal``) through its
+``resolver``, a local dnsmasq that serves a hosts file per service with the bridge addresses of the service's
+healthy containers. Changing where a service's traffic goes is an atomic write of that file: no Nginx reload, so
+no keep-alive client connection is ever closed by a switch. This module is the one place that says which
+containers serve a service and renders that file, so the nginx role, the routing watcher and the upgrade and
+rollback modules write the same thing:
 
 - ``discover_servers`` asks the Docker Engine for the containers of a project's service (``_compose``: labels,
-  the one health verdict, the published loopback port) and keeps the healthy ones;
-- ``render_upstream`` turns a list of servers (discovered, or given explicitly with weights for a canary)
-  into an ``upstream`` block, in a deterministic order so that the same state renders the same bytes;
-- ``sync_upstream`` renders and activates, and refuses to write an upstream without servers.
+  the one health verdict) and keeps the healthy ones, as ``<container ip>:<container port>``;
+- ``render_hosts`` turns those servers into the service's hosts file (sorted, no timestamps: the same state
+  renders the same bytes); ``sync_upstream`` writes it atomically under its lock, never with no server at all;
+- explicit servers under an upstream name (the app hosts behind an edge Nginx) are still an ``upstream`` block
+  (``render_upstream``), activated by the one Nginx activation of ``_nginx`` (``nginx -t``, reload, put the
+  previous file back), since they change only when a converge changes them.
 
-Activation (write, ``nginx -t``, reload, put the previous file back) is the one in ``_nginx``; ``activate``,
-``NginxControl`` and the nginx errors are re-exported here for the callers that import them from this module.
 Standard library only: target hosts have neither the docker SDK nor anything else beyond python3.
 """
 
@@ -38,11 +41,9 @@ from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
     LABEL_SERVICE,
     LOOPBACK,
     NAME_RE,
-    WILDCARD_IPS,
     container_name,
     health_verdict,
     list_project_containers,
-    published_port,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DEFAULT_DOCKER_HOST,
@@ -50,7 +51,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._docker import (
     DockerError,
     DockerNotFound,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils._files import read_text
+from ansible_collections.opsbook.stack.plugins.module_utils._files import flock, read_text, write_atomic
 from ansible_collections.opsbook.stack.plugins.module_utils._nginx import (
     DEFAULT_LOCK_PATH,
     DEFAULT_LOCK_WAIT_S,
@@ -74,6 +75,16 @@ from ansible_collections.opsbook.stack.plugins.module_utils._process import (
 
 # Where upstream files live. The nginx role's nginx.conf includes upstreams.d/*.conf from its http block.
 DEFAULT_UPSTREAM_DIR = "/etc/nginx/upstreams.d"
+# The hosts files of the services live in this subdirectory of the upstream directory, which the resolver
+# (dnsmasq --hostsdir) watches. Files starting with "." (write_atomic's temporary files, the locks) are ignored.
+HOSTS_SUBDIR = "hosts.d"
+# The DNS zone of the services' names (.internal is reserved for private use).
+ROUTE_ZONE = "opsbook.internal"
+# Seconds Nginx keeps an answer of the resolver (its `resolver ... valid=`); a switch is complete after it.
+RESOLVER_VALID_S = 1
+# The label compose_app puts on web services: the container port Nginx proxies to (docs/contracts.md).
+LABEL_PORT = "io.opsbook.port"
+HOSTS_MODE = 0o644
 DEFAULT_KEEPALIVE = 32
 DEFAULT_ZONE_SIZE = "64k"
 DEFAULT_HOST_IP = LOOPBACK
@@ -82,8 +93,6 @@ COMMAND_TIMEOUT_S = DEFAULT_TIMEOUT_S
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(r"^[0-9]+[kKmM]?$")
 _TIME_RE = re.compile(r"^[0-9]+(ms|s|m|h|d)?$")
-# The two comment lines render_upstream puts above the block: a new header alone is no reason to rewrite.
-_HEADER_PREFIX = "# "
 
 
 # Every failure of an upstream write is an UpstreamError, the nginx activation's own failures included
@@ -291,6 +300,46 @@ def validate_upstream(upstream: Upstream) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
+def container_ip(info: dict[str, t.Any]) -> str:
+    """The address the host reaches a container on: its IPv4 address on a bridge network ('' when none).
+
+    Several networks: the first by name, so the choice is stable. network_mode host: the host's loopback.
+    """
+    if ((info.get("HostConfig") or {}).get("NetworkMode") or "") == "host":
+        return LOOPBACK
+    networks: dict[str, t.Any] = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    for name in sorted(networks):
+        address = (networks[name] or {}).get("IPAddress") or ""
+        if address:
+            return str(address)
+    return ""
+
+
+def container_port_of(info: dict[str, t.Any], port: int | None) -> tuple[int | None, str]:
+    """The container port Nginx proxies to: `port`, else the io.opsbook.port label, else the only published one."""
+    if port is not None:
+        return port, ""
+    label = ((info.get("Config") or {}).get("Labels") or info.get("Labels") or {}).get(LABEL_PORT)
+    if label and str(label).isdigit():
+        return int(label), ""
+    ports: dict[str, t.Any] = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    tcp = sorted(key for key in ports if key.endswith("/tcp"))
+    if len(tcp) == 1:
+        return int(tcp[0].split("/", 1)[0]), ""
+    return None, "no %s label and %s: set the container port" % (LABEL_PORT, ", ".join(tcp) or "no TCP port")
+
+
+def container_address(info: dict[str, t.Any], port: int | None) -> tuple[str, str]:
+    """`<ip>:<container port>` of a container (inspect or list item), or ('', why not)."""
+    chosen, reason = container_port_of(info, port)
+    if chosen is None:
+        return "", reason
+    address = container_ip(info)
+    if not address:
+        return "", "has no IPv4 address on a bridge network"
+    return "%s:%d" % (address, chosen), ""
+
+
 def discover_servers(
     client: DockerClient,
     project: str,
@@ -299,10 +348,12 @@ def discover_servers(
     host_ip: str = DEFAULT_HOST_IP,
     weights: dict[str, int] | None = None,
 ) -> Discovery:
-    """The servers of a Compose service: its running and healthy containers' published host ports.
+    """The servers of a Compose service: its running and healthy containers as `<bridge ip>:<container port>`.
 
     A container without a healthcheck counts as healthy while it runs. `weights` maps container names to a
-    weight (a canary). The servers come back sorted by address; `skipped` says why each other container is out.
+    weight (kept on the Server; the resolver cannot express it, see render_hosts). The servers come back sorted
+    by address; `skipped` says why each other container is out. `host_ip` is kept for callers of the published-
+    port addressing of earlier releases and is not used.
     """
     upstream_name(project, service)  # validates both names
     found = Discovery()
@@ -314,15 +365,13 @@ def discover_servers(
         name = container_name(info)
         verdict = health_verdict(info)
         reason = verdict.reason
-        host_port = None
+        address = ""
         if verdict.ok:
-            host_port, reason = published_port(info, port, host_ip)
-        if reason or host_port is None:
+            address, reason = container_address(info, port)
+        if reason or not address:
             found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason))
             continue
-        weight = (weights or {}).get(name)
-        address = "%s:%d" % (host_ip if host_ip not in WILDCARD_IPS else DEFAULT_HOST_IP, host_port)
-        found.servers.append(Server(address=address, weight=weight, comment=name))
+        found.servers.append(Server(address=address, weight=(weights or {}).get(name), comment=name))
     found.servers.sort(key=Server.sort_key)
     return found
 
@@ -350,20 +399,96 @@ def render_upstream(upstream: Upstream) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _body(text: str) -> str:
-    """The file without the comment lines above the upstream block."""
-    lines = text.splitlines(keepends=True)
-    while lines and lines[0].startswith(_HEADER_PREFIX):
-        lines.pop(0)
-    return "".join(lines)
+def route_host(name: str) -> str:
+    """The name Nginx resolves for an upstream name: `<name>.opsbook.internal`."""
+    validate_name(name)
+    return "%s.%s" % (name, ROUTE_ZONE)
 
 
-def keep_if_same_block(path: str, content: str) -> str:
-    """content, or the file's current text when the two differ only in the header comment."""
-    previous = read_text(path)
-    if previous is not None and previous != content and _body(previous) == _body(content):
-        return previous
-    return content
+def hosts_dir_for(upstream_dir: str = DEFAULT_UPSTREAM_DIR) -> str:
+    return os.path.join(upstream_dir, HOSTS_SUBDIR)
+
+
+def hosts_file_for(name: str, upstream_dir: str = DEFAULT_UPSTREAM_DIR) -> str:
+    """Path of the hosts file of an upstream name: <upstream_dir>/hosts.d/<name>."""
+    validate_name(name)
+    return os.path.join(hosts_dir_for(upstream_dir), name)
+
+
+def _hosts_lock(path: str) -> str:
+    # A dot file: dnsmasq reads every other file of its directory as a hosts file.
+    return os.path.join(os.path.dirname(path), ".%s.lock" % os.path.basename(path))
+
+
+def _split_ip_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        host = ""
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise UpstreamConfigError(
+            "server %r: a service reached through the resolver needs <IPv4 address>:<container port>" % address
+        )
+    return host, int(port)
+
+
+def render_hosts(name: str, servers: t.Sequence[Server], allow_empty: bool = False) -> str:
+    """The hosts file of an upstream name: one `<ip> <name>.opsbook.internal` line per server, sorted.
+
+    All servers share one port (the container port, which the site's proxy_pass carries). A DNS answer has no
+    weights: Nginx picks among the addresses at random, so a canary gets the share of its containers. No server
+    raises NoHealthyServers unless allow_empty (the closed gate: Nginx answers 502 for the name).
+    """
+    host = route_host(name)
+    if not servers and not allow_empty:
+        raise NoHealthyServers("upstream %s has no server: Nginx would answer 502 for every request" % name)
+    pairs: list[tuple[str, int, str]] = []
+    for server in sorted(servers, key=Server.sort_key):
+        validate_server(server)
+        address, port = _split_ip_port(server.address)
+        pairs.append((address, port, server.comment))
+    ports = sorted({port for _a, port, _c in pairs})
+    if len(ports) > 1:
+        raise UpstreamConfigError(
+            "upstream %s: servers on different ports %s; one container port per service"
+            % (name, ", ".join(map(str, ports)))
+        )
+    if len({address for address, _p, _c in pairs}) != len(pairs):
+        raise UpstreamConfigError("upstream %s lists an address twice" % name)
+    lines = [
+        "# Managed by opsbook.stack (module_utils/_upstream.py): the resolver (dnsmasq) serves these addresses",
+        "# to Nginx; only healthy containers are listed. Edits here are overwritten.",
+        "# port %s" % (ports[0] if ports else "-"),
+    ]
+    lines += ["%s %s%s" % (address, host, "  # " + comment if comment else "") for address, _p, comment in pairs]
+    return "\n".join(lines) + "\n"
+
+
+_HOSTS_PORT_RE = re.compile(r"^# port ([0-9]+)$", re.M)
+_HOSTS_LINE_RE = re.compile(r"^([0-9.]+)\s+\S+", re.M)
+
+
+def hosts_addresses(content: str | None) -> list[str]:
+    """`<ip>:<port>` of each line of a hosts file that render_hosts wrote ([] for none or no file)."""
+    port = _HOSTS_PORT_RE.search(content or "")
+    if not port:
+        return []
+    return ["%s:%s" % (m.group(1), port.group(1)) for m in _HOSTS_LINE_RE.finditer(content or "")]
+
+
+def write_hosts(path: str, content: str, check_mode: bool = False) -> tuple[bool, str | None]:
+    """Write a hosts file atomically when its bytes change; (changed, previous). Never removes one: dnsmasq
+    keeps the names of a removed file, so a name is emptied by writing a file without addresses."""
+    if not check_mode:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with flock(_hosts_lock(path), "hosts file %s" % os.path.basename(path), wait_s=DEFAULT_LOCK_WAIT_S):
+        previous = read_text(path)
+        if previous == content:
+            return False, previous
+        if not check_mode:
+            write_atomic(path, content, mode=HOSTS_MODE)
+        return True, previous
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -391,22 +516,28 @@ def sync_upstream(
     lock_path: str | None = DEFAULT_LOCK_PATH,
     lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
 ) -> SyncResult:
-    """Render the upstream of a Compose service (or of explicit servers) and activate it safely.
+    """Point the upstream of a Compose service at its healthy containers (or at explicit servers).
 
-    Without `servers` the servers are the service's healthy containers as Docker reports them. With
-    `servers` (a canary with weights, or the app hosts behind an edge Nginx) those are written as given.
-    No server at all raises NoHealthyServers and leaves the existing file alone.
+    With project and service: the service's hosts file (<directory>/hosts.d/<name>), written atomically when it
+    changes; the resolver serves it to Nginx within a second, without a reload. Without `servers` the servers
+    are the service's healthy containers as Docker reports them. With only a name and `servers` (the app hosts
+    behind an edge Nginx): an upstream block, activated with nginx -t and a reload. No server at all raises
+    NoHealthyServers and leaves the existing file alone.
     """
     if name is None:
         if not (project and service):
             raise UpstreamConfigError("give either project and service, or an upstream name")
         name = upstream_name(project, service)
     validate_name(name)
-    path = upstream_file_for(name, directory)
+    if not (project and service):
+        if servers is None:
+            raise UpstreamConfigError("upstream %s: without explicit servers, project and service are required" % name)
+        return _sync_block(
+            name, list(servers), directory, keepalive, zone_size, nginx, check_mode, reload, lock_path, lock_wait_s
+        )
+    path = hosts_file_for(name, directory)
     skipped: list[SkippedContainer] = []
     if servers is None:
-        if not (project and service):
-            raise UpstreamConfigError("upstream %s: without explicit servers, project and service are required" % name)
         try:
             found = discover_servers(docker or DockerClient(docker_host), project, service, port, host_ip, weights)
         except DockerError as exc:
@@ -415,22 +546,39 @@ def sync_upstream(
                 {"project": project, "service": service},
             ) from exc
         chosen, skipped = found.servers, found.skipped
-        source = 'the healthy containers of Compose service "%s" of project "%s"' % (service, project)
     else:
         chosen = list(servers)
-        source = "servers given explicitly" + (
-            ' for service "%s" of project "%s"' % (service, project) if project and service else ""
-        )
     if not chosen:
         why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
         raise NoHealthyServers(
-            "no healthy container for upstream %s (%s); %s was left as it is, nginx keeps the servers it has. "
+            "no healthy container for upstream %s (%s); %s was left as it is, Nginx keeps the servers it has. "
             "Check `docker compose ps` for the service." % (name, why, path),
             {"path": path, "skipped": [asdict(s) for s in skipped]},
         )
-    content = render_upstream(Upstream(name, tuple(chosen), keepalive, zone_size, source))
-    # The same servers from another source (the final re-read from Docker after an explicit switch): keep the file.
-    content = keep_if_same_block(path, content)
+    content = render_hosts(name, chosen)
+    changed, previous = write_hosts(path, content, check_mode)
+    weighted = len({s.weight or 1 for s in chosen}) > 1
+    note = "weights are not expressible through the resolver: each container gets an equal share" if weighted else ""
+    return SyncResult(name, path, changed, content, previous, sorted(chosen, key=Server.sort_key), skipped, note=note)
+
+
+def _sync_block(
+    name: str,
+    chosen: list[Server],
+    directory: str,
+    keepalive: int,
+    zone_size: str,
+    nginx: NginxControl | None,
+    check_mode: bool,
+    reload: bool,
+    lock_path: str | None,
+    lock_wait_s: float | None,
+) -> SyncResult:
+    """Explicit servers under an upstream name: an upstream block, through the one Nginx activation."""
+    path = upstream_file_for(name, directory)
+    if not chosen:
+        raise NoHealthyServers("upstream %s: no server given; %s was left as it is" % (name, path), {"path": path})
+    content = render_upstream(Upstream(name, tuple(chosen), keepalive, zone_size, "servers given explicitly"))
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
     done = activate(
@@ -443,7 +591,7 @@ def sync_upstream(
         content,
         done.previous,
         sorted(chosen, key=Server.sort_key),
-        skipped,
+        [],
         done.reloaded,
         done.reload_command,
         done.note,
@@ -471,6 +619,16 @@ def remove_upstream(
     )
 
 
+def empty_service_hosts(name: str, directory: str = DEFAULT_UPSTREAM_DIR, check_mode: bool = False) -> ActivationResult:
+    """A service that is gone: its hosts file without addresses (dnsmasq keeps the names of a removed file)."""
+    path = hosts_file_for(name, directory)
+    if read_text(path) is None:
+        return ActivationResult(path, False, "", None, note="no hosts file")
+    content = render_hosts(name, [], allow_empty=True)
+    changed, previous = write_hosts(path, content, check_mode)
+    return ActivationResult(path, changed, content, previous)
+
+
 __all__ = [
     "COMMAND_TIMEOUT_S",
     "DEFAULT_HOST_IP",
@@ -481,10 +639,14 @@ __all__ = [
     "DEFAULT_PID_FILE",
     "DEFAULT_UPSTREAM_DIR",
     "DEFAULT_ZONE_SIZE",
+    "HOSTS_SUBDIR",
     "LABEL_NUMBER",
     "LABEL_ONEOFF",
+    "LABEL_PORT",
     "LABEL_PROJECT",
     "LABEL_SERVICE",
+    "RESOLVER_VALID_S",
+    "ROUTE_ZONE",
     "ActivationResult",
     "CommandResult",
     "Discovery",
@@ -500,14 +662,23 @@ __all__ = [
     "UpstreamConfigError",
     "UpstreamError",
     "activate",
+    "container_address",
+    "container_ip",
+    "container_port_of",
     "discover_servers",
-    "keep_if_same_block",
+    "empty_service_hosts",
+    "hosts_addresses",
+    "hosts_dir_for",
+    "hosts_file_for",
     "nginx_error_line",
     "read_text",
     "remove_upstream",
+    "render_hosts",
     "render_upstream",
+    "route_host",
     "run_command",
     "sync_upstream",
     "upstream_file_for",
     "upstream_name",
+    "write_hosts",
 ]

@@ -10,22 +10,24 @@ __metaclass__ = type  # pylint: disable=invalid-name
 DOCUMENTATION = r"""
 ---
 module: nginx_upstream
-short_description: Render the Nginx upstream of a Compose service from its healthy containers, safely
+short_description: Point Nginx at the healthy containers of a Compose service, without a reload
 version_added: 0.1.0
 description:
   - Asks the Docker Engine for the containers of a Compose service (labels C(com.docker.compose.project) and
     C(com.docker.compose.service)), keeps the running and healthy ones (a container without a healthcheck
-    counts as healthy while it runs), reads the host port each one publishes on 127.0.0.1 for the service's
-    container port, and writes an Nginx C(upstream) block listing them, with a shared zone and a keepalive pool.
-  - Or writes the servers given in O(servers) as they are, for example weights during a canary, or the app
-    hosts behind an edge Nginx.
-  - The file is written atomically beside the old one, then C(nginx -t) checks the whole configuration. When
-    the check passes Nginx is reloaded gracefully (C(systemctl reload nginx), or C(nginx -s reload) without
-    systemd). When it fails the previous file is put back, Nginx keeps serving the last good configuration,
-    and the task fails with Nginx's own error line.
-  - When no container is healthy the module refuses to write an upstream without servers; the existing file
+    counts as healthy while it runs) and writes their bridge addresses to the service's hosts file,
+    C(<directory>/hosts.d/<project>_<service>). The nginx role's resolver (dnsmasq) serves that file to Nginx as
+    C(<project>_<service>.opsbook.internal), and the site proxies to that name with the container port
+    (C(docs/routing.md)).
+  - The file is written atomically and only when it changes. Nginx is not reloaded; it uses the new addresses
+    within its resolver validity (1 s), and no keep-alive client connection is closed.
+  - With O(servers) for a service, those servers (C(<ip>:<container port>)) are written as given. With O(name) and
+    O(servers) alone (the app hosts behind an edge Nginx), an Nginx C(upstream) block is written to
+    C(<directory>/<name>.conf); C(nginx -t) checks the whole configuration, Nginx is reloaded gracefully when it
+    passes, and the previous file is put back when it fails, with Nginx's own error line.
+  - When no container is healthy the module refuses to write a file without servers; the existing file
     stays and the task fails naming each container and why it was left out.
-  - The nginx role and the upgrade and rollback modules render upstreams with the same code
+  - The nginx role, its routing watcher and the upgrade and rollback modules render with the same code
     (C(plugins/module_utils/_upstream.py)), so they always agree on the file, and every writer of Nginx
     configuration activates through the same function (C(plugins/module_utils/_nginx.py)) under one lock.
 author:
@@ -45,8 +47,8 @@ attributes:
     support: full
   idempotent:
     support: full
-    details: The same containers on the same ports render the same bytes (servers sorted by address, no
-      timestamps), so the second run neither writes nor reloads.
+    details: The same containers render the same bytes (servers sorted by address, no timestamps), so the
+      second run writes nothing.
 options:
   project:
     description:
@@ -60,17 +62,20 @@ options:
     type: str
   name:
     description:
-      - Name of the upstream block and of its file C(<directory>/<name>.conf).
-      - Defaults to C(<project>_<service>), the name the nginx role's site uses in C(proxy_pass).
+      - Name of the upstream and of its file (C(<directory>/hosts.d/<name>) for a service, C(<directory>/<name>.conf)
+        for explicit servers).
+      - Defaults to C(<project>_<service>), the name the nginx role's site resolves.
     type: str
   port:
     description:
       - The container port of the service, for example V(8000).
-      - May be left out when each container publishes exactly one TCP port.
+      - May be left out when the containers carry the C(io.opsbook.port) label or publish exactly one TCP port.
     type: int
   servers:
     description:
       - Explicit servers instead of the containers Docker reports.
+      - For a service, C(<ipv4>:<container port>) on one port; weights cannot be expressed through the resolver
+        (each address gets an equal share, and RV(note) says so).
     type: list
     elements: dict
     suboptions:
@@ -102,7 +107,9 @@ options:
     type: dict
   state:
     description:
-      - V(present) writes the upstream, V(absent) removes its file (with the same check and restore).
+      - V(present) writes the upstream. V(absent) empties a service's hosts file (the resolver keeps the names of a
+        removed file; Nginx answers 502 for the name), or removes the file of explicit servers (with the same
+        check and restore).
     type: str
     choices: [present, absent]
     default: present
@@ -111,19 +118,22 @@ options:
     type: path
     default: /etc/nginx/upstreams.d
   keepalive:
-    description: Idle keepalive connections to the servers kept per worker; V(0) turns the pool off.
+    description: Idle keepalive connections to the servers kept per worker; V(0) turns the pool off. Explicit
+      servers under a name only.
     type: int
     default: 32
   zone_size:
-    description: Size of the shared memory zone of the upstream.
+    description: Size of the shared memory zone of the upstream. Explicit servers under a name only.
     type: str
     default: 64k
   host_ip:
-    description: The host address the containers publish their port on.
+    description: Not used since containers are reached at their bridge address; kept for playbooks of earlier
+      releases.
     type: str
     default: 127.0.0.1
   reload:
-    description: Reload Nginx gracefully after a change that passed C(nginx -t). A stopped Nginx is not started.
+    description: Reload Nginx gracefully after a change that passed C(nginx -t) (explicit servers under a name;
+      a service's hosts file needs no reload). A stopped Nginx is not started.
     type: bool
     default: true
   nginx_binary:
@@ -146,8 +156,8 @@ options:
     type: float
     default: 300
 notes:
-  - Published ports are read from C(docker inspect); a container publishing its port on every interface
-    (V(0.0.0.0)) is reached on 127.0.0.1 as well.
+  - The bridge address is the container's IPv4 address on its first network by name (C(docker inspect)); a
+    container with host networking is reached on 127.0.0.1.
   - Containers created by C(docker compose run) are never part of the upstream.
 seealso:
   - name: ngx_http_upstream_module
@@ -163,19 +173,19 @@ EXAMPLES = r"""
     port: 8000
   register: backend_upstream
 
-- name: Run it again; the containers did not change, so neither does the file (changed=false, no reload)
+- name: Run it again; the containers did not change, so neither does the file (changed=false)
   opsbook.stack.nginx_upstream:
     project: demo
     service: backend
     port: 8000
 
-- name: Canary, one new container takes one request in ten
+- name: Explicit containers for a service, for example the new ones only at a switch
   opsbook.stack.nginx_upstream:
     project: demo
     service: backend
     servers:
-      - {address: "127.0.0.1:49153", weight: 9, comment: demo-backend-1}
-      - {address: "127.0.0.1:49170", weight: 1, comment: demo-backend-3}
+      - {address: "172.18.0.5:8000", comment: demo-backend-3}
+      - {address: "172.18.0.6:8000", comment: demo-backend-4}
 
 - name: Edge Nginx, the app hosts' local Nginx on a fixed port
   opsbook.stack.nginx_upstream:
@@ -188,7 +198,7 @@ EXAMPLES = r"""
         max_fails: 2
         fail_timeout: 10s
 
-- name: Drop the upstream of a service that is gone
+- name: Empty the upstream of a service that is gone
   opsbook.stack.nginx_upstream:
     project: demo
     service: legacy
@@ -202,21 +212,21 @@ upstream:
   type: str
   sample: demo_backend
 path:
-  description: Path of the upstream file.
+  description: Path of the file (a service's hosts file, or the upstream block of explicit servers).
   returned: always
   type: str
-  sample: /etc/nginx/upstreams.d/demo_backend.conf
+  sample: /etc/nginx/upstreams.d/hosts.d/demo_backend
 content:
   description: The file as rendered (empty when O(state=absent)).
   returned: always
   type: str
-  sample: "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:49153;\n    keepalive 32;\n}\n"
+  sample: "# port 8000\n172.18.0.5 demo_backend.opsbook.internal  # demo-backend-1\n"
 servers:
   description: The servers of the upstream, in file order.
   returned: when O(state=present)
   type: list
   elements: dict
-  sample: [{"address": "127.0.0.1:49153", "weight": null, "max_fails": null, "fail_timeout": null,
+  sample: [{"address": "172.18.0.5:8000", "weight": null, "max_fails": null, "fail_timeout": null,
             "backup": false, "comment": "demo-backend-1"}]
 skipped:
   description: Containers of the service left out of the upstream, with the reason.
@@ -225,12 +235,13 @@ skipped:
   elements: dict
   sample: [{"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting"}]
 reloaded:
-  description: Whether Nginx was reloaded.
+  description: Whether Nginx was reloaded (never for a service's hosts file).
   returned: always
   type: bool
-  sample: true
+  sample: false
 note:
-  description: Why a changed file was not reloaded (check mode, Nginx not running, O(reload=false)).
+  description: Why a changed file was not reloaded (check mode, Nginx not running, O(reload=false)), or that
+    weights were given that the resolver cannot express.
   returned: always
   type: str
   sample: ""
@@ -258,6 +269,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
     NginxControl,
     Server,
     UpstreamError,
+    empty_service_hosts,
     remove_upstream,
     sync_upstream,
     upstream_name,
@@ -317,6 +329,12 @@ def main() -> None:
         if p["state"] == "absent":
             name = p["name"] or upstream_name(p["project"], p["service"])
             done = remove_upstream(name, p["directory"], **common)
+            if p["project"] and p["service"]:
+                # The service's hosts file, and an upstream block of an earlier release (removed above).
+                emptied = empty_service_hosts(name, p["directory"], check_mode=module.check_mode)
+                if emptied.changed or not done.changed:
+                    emptied.changed = emptied.changed or done.changed
+                    done = emptied
             result: dict[str, t.Any] = dict(
                 changed=done.changed,
                 upstream=name,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"
 from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PROJECT = "demo"
-UPSTREAM = "/etc/nginx/upstreams.d/demo_backend.conf"
+UPSTREAM = "/etc/nginx/upstreams.d/hosts.d/demo_backend"  # docs/routing.md
 JOURNAL = "/var/lib/opsbook/demo/releases"
 COMPOSE = "/opt/demo/compose.yaml"
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
@@ -115,14 +115,19 @@ def versions_running(host) -> list[str]:
 
 
 def upstream_ports(host) -> list[str]:
-    return sorted(re.findall(r"server 127\.0\.0\.1:(\d+)", host.file(UPSTREAM).content_string))
+    """The addresses the resolver serves for the backend (bridge IPs; docs/routing.md)."""
+    return sorted(re.findall(r"^(\d+\.\d+\.\d+\.\d+) ", host.file(UPSTREAM).content_string, re.M))
+
+
+def container_ip(host, cid: str) -> str:
+    return host.check_output("docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' %s" % cid)
 
 
 def container_ports(host) -> list[str]:
     ports = []
     for c in backend_containers(host):
         assert c["State"] == "running", "leftover container %s (%s)" % (c["Names"], c["State"])
-        ports.append(host.check_output("docker port %s 8000" % c["ID"]).rsplit(":", 1)[1])
+        ports.append(container_ip(host, c["ID"]).strip())
     return sorted(ports)
 
 
@@ -141,7 +146,9 @@ def assert_consistent(host, version: str) -> None:
     assert versions_running(host) == [version, version]
     assert upstream_ports(host) == container_ports(host)
     assert compose_image(host) == "registry:5000/demo-backend:%s" % version
-    assert not host.file("/etc/nginx/upstreams.d/demo_backend_gate.conf").exists
+    # The gate closed: its name lists no address (the file may not exist yet).
+    gate = host.run("cat /etc/nginx/upstreams.d/hosts.d/demo_backend_gate").stdout
+    assert not re.search(r"^\d", gate, re.M)
     assert all(r["status"] != "in_progress" for r in releases(host))
     assert all(r["phase"] in ("done", "failed", "rolled_back", "interrupted") for r in releases(host))
     assert host.run("nginx -t").rc == 0
@@ -356,7 +363,8 @@ def switched_to_new(host) -> bool:
     new_ports = set()
     for c in backend_containers(host):
         if c["State"] == "running" and c["Image"].endswith(":2.0"):
-            out = host.run("docker port %s 8000" % c["ID"]).stdout.strip()
+            out = host.run("docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' %s"
+                           % c["ID"]).stdout.strip()
             if out:
-                new_ports.add(out.splitlines()[0].rsplit(":", 1)[1])
+                new_ports.add(out)
     return bool(new_ports) and set(upstream_ports(host)) == new_ports

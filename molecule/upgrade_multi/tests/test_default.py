@@ -63,10 +63,12 @@ def versions(name: str) -> list[str]:
 
 def upstream_matches_containers(name: str) -> bool:
     host = node(name)
-    listed = sorted(re.findall(r"server 127\.0\.0\.1:(\d+)", host.file("/etc/nginx/upstreams.d/demo_backend.conf")
-                               .content_string))
+    # The bridge addresses the resolver serves (docs/routing.md).
+    listed = sorted(re.findall(r"^(\d+\.\d+\.\d+\.\d+) ", host.file("/etc/nginx/upstreams.d/hosts.d/demo_backend")
+                               .content_string, re.M))
     ids = host.check_output("docker ps -aq --filter label=com.docker.compose.service=backend").split()
-    ports = sorted(host.check_output("docker port %s 8000" % cid).rsplit(":", 1)[1] for cid in ids)
+    ports = sorted(host.check_output("docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' %s"
+                                     % cid).strip() for cid in ids)
     return listed == ports
 
 

@@ -30,6 +30,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._docker import Docke
 from ansible_collections.opsbook.stack.plugins.module_utils._probes import ContainerProbe, check_container
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.compose_file import split_image
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import Container, UpgradeError
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import container_address
 
 REGISTRY_TIMEOUT_S = 20.0
 _DOCKER_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -84,6 +85,7 @@ def to_container(item: dict[str, t.Any], port: int | None) -> Container:
         number=container_number(item.get("Labels")),
         created=float(item.get("Created", 0)),
         host_port=host_port,
+        endpoint=container_address(item, port)[0] if port is not None else "",
     )
 
 

@@ -148,9 +148,13 @@ class Container:
     number: int
     created: float
     host_port: int | None = None
+    # Where Nginx reaches it (docs/routing.md): <bridge ip>:<container port>, as _upstream.container_address says.
+    endpoint: str = ""
 
     @property
     def address(self) -> str:
+        if self.endpoint:
+            return self.endpoint
         return "127.0.0.1:%d" % self.host_port if self.host_port else ""
 
 

@@ -2,92 +2,173 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Where the traffic of a service goes during a rolling upgrade: its Nginx upstream and the loopback gate.
+"""Where the traffic of a service goes during a rolling upgrade: its hosts file and the loopback gate.
 
 Private to this collection: not a public API, it may change in any release.
 
-The upstream file is rendered and activated by the one shared function (module_utils/_upstream.py); this file
-only says what it should list. The gate is a temporary loopback server whose upstream is the new containers
-only, so synthetic requests go through Nginx to them before any user request does.
+docs/routing.md: Nginx resolves each service's name through the local resolver, which serves the service's hosts
+file; the one shared function (module_utils/_upstream.py) renders and writes that file, and this module only says
+what it should list. A switch, the gate opening and closing and the final re-read from Docker are atomic writes of
+hosts files: Nginx is not reloaded, so no keep-alive client connection is closed. The gate is a loopback server
+that proxies to the name ``<project>_<service>_gate``, which lists the new containers only, so synthetic requests
+go through Nginx to them before any user request does. Its server block is written (with nginx -t and a reload)
+only when it does not exist yet or the gated service's port changed (the nginx role renders it ahead for the
+first service of its project, so that one never needs it); closing the gate empties its name.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import os
 import re
 import socket
 import time
 
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient
 from ansible_collections.opsbook.stack.plugins.module_utils._files import read_text
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import nginx_workers
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import Settings, UpgradeError
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
+    RESOLVER_VALID_S,
     NginxControl,
     Server,
-    Upstream,
     activate,
-    render_upstream,
+    hosts_addresses,
+    hosts_file_for,
+    render_hosts,
+    route_host,
     sync_upstream,
     upstream_file_for,
     upstream_name,
+    write_hosts,
 )
 
 GATE_LISTEN_WAIT_S = 10.0
-_UPSTREAM_SERVER_RE = re.compile(r"^\s*server\s+(\S+?)(\s[^;]*)?;", re.M)
+# Margin on top of the resolver's validity: the workers' cached answers have expired for sure after it.
+RESOLVER_MARGIN_S = 0.25
 _GATE_SERVER = (
-    "# The gate of opsbook.stack rolling_upgrade: synthetic requests reach the new containers through\n"
-    "# Nginx before any user request does. Loopback only; removed when the gate is done.\n"
+    "# The gate of opsbook.stack rolling_upgrade: synthetic requests reach the new containers through Nginx\n"
+    "# before any user request does. Loopback only. The name lists the new containers while a gate is open and\n"
+    "# nothing otherwise (Nginx answers 502); opening and closing it writes %(hosts)s, no reload.\n"
     "server {\n"
-    "    listen 127.0.0.1:%d;\n"
+    "    listen 127.0.0.1:%(port)d;\n"
     "    location / {\n"
-    "        proxy_pass http://%s;\n"
+    '        set $opsbook_gate "%(host)s";\n'
+    "        proxy_pass http://$opsbook_gate:%(service_port)d;\n"
     "        proxy_http_version 1.1;\n"
-    "        proxy_set_header Connection \"\";\n"
+    '        proxy_set_header Connection "";\n'
     "        proxy_set_header Host $host;\n"
     "    }\n"
     "}\n"
 )
 
 
+_GATE_LISTEN_RE = re.compile(r"^\s*listen 127\.0\.0\.1:([0-9]+);", re.M)
+_GATE_TARGET_RE = re.compile(
+    r'^\s*set \$opsbook_gate "([^"]+)";\s*$\s*proxy_pass http://\$opsbook_gate:([0-9]+);', re.M
+)
+
+
+def gate_block_serves(content: str | None, gate_port: int, host: str, service_port: int) -> bool:
+    """Whether a gate server block (this module's, or the one the nginx role renders ahead) already listens on
+    gate_port and proxies to host:service_port: then opening the gate needs no reload."""
+    listen = _GATE_LISTEN_RE.search(content or "")
+    target = _GATE_TARGET_RE.search(content or "")
+    return bool(listen and target) and (int(listen.group(1)), target.group(1), int(target.group(2))) == (
+        gate_port,
+        host,
+        service_port,
+    )
+
+
 def upstream_addresses(content: str | None) -> list[str]:
-    return [m.group(1) for m in _UPSTREAM_SERVER_RE.finditer(content or "")]
+    """The `<ip>:<port>` addresses a service's hosts file lists."""
+    return hosts_addresses(content)
+
+
+def _port_of(servers: list[Server]) -> int:
+    return int(servers[0].address.rpartition(":")[2])
 
 
 class Traffic:
-    """The upstream of each service of one project, and the gate; remembers the Nginx workers of before a switch
-    (the only ones that still route to the containers switched away from, which the drain waits for)."""
+    """The hosts file of each service of one project, and the gate.
+
+    `last_switch_at` (time.monotonic() of the last write that changed a service's addresses) and
+    `resolver_valid_s` tell the drain when no Nginx worker can pick an old address any more: at
+    last_switch_at + resolver_valid_s + a margin (`switch_settled_at`); `switch` waits for that moment before it
+    returns. From then on only requests and streams already sent to an old container (established connections
+    from this host to its address) remain.
+    """
 
     def __init__(self, settings: Settings, client: DockerClient):
         self.s = settings
         self.client = client
         self.nginx = NginxControl(binary=settings.nginx_binary, reload_command=settings.nginx_reload_command)
+        # No reload happens at a switch, so no Nginx worker of an older configuration is left to wait for.
         self.workers_before_switch: set[int] = set()
+        self.resolver_valid_s: float = float(RESOLVER_VALID_S)
+        self.last_switch_at: float | None = None
+
+    def switch_settled_at(self) -> float | None:
+        """time.monotonic() after which no worker resolves a service to addresses of before the last switch."""
+        if self.last_switch_at is None:
+            return None
+        return self.last_switch_at + self.resolver_valid_s + RESOLVER_MARGIN_S
 
     def upstream_path(self, service: str) -> str:
-        return upstream_file_for(upstream_name(self.s.project, service), self.s.upstream_dir)
+        return hosts_file_for(upstream_name(self.s.project, service), self.s.upstream_dir)
 
     def serving(self, service: str) -> list[str]:
         return upstream_addresses(read_text(self.upstream_path(service)))
 
     def switch(self, service: str, servers: list[Server]) -> None:
-        self.workers_before_switch = nginx_workers()
-        sync_upstream(self.s.project, service, servers=servers, directory=self.s.upstream_dir, nginx=self.nginx)
+        """Write the service's addresses; return once no worker can pick the old ones any more.
+
+        Waiting out the resolver validity here (about 1.25 s, only when the addresses changed) means that when a
+        switch returns, whatever comes next (a bake, or removing the containers switched away from after an undo)
+        sees new requests on the new addresses only; the old containers keep only what was already sent to them.
+        """
+        done = sync_upstream(self.s.project, service, servers=servers, directory=self.s.upstream_dir)
+        if done.changed:
+            self.last_switch_at = time.monotonic()
+            self.wait_switch_settled()
+
+    def wait_switch_settled(self) -> None:
+        settled = self.switch_settled_at()
+        if settled is not None:
+            time.sleep(max(0.0, settled - time.monotonic()))
 
     def sync_from_docker(self, service: str, port: int | None) -> bool:
-        return sync_upstream(
-            self.s.project, service, port=port, directory=self.s.upstream_dir, nginx=self.nginx, docker=self.client
-        ).changed
+        done = sync_upstream(self.s.project, service, port=port, directory=self.s.upstream_dir, docker=self.client)
+        if done.changed:
+            self.last_switch_at = time.monotonic()
+        return done.changed
+
+    def gate_name(self, service: str) -> str:
+        return upstream_name(self.s.project, service) + "_gate"
 
     def gate_file(self, service: str) -> str:
-        return upstream_file_for(upstream_name(self.s.project, service) + "_gate", self.s.upstream_dir)
+        """The gate's server block (one per project: the gate port is the project's)."""
+        return upstream_file_for(self.s.project + "_gate", self.s.upstream_dir)
 
     def open_gate(self, service: str, servers: list[Server]) -> None:
-        name = upstream_name(self.s.project, service) + "_gate"
-        block = render_upstream(Upstream(name, tuple(servers), keepalive=8, source="the new containers under test"))
-        activate(self.gate_file(service), block + _GATE_SERVER % (self.s.gate_port, name), nginx=self.nginx)
+        name = self.gate_name(service)
+        hosts = hosts_file_for(name, self.s.upstream_dir)
+        write_hosts(hosts, render_hosts(name, servers))
+        block = _GATE_SERVER % {
+            "hosts": hosts,
+            "port": self.s.gate_port,
+            "host": route_host(name),
+            "service_port": _port_of(servers),
+        }
+        if not gate_block_serves(
+            read_text(self.gate_file(service)), self.s.gate_port, route_host(name), _port_of(servers)
+        ):
+            activate(self.gate_file(service), block, nginx=self.nginx)
+        self._wait_gate_listener()
+        # A worker may hold the closed gate's empty answer for up to the resolver's validity.
+        time.sleep(self.resolver_valid_s + RESOLVER_MARGIN_S)
+
+    def _wait_gate_listener(self) -> None:
         # `systemctl reload` returns once the signal is sent; the master opens the new listener a moment later.
         deadline = time.monotonic() + GATE_LISTEN_WAIT_S
         while True:
@@ -103,8 +184,10 @@ class Traffic:
                 time.sleep(0.05)
 
     def close_gate(self, service: str) -> None:
-        if os.path.exists(self.gate_file(service)):
-            activate(self.gate_file(service), None, nginx=self.nginx)
+        name = self.gate_name(service)
+        hosts = hosts_file_for(name, self.s.upstream_dir)
+        if read_text(hosts) is not None:
+            write_hosts(hosts, render_hosts(name, [], allow_empty=True))
 
 
-__all__ = ["Traffic", "upstream_addresses"]
+__all__ = ["RESOLVER_MARGIN_S", "Traffic", "gate_block_serves", "upstream_addresses"]

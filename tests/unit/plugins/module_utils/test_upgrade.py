@@ -33,6 +33,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     target_image,
     upstream_addresses,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, render_hosts
 
 COMPOSE = """\
 # Managed by opsbook.stack.compose_app; edit the inventory, not this file.
@@ -200,11 +201,10 @@ def test_established_on_ports_counts_only_established_rows(tmp_path):
 
 
 def test_upstream_addresses_reads_the_shared_functions_file():
-    content = (
-        "upstream demo_backend {\n    zone demo_backend 64k;\n    server 127.0.0.1:32768;  # demo-backend-1\n"
-        "    server 127.0.0.1:32770 weight=10;  # demo-backend-3\n    keepalive 32;\n}\n"
+    content = render_hosts(
+        "demo_backend", [Server("172.18.0.4:8000", comment="demo-backend-3"), Server("172.18.0.2:8000")]
     )
-    assert upstream_addresses(content) == ["127.0.0.1:32768", "127.0.0.1:32770"]
+    assert upstream_addresses(content) == ["172.18.0.2:8000", "172.18.0.4:8000"]
     assert upstream_addresses(None) == []
 
 

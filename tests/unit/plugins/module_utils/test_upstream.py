@@ -76,7 +76,16 @@ def systemd_nginx(runner, tmp_path) -> NginxControl:
 
 
 def container(
-    cid, name, number, status="running", health="healthy", ports=None, oneoff=False, project="demo", service="backend"
+    cid,
+    name,
+    number,
+    status="running",
+    health="healthy",
+    ports=None,
+    oneoff=False,
+    project="demo",
+    service="backend",
+    ip="auto",
 ):
     labels = {
         up.LABEL_PROJECT: project,
@@ -93,7 +102,13 @@ def container(
         "Name": "/" + name,
         "Config": {"Labels": labels},
         "State": state,
-        "NetworkSettings": {"Ports": ports if ports is not None else {}},
+        "NetworkSettings": {
+            "Ports": ports if ports is not None else {},
+            # A running container has an address on the project's bridge network; an exited one none.
+            "Networks": {"%s_default" % project: {"IPAddress": ("172.18.0.%d" % (number + 1)) if ip == "auto" else ip}}
+            if status == "running"
+            else {},
+        },
     }
     return listing, inspect
 
@@ -253,40 +268,50 @@ def test_nginx_error_line_picks_nginx_own_words():
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_discovery_keeps_running_healthy_containers_with_a_loopback_port():
+def test_discovery_keeps_running_healthy_containers_at_their_bridge_address():
+    """Nginx reaches a container at <bridge ip>:<container port> (docs/routing.md): no published port involved,
+    so a container that Docker restarts on another host port is still found where it is."""
     engine = FakeEngine(
         container("c2", "demo-backend-2", 2, ports=published(49160)),
         container("c1", "demo-backend-1", 1, ports=published(49153)),
         container("c3", "demo-backend-3", 3, health="starting", ports=published(49170)),
         container("c4", "demo-backend-4", 4, health="unhealthy", ports=published(49171)),
         container("c5", "demo-backend-5", 5, status="exited", ports={}),
-        container("c6", "demo-backend-6", 6, health=None, ports=published(49180)),  # no healthcheck: counts
+        container("c6", "demo-backend-6", 6, health=None, ports={}),  # no healthcheck, nothing published: counts
         container("c7", "demo-backend-run-1", 7, oneoff=True, ports=published(49190)),
-        container("c8", "demo-backend-8", 8, ports={"8000/tcp": None}),
-        container("c9", "demo-backend-9", 9, ports=published(49199, host_ip="10.1.2.3")),
+        container("c8", "demo-backend-8", 8, ip=""),
     )
     found = discover_servers(engine, "demo", "backend", 8000)
     assert engine.queries == [({up.LABEL_PROJECT: "demo", up.LABEL_SERVICE: "backend"}, True)]
     assert [(s.address, s.comment) for s in found.servers] == [
-        ("127.0.0.1:49153", "demo-backend-1"),
-        ("127.0.0.1:49160", "demo-backend-2"),
-        ("127.0.0.1:49180", "demo-backend-6"),
+        ("172.18.0.2:8000", "demo-backend-1"),
+        ("172.18.0.3:8000", "demo-backend-2"),
+        ("172.18.0.7:8000", "demo-backend-6"),
     ]
     reasons = {s.name: s.reason for s in found.skipped}
     assert reasons == {
         "demo-backend-3": "health is starting",
         "demo-backend-4": "health is unhealthy",
         "demo-backend-5": "not running (exited)",
-        "demo-backend-8": "container port 8000/tcp is not published",
-        "demo-backend-9": "container port 8000/tcp is published on 10.1.2.3:49199, not on 127.0.0.1",
+        "demo-backend-8": "has no IPv4 address on a bridge network",
     }
 
 
-def test_discovery_port_on_every_interface_and_implicit_container_port():
+def test_discovery_container_port_from_the_label_or_the_only_published_port():
     ports = published(32768, host_ip="0.0.0.0", container_port="8080/tcp")
     engine = FakeEngine(container("c1", "demo-web-1", 1, ports=ports, service="web"))
-    found = discover_servers(engine, "demo", "web")  # one published TCP port: no need to name it
-    assert [s.address for s in found.servers] == ["127.0.0.1:32768"]
+    assert [s.address for s in discover_servers(engine, "demo", "web").servers] == ["172.18.0.2:8080"]
+    listing, inspect = container("c2", "demo-web-2", 2, ports={}, service="web")
+    inspect["Config"]["Labels"][up.LABEL_PORT] = "9000"
+    assert [s.address for s in discover_servers(FakeEngine((listing, inspect)), "demo", "web").servers] == [
+        "172.18.0.3:9000"
+    ]
+
+
+def test_container_ip_of_a_host_network_container_is_loopback():
+    assert up.container_ip({"HostConfig": {"NetworkMode": "host"}, "NetworkSettings": {"Networks": {}}}) == "127.0.0.1"
+    two = {"NetworkSettings": {"Networks": {"z_net": {"IPAddress": "10.0.9.2"}, "a_net": {"IPAddress": "10.0.1.2"}}}}
+    assert up.container_ip(two) == "10.0.1.2"  # the first network by name: a stable choice
 
 
 def test_discovery_needs_the_port_when_several_are_published():
@@ -302,7 +327,7 @@ def test_discovery_weights_by_container_name():
         container("c3", "demo-backend-3", 3, ports=published(40003)),
     )
     found = discover_servers(engine, "demo", "backend", 8000, weights={"demo-backend-3": 1, "demo-backend-1": 9})
-    assert [(s.address, s.weight) for s in found.servers] == [("127.0.0.1:40001", 9), ("127.0.0.1:40003", 1)]
+    assert [(s.address, s.weight) for s in found.servers] == [("172.18.0.2:8000", 9), ("172.18.0.4:8000", 1)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -401,7 +426,9 @@ def test_reload_failure_is_reported(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_sync_from_docker_then_idempotent(tmp_path):
+def test_sync_from_docker_writes_the_hosts_file_without_touching_nginx_then_is_quiet(tmp_path):
+    """A service's routing is its hosts file: written atomically, read by the resolver; no nginx -t, no reload
+    (a reload closes idle keep-alive client connections: docs/routing.md)."""
     engine = FakeEngine(
         container("c1", "demo-backend-1", 1, ports=published(49153)),
         container("c2", "demo-backend-2", 2, ports=published(49160)),
@@ -415,69 +442,84 @@ def test_sync_from_docker_then_idempotent(tmp_path):
         lock_path=str(tmp_path / "lock"),
     )
     first = sync_upstream("demo", "backend", **kwargs)
-    assert first.changed and first.reloaded and first.name == "demo_backend"
-    text = (tmp_path / "upstreams.d" / "demo_backend.conf").read_text()
-    assert "server 127.0.0.1:49153;  # demo-backend-1\n    server 127.0.0.1:49160;  # demo-backend-2\n" in text
-    assert 'Compose service "backend" of project "demo"' in text
+    assert first.changed and not first.reloaded and first.name == "demo_backend"
+    path = tmp_path / "upstreams.d" / "hosts.d" / "demo_backend"
+    assert first.path == str(path)
+    text = path.read_text()
+    assert text.endswith(
+        "# port 8000\n"
+        "172.18.0.2 demo_backend.opsbook.internal  # demo-backend-1\n"
+        "172.18.0.3 demo_backend.opsbook.internal  # demo-backend-2\n"
+    )
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"  # dnsmasq reads it as nobody
+    assert up.hosts_addresses(text) == ["172.18.0.2:8000", "172.18.0.3:8000"]
     second = sync_upstream("demo", "backend", **kwargs)
     assert not second.changed and not second.reloaded
-    assert second.to_dict()["servers"][0]["address"] == "127.0.0.1:49153"
+    assert runner.calls == []
+    # Only the file and its (dot) lock: dnsmasq reads every other file of the directory.
+    assert sorted(os.listdir(path.parent)) == [".demo_backend.lock", "demo_backend"]
 
 
 def test_sync_refuses_an_upstream_without_servers(tmp_path):
     directory = tmp_path / "upstreams.d"
-    directory.mkdir()
-    (directory / "demo_backend.conf").write_text("last good\n")
+    (directory / "hosts.d").mkdir(parents=True)
+    (directory / "hosts.d" / "demo_backend").write_text("last good\n")
     engine = FakeEngine(container("c1", "demo-backend-1", 1, health="unhealthy", ports=published(49153)))
-    runner = RecordingRunner()
     with pytest.raises(NoHealthyServers) as caught:
-        sync_upstream(
-            "demo",
-            "backend",
-            port=8000,
-            directory=str(directory),
-            docker=engine,
-            nginx=systemd_nginx(runner, tmp_path),
-            lock_path=None,
-        )
+        sync_upstream("demo", "backend", port=8000, directory=str(directory), docker=engine)
     assert "demo-backend-1: health is unhealthy" in str(caught.value)
     assert "left as it is" in str(caught.value)
-    assert (directory / "demo_backend.conf").read_text() == "last good\n"
-    assert runner.calls == []
+    assert (directory / "hosts.d" / "demo_backend").read_text() == "last good\n"
 
 
-def test_sync_with_explicit_weighted_servers_for_a_canary(tmp_path):
+def test_sync_with_explicit_weighted_servers_says_the_weights_are_not_kept(tmp_path):
+    servers = [Server("172.18.0.9:8000", weight=1, comment="new"), Server("172.18.0.2:8000", weight=9, comment="old")]
+    result = sync_upstream("demo", "backend", servers=servers, directory=str(tmp_path))
+    assert [s.address for s in result.servers] == ["172.18.0.2:8000", "172.18.0.9:8000"]
+    assert result.content.endswith(
+        "172.18.0.2 demo_backend.opsbook.internal  # old\n172.18.0.9 demo_backend.opsbook.internal  # new\n"
+    )
+    assert "weights are not expressible" in result.note
+
+
+def test_final_reread_after_a_switch_writes_nothing(tmp_path):
+    """After a switch with explicit servers, the re-read from Docker finds the same servers: the same bytes."""
+    servers = [Server("172.18.0.2:8000", comment="demo-backend-1")]
+    kwargs = dict(directory=str(tmp_path / "upstreams.d"))
+    first = sync_upstream("demo", "backend", servers=servers, **kwargs)
+    assert first.changed
+    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
+    again = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
+    assert not again.changed and again.content == first.content
+    engine = FakeEngine(container("c2", "demo-backend-2", 2, ports=published(49160)))
+    moved = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
+    assert moved.changed and "172.18.0.3 demo_backend.opsbook.internal" in moved.content
+
+
+def test_render_hosts_refuses_what_the_resolver_cannot_say():
+    with pytest.raises(UpstreamConfigError, match="different ports"):
+        up.render_hosts("demo_backend", [Server("172.18.0.2:8000"), Server("172.18.0.3:9000")])
+    with pytest.raises(UpstreamConfigError, match="IPv4 address"):
+        up.render_hosts("demo_backend", [Server("127.0.0.1:49153".replace("127.0.0.1", "backend"))])
+    with pytest.raises(NoHealthyServers):
+        up.render_hosts("demo_backend", [])
+    closed = up.render_hosts("demo_backend_gate", [], allow_empty=True)
+    assert up.hosts_addresses(closed) == [] and "opsbook.internal" not in closed.split("# port")[1]
+
+
+def test_explicit_servers_under_a_name_stay_an_upstream_block(tmp_path):
+    """The app hosts behind an edge Nginx change only at a converge: an upstream block, nginx -t, a reload."""
     runner = RecordingRunner()
-    servers = [Server("127.0.0.1:40003", weight=1, comment="new"), Server("127.0.0.1:40001", weight=9, comment="old")]
-    result = sync_upstream(
-        "demo",
-        "backend",
-        servers=servers,
+    done = sync_upstream(
+        name="app_hosts",
+        servers=[Server("10.0.0.6:80", weight=2), Server("10.0.0.5:80")],
         directory=str(tmp_path),
         nginx=systemd_nginx(runner, tmp_path),
         lock_path=None,
     )
-    assert [s.address for s in result.servers] == ["127.0.0.1:40001", "127.0.0.1:40003"]
-    assert "server 127.0.0.1:40001 weight=9;  # old\n    server 127.0.0.1:40003 weight=1;  # new\n" in result.content
-
-
-def test_final_reread_keeps_the_file_when_only_the_header_differs(tmp_path):
-    """After a switch with explicit servers, the re-read from Docker finds the same servers: no rewrite, no reload."""
-    runner = RecordingRunner()
-    nginx = systemd_nginx(runner, tmp_path)
-    servers = [Server("127.0.0.1:49153", comment="demo-backend-1")]
-    kwargs = dict(directory=str(tmp_path / "upstreams.d"), nginx=nginx, lock_path=None)
-    first = sync_upstream("demo", "backend", servers=servers, **kwargs)
-    assert first.changed and "servers given explicitly" in first.content
-    runner.calls.clear()
-    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
-    again = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
-    assert not again.changed and runner.calls == []
-    assert again.content == first.content == (tmp_path / "upstreams.d" / "demo_backend.conf").read_text()
-    # A different server is a change, header and all.
-    engine = FakeEngine(container("c2", "demo-backend-2", 2, ports=published(49160)))
-    moved = sync_upstream("demo", "backend", port=8000, docker=engine, **kwargs)
-    assert moved.changed and 'Compose service "backend"' in moved.content
+    assert done.changed and done.reloaded and done.path == str(tmp_path / "app_hosts.conf")
+    assert "    server 10.0.0.5:80;\n    server 10.0.0.6:80 weight=2;\n" in done.content
+    assert runner.verbs[0] == "nginx -t"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -532,10 +574,13 @@ def test_discovery_against_the_real_engine(tmp_path):
             found = discover_servers(client, project, "backend", 8000)
         assert [s.comment for s in sorted(found.servers, key=lambda s: s.comment)] == names
         for server in found.servers:
-            port = subprocess.run(
-                ["docker", "port", server.comment, "8000/tcp"], capture_output=True, text=True, check=True
-            ).stdout.split()[0]
-            assert port == server.address
+            ip = subprocess.run(
+                ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", server.comment],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            assert server.address == "%s:8000" % ip
     finally:
         if names:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=False)

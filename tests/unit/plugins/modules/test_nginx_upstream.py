@@ -83,10 +83,14 @@ def test_module_state_absent_removes_the_file_once(fake_nginx, capsys):
         "reload": False,
         "lock_path": str(conf_dir.parent / "lock"),
     }
+    (conf_dir / "hosts.d").mkdir()
+    (conf_dir / "hosts.d" / "demo_legacy").write_text("# port 8000\n172.18.0.2 demo_legacy.opsbook.internal\n")
     removed = run_upstream(args, capsys)
     assert removed["changed"] is True and removed["upstream"] == "demo_legacy"
-    assert not (conf_dir / "demo_legacy.conf").exists()
+    assert not (conf_dir / "demo_legacy.conf").exists()  # the upstream block of an earlier release
     assert calls_of(conf_dir) == ["-t"]
+    # Emptied, not removed: dnsmasq would keep serving the names of a removed file.
+    assert _upstream.hosts_addresses((conf_dir / "hosts.d" / "demo_legacy").read_text()) == []
     assert run_upstream(args, capsys)["changed"] is False
 
 
@@ -113,7 +117,7 @@ def test_module_discovers_from_the_docker_host_of_the_environment(fake_nginx, mo
         container("c1", "demo-backend-1", 1, ports=published(49153)),
         container("c2", "demo-backend-2", 2, health="starting", ports=published(49160)),
     )
-    hosts = engine_for(monkeypatch, engine)
+    engines = engine_for(monkeypatch, engine)
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.8.7:2375")
     args = {
         "project": "demo",
@@ -125,16 +129,18 @@ def test_module_discovers_from_the_docker_host_of_the_environment(fake_nginx, mo
         "lock_path": str(conf_dir.parent / "lock"),
     }
     result = run_upstream(args, capsys)
-    assert hosts == ["tcp://10.9.8.7:2375"]
+    assert engines == ["tcp://10.9.8.7:2375"]
     assert result["changed"] is True and result["upstream"] == "demo_backend"
-    assert [s["address"] for s in result["servers"]] == ["127.0.0.1:49153"]
+    assert [s["address"] for s in result["servers"]] == ["172.18.0.2:8000"]
     assert result["skipped"] == [
         {"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting"}
     ]
-    assert "server 127.0.0.1:49153;  # demo-backend-1" in (conf_dir / "demo_backend.conf").read_text()
+    assert result["reloaded"] is False  # the resolver serves the hosts file: no reload (docs/routing.md)
+    hosts = (conf_dir / "hosts.d" / "demo_backend").read_text()
+    assert "172.18.0.2 demo_backend.opsbook.internal  # demo-backend-1" in hosts
     # An explicit docker_host wins over the environment.
     run_upstream({**args, "docker_host": "unix:///run/other.sock"}, capsys)
-    assert hosts[-1] == "unix:///run/other.sock"
+    assert engines[-1] == "unix:///run/other.sock"
 
 
 def test_module_refuses_an_upstream_without_healthy_containers(fake_nginx, monkeypatch, capsys):
