@@ -483,9 +483,11 @@ def test_failed_dump_is_a_failure_and_leaves_nothing(dbs, tmp_path):
         bk.run_backup(spec, settings)
     assert err.value.exit_code == bk.EXIT_DUMP and "no_such_db" in err.value.message
     root = os.path.join(settings.dest, "broken")
-    assert sorted(os.listdir(root)) == [".lock", "state.json"]
+    assert sorted(os.listdir(root)) == [".lock", "backup.run.json", "state.json"]  # no backup directory
     state = json.load(open(os.path.join(root, "state.json"), encoding="utf-8"))
     assert state["last_exit_code"] == bk.EXIT_DUMP and "last_success" not in state
+    record = json.load(open(os.path.join(root, "backup.run.json"), encoding="utf-8"))
+    assert record["phase"] == "failed" and record["failed_in"] == "dumping" and record["exit_code"] == bk.EXIT_DUMP
     missing = bk.ComponentSpec(name="gone", type="redis", container=PREFIX + "does-not-exist")
     with pytest.raises(bk.BackupError) as gone:
         bk.run_backup(missing, settings)
