@@ -393,6 +393,13 @@ def _project_lock(path: str, operation: str, wait_s: float) -> t.Iterator[None]:
         yield
 
 
+def wait_for_lock(path: str, component: str, wait_s: float) -> None:
+    """Wait up to wait_s seconds until the project lock is free, then let it go (a playbook's gate before it
+    stops anything); a lock still held fails naming its holder."""
+    with _project_lock(path, "opsbook-backup restore %s (waiting)" % component, wait_s):
+        pass
+
+
 def run_restore(
     spec: ComponentSpec,
     settings: Settings,
