@@ -9,12 +9,14 @@ Private to this collection: not a public API, it may change in any release.
 Row counts (and, opted in, CHECKSUM TABLE) of every table go into the manifest before the dump; the drill
 restores into a throwaway server and compares them.
 
-A restore loads every dump into a scratch schema beside its database first (``<db>__opsbook_new``: the dump's
-``DROP``/``CREATE DATABASE`` and ``USE`` lines renamed on the way), so a dump that does not load leaves every
-database as it was. Once all loaded, each database is swapped: with base tables only (no view, routine, trigger
-or event on either side), by one atomic ``RENAME TABLE`` of the live tables into ``<db>__opsbook_old`` and the
-loaded ones into the database, then the old schema is dropped; otherwise (MariaDB cannot move those between
-schemas) the proven dump is loaded into the database itself (drop and recreate), as a drill does.
+A restore loads every dump of tables only into a scratch schema beside its database first (``<db>__opsbook_new``:
+the dump's ``DROP``/``CREATE DATABASE`` and ``USE`` lines renamed on the way), so a dump that does not load leaves
+every database as it was. Once all loaded, each database is swapped: with base tables only on the live side too,
+by one atomic ``RENAME TABLE`` of the live tables into ``<db>__opsbook_old`` and the loaded ones into the
+database, then the old schema is dropped; otherwise the proven dump is loaded into the database itself (drop and
+recreate). A dump with views, routines, triggers or events is not loaded beside: their definitions may name the
+database itself (the scratch load would write into the live one) and MariaDB cannot move them between schemas;
+after its trial decode (complete, the right size) it is loaded into the database itself.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -27,6 +29,7 @@ import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import container_env, first_set
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_DUMP, EXIT_RESTORE, BackupError
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.sql import SqlEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
 
@@ -77,6 +80,23 @@ def renaming(source: t.Callable[[], bytes], db: str, scratch: str) -> t.Callable
             return b"\n".join(fix(line) for line in data[:cut].split(b"\n")) + b"\n"
 
     return read
+
+
+# How mysqldump starts the definition of a trigger, view, event or routine (at the start of a line).
+OBJECT_MARKERS = (b"\n/*!50003 CREATE*/", b"\n/*!50001 CREATE", b"\n/*!50106 CREATE*/", b"\nCREATE DEFINER=")
+
+
+def has_objects(path: str, settings: t.Any, encrypted: bool) -> bool:
+    """Whether the dump at path defines a trigger, view, event or routine (one decode pass)."""
+    proc, source = decompressor(path, settings, encrypted)
+    found, carry = False, b""
+    for block in iter(source, b""):
+        data = carry + block
+        if not found and any(marker in data for marker in OBJECT_MARKERS):
+            found = True
+        carry = data[-32:]
+    proc.wait()
+    return found
 
 
 class MariaDBEngine(SqlEngine):
@@ -195,18 +215,25 @@ class MariaDBEngine(SqlEngine):
         selected = [a for a in manifest.artifacts if not databases or a.database in databases]
         self.progress("copying")
         loaded: list[Artifact] = []
+        in_place: list[Artifact] = []
         try:
             for art in selected:
                 self.settle(c, art.database, env, user)
+                if has_objects(os.path.join(directory, art.name), self.settings, art.encrypted):
+                    in_place.append(art)
+                    continue
                 self.load_beside(directory, art, c, env, user)
                 loaded.append(art)
         except BaseException:
-            for art in loaded:
+            for art in selected:  # the loaded ones and the one that failed: the live databases are untouched
                 self.q(c, "DROP DATABASE IF EXISTS %s" % ident(scratch_name(art.database)), env, user)
             raise
         self.progress("swapping")
-        for art in loaded:
-            self.swap(directory, art, c, env, user)
+        for art in selected:
+            if art in in_place:
+                self.restore_artifact(directory, art, c, env, user)
+            else:
+                self.swap(directory, art, c, env, user)
             self.progress("swapping", done=art.name)
         return [a.name for a in selected]
 
@@ -267,7 +294,7 @@ class MariaDBEngine(SqlEngine):
     def restore_steps(self, manifest: Manifest) -> list[str]:
         return [
             "load %s into a scratch schema %s, then (all loaded) swap its tables into %s by RENAME TABLE "
-            "(or reload %s from the proven dump when it has views, routines, triggers or events)"
+            "(a dump or database with views, routines, triggers or events: reload %s from the decoded dump)"
             % (a.name, scratch_name(a.database), a.database, a.database)
             for a in manifest.artifacts
         ]

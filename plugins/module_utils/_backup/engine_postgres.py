@@ -139,8 +139,9 @@ class PostgresEngine(SqlEngine):
                 self.load_beside(directory, art, c, env, user)
                 loaded.append(art)
         except BaseException:
-            for art in loaded:
-                self.drop(c, scratch_name(art.database), env, user)
+            for art in selected:  # the loaded ones and the one that failed: the live databases are untouched
+                if art.kind == "pg_custom":
+                    self.drop(c, scratch_name(art.database), env, user)
             raise
         self.progress("swapping")
         for art in loaded:
