@@ -16,7 +16,7 @@ description:
   - Every action verifies first. The size and sha256 of every artifact of the backup must match its manifest,
     otherwise the task fails naming the file and both hashes, and nothing is touched.
   - O(state=restored) then decodes every artifact it restores to nowhere (C(age -d | zstd -d), size and
-    completeness checked): a wrong age identity or a damaged archive fails here, before anything is stopped or
+    completeness checked), so a wrong age identity or a damaged archive fails here, before anything is stopped or
     dropped.
   - O(state=restored) restores beside the live data and swaps, so that a restore that fails before the swap
     leaves the previous data serving (docs/backup-states.md). PostgreSQL databases load into a new database that
@@ -77,8 +77,8 @@ options:
     description:
       - Seconds to wait for O(project_lock) when another operation (an upgrade, a rollback) holds it. When it is
         still held after that, the task fails naming the holder, with C(touched=false).
-      - With O(state=verified) and O(project_lock) set, the lock is only waited for and released at once: a
-        playbook does this before it stops the writers, so that a held lock stops nothing.
+      - With O(state=verified) and O(project_lock) set, the lock is only waited for and released at once (a
+        playbook does this before it stops the writers, so that a held lock stops nothing).
     type: float
     default: 0
 seealso:

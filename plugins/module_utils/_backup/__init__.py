@@ -17,8 +17,8 @@ The package, by seam: ``errors`` (exit codes), ``spec`` (component and settings)
 ``base`` and ``sql`` (what engines share), one ``engine_<name>`` file per kind of server, ``pipeline``
 (zstd/age), ``store`` (manifests, verification, retention), ``state`` (state and metrics), ``runs`` (the phase
 of every backup and restore run), ``swap`` (replacing a directory's content by a restored copy), ``jobs``
-(backup, restore, drill under the job's lock) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and one line
-in ``registry.py`` (docs/architecture.md).
+(backup, restore, drill under the job's lock) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and
+one line in ``registry.py`` (docs/architecture.md).
 
 Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts (``*.zst``) and ``manifest.json``. A run writes
 into ``<backup id>.partial/``: every artifact is streamed from a Docker exec (or the archive API) through
@@ -169,10 +169,10 @@ __all__ = [
     "run_restore",
     "save_state",
     "select_keep",
+    "trial_decode",
     "utc_id",
+    "wait_for_lock",
     "write_atomic",
     "write_json_atomic",
-    "trial_decode",
-    "wait_for_lock",
     "write_metrics",
 ]

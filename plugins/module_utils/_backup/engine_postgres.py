@@ -118,7 +118,9 @@ class PostgresEngine(SqlEngine):
                 raise BackupError(code, "globals in %s: %s" % (container, res.stderr.decode(errors="replace")[-2000:]))
         elif art.kind == "pg_custom":
             # Drills (a throwaway server) only: a live restore loads beside and swaps (restore).
-            self.sql(container, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % ident(art.database), "postgres", env, user, code)
+            self.sql(
+                container, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % ident(art.database), "postgres", env, user, code
+            )
             argv = ["pg_restore", "-U", user, "--exit-on-error", "--create", "-d", "postgres"]
             self.feed(container, path, argv, env, code, art.encrypted)
         else:

@@ -133,8 +133,13 @@ class PrometheusEngine(Engine):
                 "the TSDB directory, start it" % (tsdb, self.spec.container),
             )
         swap = DirectorySwap(
-            self.client, info.get("Image") or "", tsdb, {"VolumesFrom": [info["Id"]]}, self.spec.name,
-            self.settings.timeout, code,
+            self.client,
+            info.get("Image") or "",
+            tsdb,
+            {"VolumesFrom": [info["Id"]]},
+            self.spec.name,
+            self.settings.timeout,
+            code,
         )
         self.progress("copying")
         swap.run("prepare")

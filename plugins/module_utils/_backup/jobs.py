@@ -22,6 +22,7 @@ import time
 import typing as t
 from dataclasses import asdict, dataclass, field
 
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import plausibility
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import (
     EXIT_COMPRESS,
     EXIT_DISK,
@@ -36,16 +37,15 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
     BackupError,
     free_bytes,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import plausibility
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import DRILLABLE, engine_for
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.spec import ComponentSpec, Settings
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.runs import (
     BACKUP_PHASES,
     RESTORE_PHASES,
     RunRecord,
     read_record,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.spec import ComponentSpec, Settings
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.state import load_state, save_state, write_metrics
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import (
     MANIFEST,
@@ -374,7 +374,9 @@ def trial_decode(path: str, settings: Settings, art: Artifact) -> None:
 
 
 def _selected(m: Manifest, databases: list[str] | None) -> list[Artifact]:
-    return [a for a in m.artifacts if not databases or a.kind == "pg_globals" or not a.database or a.database in databases]
+    return [
+        a for a in m.artifacts if not databases or a.kind == "pg_globals" or not a.database or a.database in databases
+    ]
 
 
 @contextlib.contextmanager
@@ -461,7 +463,7 @@ def run_restore(
         except Exception as exc:
             record.phase("failed", exit_code=EXIT_INTERNAL, error=repr(exc), failed_in=record.data["phase"])
             raise
-        result = {
+        result: dict[str, t.Any] = {
             "component": spec.name,
             "backup_id": m.id,
             "restored": restored,

@@ -25,7 +25,17 @@ import typing as t
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Store, write_json_atomic
 
-BACKUP_PHASES = ("planned", "starting", "dumping", "verifying", "committing", "pruning", "done", "failed", "interrupted")
+BACKUP_PHASES = (
+    "planned",
+    "starting",
+    "dumping",
+    "verifying",
+    "committing",
+    "pruning",
+    "done",
+    "failed",
+    "interrupted",
+)
 RESTORE_PHASES = ("planned", "verifying", "copying", "swapping", "starting", "done", "failed", "interrupted")
 TERMINAL = ("done", "failed", "interrupted")
 

@@ -20,7 +20,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry imp
 from ansible_collections.opsbook.stack.plugins.module_utils._compose import NAME_RE
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
 
-
 # The type of every setting a job file may hold: the file is JSON written by the role from YAML, where "3" (quoted)
 # is a string; a wrong type is refused here with the setting's name, not met later as a traceback.
 STR, INT, BOOL, NUMBER, STRLIST = "a string", "an integer", "true or false", "a number", "a list of strings"
@@ -136,7 +135,9 @@ class ComponentSpec:
     @classmethod
     def from_dict(cls, name: str, data: dict[str, t.Any]) -> ComponentSpec:
         if not isinstance(data, dict):
-            raise BackupError(EXIT_USAGE, "component %s: must be a mapping of settings, got %s" % (name, _described(data)))
+            raise BackupError(
+                EXIT_USAGE, "component %s: must be a mapping of settings, got %s" % (name, _described(data))
+            )
         known = set(cls.__dataclass_fields__)  # pylint: disable=no-member
         unknown = sorted(set(data) - known - {"name", "schedule"})
         if unknown:

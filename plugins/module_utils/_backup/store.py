@@ -207,6 +207,7 @@ class Store:
                 return m
         return None
 
+
 def newest_verified(store: Store) -> Manifest | None:
     return store.newest_verified()
 

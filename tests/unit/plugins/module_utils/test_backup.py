@@ -453,7 +453,9 @@ def test_postgres_wrong_identity_or_a_failed_load_leaves_the_database_serving(db
     assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "51"  # not dropped, not restored
 
     def broken_load(self, directory, art, c, env, user):
-        self.q(c, "CREATE DATABASE %s" % bk.engine_postgres.ident(bk.engine_postgres.scratch_name(art.database)), env, user)
+        self.q(
+            c, "CREATE DATABASE %s" % bk.engine_postgres.ident(bk.engine_postgres.scratch_name(art.database)), env, user
+        )
         raise bk.BackupError(bk.EXIT_RESTORE, "pg_restore failed halfway (injected)")
 
     monkeypatch.setattr(bk.engine_postgres.PostgresEngine, "load_beside", broken_load)
@@ -461,7 +463,9 @@ def test_postgres_wrong_identity_or_a_failed_load_leaves_the_database_serving(db
         bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
     assert err.value.evidence["touched"] is False and err.value.evidence["phase"] == "copying"
     assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "51"
-    assert _pg(dbs, "SELECT count(*) FROM pg_database WHERE datname LIKE 'keep__opsbook%'", db="postgres").strip() == "0"
+    assert (
+        _pg(dbs, "SELECT count(*) FROM pg_database WHERE datname LIKE 'keep__opsbook%'", db="postgres").strip() == "0"
+    )
     monkeypatch.undo()
     bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
     assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "50"

@@ -339,7 +339,12 @@ def test_the_cron_program_refuses_a_mistyped_job_file_without_a_traceback(tmp_pa
     config.write_text(json.dumps({"components": {"db": {"type": "mariadb", "container": "c", "keep_last": "3"}}}))
     argv, env = _host_copy(tmp_path / "lib")
     proc = subprocess.run(
-        argv + ["--config", str(config), "backup", "db"], capture_output=True, text=True, check=False, timeout=30, env=env
+        argv + ["--config", str(config), "backup", "db"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env=env,
     )
     assert proc.returncode == bk.EXIT_USAGE and "Traceback" not in proc.stderr
     assert "keep_last must be an integer" in proc.stderr
@@ -353,7 +358,9 @@ def test_the_cron_program_refuses_a_mistyped_job_file_without_a_traceback(tmp_pa
 def test_warnings_reach_stderr_and_the_log_line(tmp_path, monkeypatch, capsys):
     config = tmp_path / "job.json"
     config.write_text(json.dumps({"dest": str(tmp_path), "components": {"r": {"type": "redis", "container": "c"}}}))
-    result = bk.BackupResult(component="r", id="20260101T000000Z", warnings=["backup 20260101T000000Z kept but suspect"])
+    result = bk.BackupResult(
+        component="r", id="20260101T000000Z", warnings=["backup 20260101T000000Z kept but suspect"]
+    )
     monkeypatch.setattr(jobs, "run_backup", lambda spec, settings: result)
     monkeypatch.setattr(bk.cli, "run_backup", lambda spec, settings: result)
     log = tmp_path / "r.log"
