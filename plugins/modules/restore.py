@@ -15,10 +15,18 @@ version_added: 0.1.0
 description:
   - Every action verifies first. The size and sha256 of every artifact of the backup must match its manifest,
     otherwise the task fails naming the file and both hashes, and nothing is touched.
-  - O(state=restored) restores into the component's own container (MariaDB/MySQL databases are dropped and
-    recreated from the dump, PostgreSQL databases are dropped with C(FORCE) and recreated by C(pg_restore
-    --create), Redis is stopped, gets the RDB file and is started, Prometheus is stopped while its TSDB volume's
-    content is replaced by the snapshot, a volume's users are stopped while the archive is extracted over it).
+  - O(state=restored) then decodes every artifact it restores to nowhere (C(age -d | zstd -d), size and
+    completeness checked), so a wrong age identity or a damaged archive fails here, before anything is stopped or
+    dropped.
+  - O(state=restored) restores beside the live data and swaps, so that a restore that fails before the swap
+    leaves the previous data serving (docs/backup-states.md). PostgreSQL databases load into a new database that
+    is renamed into place in one transaction. MariaDB/MySQL dumps load into a scratch schema whose tables move
+    in by one C(RENAME TABLE) (a database with views, routines, triggers or events is reloaded from the proven
+    dump instead). Redis gets the RDB file beside its own, is stopped, the file is renamed over the old one, and
+    it is started. Prometheus's snapshot and a volume's archive are extracted beside the live content, then the
+    users are stopped and the content swapped (files created after the backup do not survive).
+  - Every restore writes its phase to C(<dest>/<component>/restore.run.json); a run after a killed one cleans
+    up what that one left and restores from the start, and returns C(resumed).
     Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
@@ -65,6 +73,14 @@ options:
   project_lock:
     description: The project's lock file (the one upgrade and rollback take); held during the restore when set.
     type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for O(project_lock) when another operation (an upgrade, a rollback) holds it. When it is
+        still held after that, the task fails naming the holder, with C(touched=false).
+      - With O(state=verified) and O(project_lock) set, the lock is only waited for and released at once (a
+        playbook does this before it stops the writers, so that a held lock stops nothing).
+    type: float
+    default: 0
 seealso:
   - module: opsbook.stack.backup
 """
@@ -98,6 +114,14 @@ backup_id:
   returned: success
   type: str
   sample: 20261122T043947Z
+resumed:
+  description: When the previous restore of the component was killed, where it was (backup_id, interrupted_at, done).
+  returned: O(state=restored) after a killed restore
+  type: dict
+touched:
+  description: On failure, whether live data may have been changed (false when the restore failed before the swap).
+  returned: failure of O(state=restored)
+  type: bool
 restored:
   description: The artifacts restored.
   returned: O(state=restored)
@@ -132,6 +156,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup import (
     plan_restore,
     run_drill,
     run_restore,
+    wait_for_lock,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.argspec import (
     component_argument_spec,
@@ -153,6 +178,7 @@ def main() -> None:
             databases=dict(type="list", elements="str", default=[]),
             age_identity=dict(type="path"),
             project_lock=dict(type="path"),
+            lock_timeout=dict(type="float", default=0.0),
         ),
         supports_check_mode=True,
         **component_module_rules(),
@@ -175,6 +201,8 @@ def main() -> None:
                 **result,
             )
         if p["state"] == "verified":
+            if p["project_lock"] and not module.check_mode:
+                wait_for_lock(p["project_lock"], spec.name, p["lock_timeout"])
             module.exit_json(**result)
         if module.check_mode:
             # Nothing is restored in check mode: the plan says what a real run would do.
@@ -188,10 +216,22 @@ def main() -> None:
             result["drill"] = run_drill(spec, settings, plan["backup_id"])
         else:
             done = run_restore(
-                spec, settings, plan["backup_id"], databases=p["databases"] or None, project_lock=p["project_lock"]
+                spec,
+                settings,
+                plan["backup_id"],
+                databases=p["databases"] or None,
+                project_lock=p["project_lock"],
+                lock_wait_s=p["lock_timeout"],
             )
             result.update(changed=True, restored=done["restored"], duration_s=done["duration_s"])
+            for key in ("resumed",):
+                if key in done:
+                    result[key] = done[key]
+            for warning in done.get("warnings") or []:
+                module.warn(warning)
     except BackupError as exc:
+        if p["state"] == "restored":
+            result["touched"] = bool(exc.evidence.get("touched", False))
         module.fail_json(
             msg=exc.message, failure_class=exc.failure_class, exit_code=exc.exit_code, evidence=exc.evidence, **result
         )

@@ -147,6 +147,59 @@ def test_backup_change_restore_gives_back_exactly_the_data(host):
     assert host.docker(BACKEND).is_running
 
 
+def test_a_drill_run_skips_jobs_without_a_drill_and_goes_on():
+    """Defect 16: -e backup_drill=true on jobs of a type without a drill verifies them, says so, and goes on."""
+    output = playbook("backup.yml", "-e", "backup_drill=true", "-e", "backup_only=redisvol,redis")
+    assert "redisvol: backup 2" in output and "no restore drill exists for type volume" in output, output[-3000:]
+    assert "redis: backup 2" in output and "restore drill ok" in output, output[-3000:]
+    output = playbook("backup.yml", "-e", "backup_only=../x", expect_rc=2)
+    assert "Nothing was backed up" in output
+
+
+HOLD_LOCK = """
+import fcntl, json, os, sys, time
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+handle = open(path, "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.truncate(0)
+handle.write(json.dumps({"operation": "rolling_upgrade bkp backend 2.0 (molecule)", "pid": os.getpid(),
+                         "since": time.time()}))
+handle.flush()
+time.sleep(300)
+"""
+
+
+def test_a_held_project_lock_stops_nothing_and_names_its_holder(host):
+    """Defect 7: the lock is waited for (restore_lock_timeout) before the writers stop; held, nothing is stopped."""
+    lock = "/var/lib/opsbook/bkp/.lock"
+    run(host, "cat > /root/hold_lock.py", HOLD_LOCK)
+    pid = run(host, "nohup python3 /root/hold_lock.py %s >/dev/null 2>&1 & echo $!" % lock).stdout.strip()
+    try:
+        deadline = time.time() + 30
+        while "molecule" not in host.file(lock).content_string:
+            assert time.time() < deadline, "the lock holder did not start"
+            time.sleep(0.2)
+        redis(host, "SET", "marker", "before-locked-restore")
+        started = time.time()
+        output = playbook("restore.yml", "-e", "restore_component=redis", "-e", "restore_confirm=true",
+                          "-e", "restore_lock_timeout=3", expect_rc=2)
+        assert time.time() - started >= 3
+        assert "rolling_upgrade bkp backend 2.0 (molecule)" in output and "touched nothing" in output, output[-3000:]
+        assert "TASK [Stop the writers]" not in output
+        assert host.docker(BACKEND).is_running  # nothing was stopped
+        assert redis(host, "GET", "marker").strip() == "before-locked-restore"
+    finally:
+        host.run("kill %s" % pid)
+
+
+def test_the_restore_record_says_done(host):
+    record = json.loads(host.file("/var/backups/opsbook/mysql/restore.run.json").content_string)
+    assert record["phase"] == "done" and record["done"] == ["app.sql.zst"]
+    record = json.loads(host.file("/var/backups/opsbook/redis/backup.run.json").content_string)
+    assert record["phase"] == "done"
+
+
 def fingerprint_safe(host):
     try:
         return fingerprint(host)

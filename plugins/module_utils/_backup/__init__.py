@@ -15,14 +15,17 @@ only, so the ``backup`` role copies this package and the module_utils it imports
 
 The package, by seam: ``errors`` (exit codes), ``spec`` (component and settings), ``registry`` (type -> engine),
 ``base`` and ``sql`` (what engines share), one ``engine_<name>`` file per kind of server, ``pipeline``
-(zstd/age), ``store`` (manifests, verification, retention), ``state`` (state and metrics), ``jobs`` (backup,
-restore, drill under the job's lock) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and one line
-in ``registry.py`` (docs/architecture.md).
+(zstd/age), ``store`` (manifests, verification, retention), ``state`` (state and metrics), ``runs`` (the phase
+of every backup and restore run), ``swap`` (replacing a directory's content by a restored copy), ``jobs``
+(backup, restore, drill under the job's lock) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and
+one line in ``registry.py`` (docs/architecture.md).
 
-Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts (``*.zst``) and ``manifest.json``. Every
-artifact is streamed from a Docker exec (or the archive API) through ``zstd`` into ``<name>.partial``,
-fsynced and renamed; the manifest (sha256 and size of every artifact) is written last, the same way, and is
-the commit marker: a directory without a manifest is not a backup. Retention deletes only the files a
+Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts (``*.zst``) and ``manifest.json``. A run writes
+into ``<backup id>.partial/``: every artifact is streamed from a Docker exec (or the archive API) through
+``zstd`` into ``<name>.partial``, fsynced and renamed, read back, then the manifest (sha256 and size of every
+artifact) is written and the directory renamed to ``<backup id>/``, the commit: a ``.partial`` directory is not
+a backup, and the next run removes it. ``backup.run.json`` and ``restore.run.json`` beside them hold the phase
+of the last run of each (docs/backup-states.md). Retention deletes only the files a
 manifest lists and never the newest backup that verifies.
 
 Exit codes of the command line (and ``BackupError.exit_code``):
@@ -77,6 +80,8 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.jobs import 
     run_backup,
     run_drill,
     run_restore,
+    trial_decode,
+    wait_for_lock,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import ArtifactWriter, decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry import (
@@ -164,7 +169,9 @@ __all__ = [
     "run_restore",
     "save_state",
     "select_keep",
+    "trial_decode",
     "utc_id",
+    "wait_for_lock",
     "write_atomic",
     "write_json_atomic",
     "write_metrics",

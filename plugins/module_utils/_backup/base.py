@@ -106,7 +106,11 @@ class Engine:
 
     # -- container facts -------------------------------------------------------------------------------
 
-    def container_info(self, container: str | None = None) -> dict[str, t.Any]:
+    def progress(self, phase: str, done: str = "") -> None:
+        """Called by restore at each phase (copying, swapping, starting) and after each step done; run_restore
+        points it at the run record."""
+
+    def container_info(self, container: str | None = None, running: bool = True) -> dict[str, t.Any]:
         name = container or self.spec.container
         try:
             info = self.client.inspect_container(name)
@@ -116,7 +120,7 @@ class Engine:
             ) from exc
         except DockerError as exc:
             raise BackupError(EXIT_DOCKER, str(exc)) from exc
-        if not (info.get("State") or {}).get("Running"):
+        if running and not (info.get("State") or {}).get("Running"):
             raise BackupError(
                 EXIT_DOCKER, "container %s is not running (component %s): start it first" % (name, self.spec.name)
             )
@@ -287,10 +291,20 @@ class Engine:
         return Artifact(name, "tar", size, digest, raw, encrypted=bool(self.settings.age_recipients))
 
     def feed(
-        self, container: str, path: str, argv: list[str], env: dict[str, str], code: int, encrypted: bool = False
+        self,
+        container: str,
+        path: str,
+        argv: list[str],
+        env: dict[str, str],
+        code: int,
+        encrypted: bool = False,
+        transform: t.Callable[[t.Callable[[], bytes]], t.Callable[[], bytes]] | None = None,
     ) -> StreamResult:
-        """Decompress path into argv's stdin in container; both must succeed."""
+        """Decompress path into argv's stdin in container (through transform, a reader of readers, when given);
+        both must succeed."""
         proc, source = decompressor(path, self.settings, encrypted)
+        if transform is not None:
+            source = transform(source)
         try:
             res = self.exec_stream(container, argv, env=env, stdin_source=source, keep_stdout=64 * 1024)
         finally:

@@ -104,14 +104,20 @@ def _run_cli(args: argparse.Namespace) -> tuple[int, str]:
         sys.stdout.write(
             (json.dumps(out, indent=2, sort_keys=True) if args.json else json.dumps(out, sort_keys=True)) + "\n"
         )
+        # Warnings go to stderr (cron appends it to the job's log) and into the log line: never only to stdout.
+        warnings = [str(w) for w in (out.get("warnings") or [])] if isinstance(out, dict) else []
+        for warning in warnings:
+            sys.stderr.write("opsbook-backup: warning: %s\n" % warning)
+        noted = (" warnings=%d: %s" % (len(warnings), " | ".join(warnings))) if warnings else ""
         if isinstance(out, dict) and out.get("id"):
-            return EXIT_OK, "ok id=%s size=%s duration_s=%s pruned=%s" % (
+            return EXIT_OK, "ok id=%s size=%s duration_s=%s pruned=%s%s" % (
                 out["id"],
                 out.get("size"),
                 out.get("duration_s"),
                 ",".join(out.get("pruned") or []) or "-",
+                noted,
             )
-        return EXIT_OK, "ok " + json.dumps(out, sort_keys=True)[:300]
+        return EXIT_OK, "ok " + json.dumps(out, sort_keys=True)[:300] + noted
     except BackupError as exc:
         sys.stderr.write("opsbook-backup: %s: %s\n" % (exc.failure_class, exc.message))
         return exc.exit_code, "%s: %s" % (exc.failure_class, exc.message)

@@ -8,6 +8,15 @@ Private to this collection: not a public API, it may change in any release.
 
 Row counts (and, opted in, CHECKSUM TABLE) of every table go into the manifest before the dump; the drill
 restores into a throwaway server and compares them.
+
+A restore loads every dump of tables only into a scratch schema beside its database first (``<db>__opsbook_new``:
+the dump's ``DROP``/``CREATE DATABASE`` and ``USE`` lines renamed on the way), so a dump that does not load leaves
+every database as it was. Once all loaded, each database is swapped: with base tables only on the live side too,
+by one atomic ``RENAME TABLE`` of the live tables into ``<db>__opsbook_old`` and the loaded ones into the
+database, then the old schema is dropped; otherwise the proven dump is loaded into the database itself (drop and
+recreate). A dump with views, routines, triggers or events is not loaded beside: their definitions may name the
+database itself (the scratch load would write into the live one) and MariaDB cannot move them between schemas;
+after its trial decode (complete, the right size) it is loaded into the database itself.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -20,10 +29,74 @@ import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import container_env, first_set
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_DUMP, EXIT_RESTORE, BackupError
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.sql import SqlEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
 
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys", "mysql")
+
+
+def ident(name: str) -> str:
+    return "`%s`" % name.replace("`", "``")
+
+
+def literal(value: str) -> str:
+    return "'%s'" % value.replace("\\", "\\\\").replace("'", "''")
+
+
+def scratch_name(db: str) -> str:
+    """The scratch schema beside db while it loads (schema names hold 64 characters)."""
+    return db[:50] + "__opsbook_new"
+
+
+def old_name(db: str) -> str:
+    return db[:50] + "__opsbook_old"
+
+
+# The lines of a mysqldump --databases stream that name the database: renamed to load it beside.
+DATABASE_LINES = (b"/*!40000 DROP DATABASE IF EXISTS ", b"CREATE DATABASE ", b"USE ")
+
+
+def renaming(source: t.Callable[[], bytes], db: str, scratch: str) -> t.Callable[[], bytes]:
+    """A reader of source whose DROP DATABASE, CREATE DATABASE and USE lines name scratch instead of db."""
+    old, new = ident(db).encode(), ident(scratch).encode()
+    carry = [b""]
+
+    def fix(line: bytes) -> bytes:
+        return line.replace(old, new, 1) if line.startswith(DATABASE_LINES) and old in line else line
+
+    def read() -> bytes:
+        while True:
+            block = source()
+            if not block:
+                rest, carry[0] = carry[0], b""
+                return fix(rest)
+            data = carry[0] + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry[0] = data
+                continue
+            carry[0] = data[cut + 1 :]
+            return b"\n".join(fix(line) for line in data[:cut].split(b"\n")) + b"\n"
+
+    return read
+
+
+# How mysqldump starts the definition of a trigger, view, event or routine (at the start of a line).
+OBJECT_MARKERS = (b"\n/*!50003 CREATE*/", b"\n/*!50001 CREATE", b"\n/*!50106 CREATE*/", b"\nCREATE DEFINER=")
+
+
+def has_objects(path: str, settings: t.Any, encrypted: bool) -> bool:
+    """Whether the dump at path defines a trigger, view, event or routine (one decode pass)."""
+    proc, source = decompressor(path, settings, encrypted)
+    found, carry = False, b""
+    for block in iter(source, b""):
+        data = carry + block
+        if not found and any(marker in data for marker in OBJECT_MARKERS):
+            found = True
+        carry = data[-32:]
+    proc.wait()
+    return found
 
 
 class MariaDBEngine(SqlEngine):
@@ -136,8 +209,95 @@ class MariaDBEngine(SqlEngine):
         argv = [self.client_tool(container), "-u", user, "--binary-mode"]
         self.feed(container, os.path.join(directory, art.name), argv, env, code, art.encrypted)
 
+    def restore(self, directory: str, manifest: Manifest, databases: list[str] | None = None) -> list[str]:
+        user, env = self.credentials()
+        c = self.spec.container
+        selected = [a for a in manifest.artifacts if not databases or a.database in databases]
+        self.progress("copying")
+        loaded: list[Artifact] = []
+        in_place: list[Artifact] = []
+        try:
+            for art in selected:
+                self.settle(c, art.database, env, user)
+                if has_objects(os.path.join(directory, art.name), self.settings, art.encrypted):
+                    in_place.append(art)
+                    continue
+                self.load_beside(directory, art, c, env, user)
+                loaded.append(art)
+        except BaseException:
+            for art in selected:  # the loaded ones and the one that failed: the live databases are untouched
+                self.q(c, "DROP DATABASE IF EXISTS %s" % ident(scratch_name(art.database)), env, user)
+            raise
+        self.progress("swapping")
+        for art in selected:
+            if art in in_place:
+                self.restore_artifact(directory, art, c, env, user)
+            else:
+                self.swap(directory, art, c, env, user)
+            self.progress("swapping", done=art.name)
+        return [a.name for a in selected]
+
+    def q(self, c: str, query: str, env: dict[str, str], user: str) -> list[list[str]]:
+        return self.sql(c, query, "", env, user, EXIT_RESTORE)
+
+    def settle(self, c: str, db: str, env: dict[str, str], user: str) -> None:
+        """Leftovers of a killed restore: the scratch schema (half loaded) and the old one (RENAME TABLE is
+        atomic: the old schema is empty, or the swap happened and only its drop was left)."""
+        for name in (scratch_name(db), old_name(db)):
+            self.q(c, "DROP DATABASE IF EXISTS %s" % ident(name), env, user)
+
+    def load_beside(self, directory: str, art: Artifact, c: str, env: dict[str, str], user: str) -> None:
+        if art.kind != "sql":
+            raise BackupError(EXIT_RESTORE, "artifact kind %s is not a MariaDB/MySQL dump" % art.kind)
+        argv = [self.client_tool(c), "-u", user, "--binary-mode"]
+        scratch = scratch_name(art.database)
+        self.feed(
+            c,
+            os.path.join(directory, art.name),
+            argv,
+            env,
+            EXIT_RESTORE,
+            art.encrypted,
+            lambda source: renaming(source, art.database, scratch),
+        )
+
+    def swap(self, directory: str, art: Artifact, c: str, env: dict[str, str], user: str) -> None:
+        db, scratch, old = art.database, scratch_name(art.database), old_name(art.database)
+        names = ", ".join(literal(n) for n in (db, scratch))
+        count = self.q(
+            c,
+            "SELECT (SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s), "
+            "(SELECT COUNT(*) FROM information_schema.views WHERE table_schema IN (%s)) + "
+            "(SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema IN (%s)) + "
+            "(SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema IN (%s)) + "
+            "(SELECT COUNT(*) FROM information_schema.events WHERE event_schema IN (%s))"
+            % (literal(db), names, names, names, names),
+            env,
+            user,
+        )
+        exists, others = (int(v) for v in count[0])
+        if not exists or others:
+            self.restore_artifact(directory, art, c, env, user)  # proven by the scratch load
+            self.q(c, "DROP DATABASE IF EXISTS %s" % ident(scratch), env, user)
+            return
+        tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+        live = [r[0] for r in self.q(c, tables % literal(db), env, user)]
+        new = [r[0] for r in self.q(c, tables % literal(scratch), env, user)]
+        self.q(c, "CREATE DATABASE %s" % ident(old), env, user)
+        moves = ["%s.%s TO %s.%s" % (ident(db), ident(n), ident(old), ident(n)) for n in live]
+        moves += ["%s.%s TO %s.%s" % (ident(scratch), ident(n), ident(db), ident(n)) for n in new]
+        if moves:
+            self.q(c, "RENAME TABLE " + ", ".join(moves), env, user)
+        for name in (old, scratch):
+            self.q(c, "DROP DATABASE IF EXISTS %s" % ident(name), env, user)
+
     def restore_steps(self, manifest: Manifest) -> list[str]:
-        return ["drop and recreate database %s from %s" % (a.database, a.name) for a in manifest.artifacts]
+        return [
+            "load %s into a scratch schema %s, then (all loaded) swap its tables into %s by RENAME TABLE "
+            "(a dump or database with views, routines, triggers or events: reload %s from the decoded dump)"
+            % (a.name, scratch_name(a.database), a.database, a.database)
+            for a in manifest.artifacts
+        ]
 
     def ready_argv(self, container: str, user: str) -> list[str]:
         tool = self.tool(container, ("mariadb-admin", "mysqladmin"))

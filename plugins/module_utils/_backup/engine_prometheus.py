@@ -30,7 +30,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressed_chunks
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
-from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.swap import DirectorySwap
 
 
 def tsdb_path(info: dict[str, t.Any]) -> str:
@@ -116,7 +116,9 @@ class PrometheusEngine(Engine):
         return [art.name]
 
     def restore_tsdb(self, directory: str, art: Artifact, facts: dict[str, t.Any], code: int = EXIT_RESTORE) -> None:
-        info = self.container_info()
+        """Extract the snapshot beside the TSDB while Prometheus runs, stop it, swap the directory's content
+        (swap.py), start it and wait until it is ready. A stopped Prometheus (a killed restore) is fine."""
+        info = self.container_info(running=False)
         tsdb = facts.get("tsdb_path") or tsdb_path(info)
         snapshot = facts.get("snapshot") or ""
         on_volume = any(
@@ -130,45 +132,36 @@ class PrometheusEngine(Engine):
                 "restore by hand: stop it, extract the archive, move the snapshot's blocks into "
                 "the TSDB directory, start it" % (tsdb, self.spec.container),
             )
-        helpers: list[str] = []
-
-        def helper(script: str) -> str:
-            body = {
-                "Image": info.get("Image"),
-                "Entrypoint": ["sh", "-c", script, tsdb, snapshot],
-                "Cmd": [],
-                "User": "0",
-                "Labels": {"opsbook.backup.helper": self.spec.name},
-                "HostConfig": {"VolumesFrom": [info["Id"]], "NetworkMode": "none"},
-            }
-            helpers.append(self.client.create_container(body))
-            return helpers[-1]
-
-        def run(hid: str, what: str) -> None:
-            self.client.start_container(hid)
-            status = self.client.wait_container(hid, timeout=self.settings.timeout)
-            if status != 0:
-                raise BackupError(code, "restore of %s: %s failed (exit %s)" % (self.spec.container, what, status))
-
-        self.client.stop_container(info["Id"], grace_s=60)
+        swap = DirectorySwap(
+            self.client,
+            info.get("Image") or "",
+            tsdb,
+            {"VolumesFrom": [info["Id"]]},
+            self.spec.name,
+            self.settings.timeout,
+            code,
+        )
+        self.progress("copying")
+        swap.run("prepare")
+        target = swap.helper()
+        path = os.path.join(directory, art.name)
         try:
-            clear = helper('set -e; find "$0" -mindepth 1 -maxdepth 1 -exec rm -rf {} +')
-            run(clear, "emptying the TSDB directory")
-            path = os.path.join(directory, art.name)
             failure = BackupError(code, "decompressing %s failed" % path)
             self.put_archive(
-                clear, tsdb, decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
+                target, swap.staging, decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
             )
-            run(
-                helper('set -e; for f in "$0/$1"/*; do if [ -e "$f" ]; then mv "$f" "$0"/; fi; done; rmdir "$0/$1"'),
-                "moving the snapshot's blocks into place",
-            )
+        except BaseException:
+            swap.run("recover")
+            raise
         finally:
-            for hid in helpers:
-                try:
-                    self.client.remove_container(hid, force=True)
-                except DockerError:
-                    pass
+            swap.remove(target)
+        self.progress("swapping")
+        try:
+            self.client.stop_container(info["Id"], grace_s=60)
+            swap.run("swap", snapshot)
+            self.progress("swapping", done=art.name)
+        finally:
+            self.progress("starting")
             self.client.start_container(info["Id"])
         ready = self.prometheus_url(self.container_info()) + "/-/ready"
         deadline = time.monotonic() + 120
@@ -183,7 +176,7 @@ class PrometheusEngine(Engine):
 
     def restore_steps(self, manifest: Manifest) -> list[str]:
         return [
-            "stop %s, replace its TSDB with snapshot %s from %s, start it"
-            % (self.spec.container, manifest.facts.get("snapshot"), a.name)
+            "extract snapshot %s from %s beside the TSDB of %s, stop it, swap the TSDB's content, start it"
+            % (manifest.facts.get("snapshot"), a.name, self.spec.container)
             for a in manifest.artifacts
         ]

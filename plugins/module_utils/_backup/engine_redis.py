@@ -25,6 +25,10 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.swap import run_helper
+
+# The restored RDB's name beside the live one until the swap.
+STAGED = ".opsbook-restore"
 
 
 def unquote(value: str) -> str:
@@ -132,7 +136,12 @@ class RedisEngine(Engine):
         return chunks(), length
 
     def restore(self, directory: str, manifest: Manifest, databases: list[str] | None = None) -> list[str]:
-        self.container_info()
+        info = self.container_info(running=False)
+        if not (info.get("State") or {}).get("Running"):
+            # A restore killed while Redis was stopped: its RDB is the old or the new one whole (the swap is a
+            # rename), so starting it serves one of them; the restore then runs from the start.
+            self.client.start_container(info["Id"])
+            self.wait_ready(self.spec.container, 60, EXIT_RESTORE)
         art = manifest.artifacts[0]
         self.restore_rdb(directory, art, self.spec.container)
         return [art.name]
@@ -140,6 +149,9 @@ class RedisEngine(Engine):
     def restore_rdb(
         self, directory: str, art: Artifact, container: str, stop_start: bool = True, code: int = EXIT_RESTORE
     ) -> None:
+        """stop_start (a live restore): the RDB goes beside the live one while Redis serves, then Redis stops, a
+        helper renames it over the live file (on the volume of the data directory), Redis starts. Without a
+        volume there, or in a drill (a container never started), the file is copied in place while stopped."""
         _user, env = self.credentials(container)
         if self.config(container, env, "appendonly", code) == "yes":
             raise BackupError(
@@ -151,19 +163,49 @@ class RedisEngine(Engine):
         rdir = self.config(container, env, "dir", code)
         rfile = self.config(container, env, "dbfilename", code)
         owner = self.check(self.run(container, ["stat", "-c", "%u %g", rdir]), "stat", code, container).split()
-        chunks, length = self.rdb_tar(directory, art, rfile, int(owner[0]), int(owner[1]))
-        if stop_start:
+        uid, gid = int(owner[0]), int(owner[1])
+        info = self.container_info(container)
+        on_volume = stop_start and any(m.get("Destination") == rdir.rstrip("/") for m in info.get("Mounts") or [])
+        if on_volume:
+            self.progress("copying")
+            chunks, length = self.rdb_tar(directory, art, rfile + STAGED, uid, gid)
+            self.put_archive(container, rdir, chunks, length)
+            self.progress("swapping")
             # Stopped first: a running Redis would overwrite the file on shutdown (SAVE) or the next BGSAVE.
             self.client.stop_container(container, grace_s=30)
-        try:
-            self.put_archive(container, rdir, chunks, length)
-        finally:
-            if stop_start:  # started again even when the copy failed: the old data is better than none
-                self.client.start_container(container)
+            try:
+                body = {
+                    "Image": info.get("Image"),
+                    "Entrypoint": ["sh", "-c", 'mv -f "$1/$2" "$1/$3"', "opsbook-swap", rdir, rfile + STAGED, rfile],
+                    "Cmd": [],
+                    "User": "0",
+                    "Labels": {"opsbook.backup.helper": self.spec.name},
+                    "HostConfig": {"VolumesFrom": [info["Id"]], "NetworkMode": "none"},
+                }
+                run_helper(self.client, self.client.create_container(body), "rename the RDB", 120, code)
+                self.progress("swapping", done=art.name)
+            finally:
+                self.progress("starting")
+                self.client.start_container(container)  # the old data when the rename failed, better than none
+        else:
+            chunks, length = self.rdb_tar(directory, art, rfile, uid, gid)
+            if stop_start:
+                self.progress("swapping")
+                self.client.stop_container(container, grace_s=30)
+            try:
+                self.put_archive(container, rdir, chunks, length)
+            finally:
+                if stop_start:
+                    self.progress("starting")
+                    self.client.start_container(container)
         self.wait_ready(container, 60, code)
 
     def restore_steps(self, manifest: Manifest) -> list[str]:
-        return ["stop %s, replace its RDB file, start it" % self.spec.container for _a in manifest.artifacts]
+        return [
+            "copy the RDB from %s beside the live one in %s, stop it, rename it over the live file, start it"
+            % (a.name, self.spec.container)
+            for a in manifest.artifacts
+        ]
 
     def ready_argv(self, container: str, user: str) -> list[str]:
         return ["redis-cli", "PING"]

@@ -7,7 +7,9 @@
 Private to this collection: not a public API, it may change in any release.
 
 The containers using the volume can be stopped meanwhile (stop_owners, or their label opsbook.backup.stop=true),
-so that for example Grafana's SQLite file is consistent; a restore stops every running user of the volume.
+so that for example Grafana's SQLite file is consistent. A restore extracts the archive beside the live content
+(swap.py) while its users still run, then stops every running user, swaps the content (files created after the
+backup do not survive) and starts them again.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -26,6 +28,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressed_chunks
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.swap import DirectorySwap
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerNotFound
 
 MOUNT = "/opsbook-volume"
@@ -44,8 +47,7 @@ class VolumeEngine(Engine):
     def owners(self) -> list[dict[str, t.Any]]:
         return self.client.list_containers(all=True, filters={"volume": [self.spec.volume]})
 
-    def helper(self, read_only: bool) -> str:
-        """A created, never started container with the volume at /opsbook-volume (the archive API needs one)."""
+    def helper_image(self) -> str:
         try:
             self.client.inspect_volume(self.spec.volume)
         except DockerNotFound as exc:
@@ -56,8 +58,12 @@ class VolumeEngine(Engine):
             if not owners:
                 raise BackupError(EXIT_USAGE, "volume %s: no container uses it, set helper_image" % self.spec.volume)
             image = owners[0]["ImageID"]
+        return image
+
+    def helper(self, read_only: bool) -> str:
+        """A created, never started container with the volume at /opsbook-volume (the archive API needs one)."""
         body = {
-            "Image": image,
+            "Image": self.helper_image(),
             "Cmd": ["true"],
             "Entrypoint": [],
             "Labels": {"opsbook.backup.helper": self.spec.name},
@@ -96,25 +102,45 @@ class VolumeEngine(Engine):
 
     def restore(self, directory: str, manifest: Manifest, databases: list[str] | None = None) -> list[str]:
         art = manifest.artifacts[0]
-        helper = self.helper(read_only=False)
-        stopped = [o["Id"] for o in self.owners() if o.get("State") == "running"]
         path = os.path.join(directory, art.name)
+        swap = DirectorySwap(
+            self.client,
+            self.helper_image(),
+            MOUNT,
+            {"Binds": ["%s:%s" % (self.spec.volume, MOUNT)]},
+            self.spec.name,
+            self.settings.timeout,
+        )
+        self.progress("copying")
+        swap.run("prepare")
+        target = swap.helper()
+        try:
+            # The archive's top directory is opsbook-volume/: it lands in .opsbook-restore/opsbook-volume/.
+            failure = BackupError(EXIT_RESTORE, "zstd -d %s failed" % path)
+            self.put_archive(
+                target, swap.staging, decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
+            )
+        except BaseException:
+            swap.run("recover")  # the live content was not touched; drop the half extracted copy
+            raise
+        finally:
+            swap.remove(target)
+        stopped = [o["Id"] for o in self.owners() if o.get("State") == "running"]
+        self.progress("swapping")
         try:
             for cid in stopped:
                 self.client.stop_container(cid)
-            # The archive's top directory is opsbook-volume/: extracted at / of the helper, it lands in the volume.
-            failure = BackupError(EXIT_RESTORE, "zstd -d %s failed" % path)
-            self.put_archive(
-                helper, "/", decompressed_chunks(path, self.settings, art.encrypted, failure), art.raw_bytes
-            )
+            swap.run("swap", os.path.basename(MOUNT))
+            self.progress("swapping", done=art.name)
         finally:
+            self.progress("starting")
             for cid in stopped:
                 self.client.start_container(cid)
-            self.client.remove_container(helper, force=True)
         return [art.name]
 
     def restore_steps(self, manifest: Manifest) -> list[str]:
         return [
-            "stop the containers using volume %s, extract %s over it, start them" % (self.spec.volume, a.name)
+            "extract %s beside the content of volume %s, stop the containers using it, swap the content "
+            "(files created since the backup go), start them" % (a.name, self.spec.volume)
             for a in manifest.artifacts
         ]

@@ -20,6 +20,80 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.registry imp
 from ansible_collections.opsbook.stack.plugins.module_utils._compose import NAME_RE
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAULT_DOCKER_HOST
 
+# The type of every setting a job file may hold: the file is JSON written by the role from YAML, where "3" (quoted)
+# is a string; a wrong type is refused here with the setting's name, not met later as a traceback.
+STR, INT, BOOL, NUMBER, STRLIST = "a string", "an integer", "true or false", "a number", "a list of strings"
+COMPONENT_TYPES = {
+    "name": STR,
+    "type": STR,
+    "container": STR,
+    "volume": STR,
+    "databases": STRLIST,
+    "user": STR,
+    "password": STR,
+    "zstd_level": INT,
+    "zstd_threads": INT,
+    "min_bytes": INT,
+    "keep_last": INT,
+    "keep_daily": INT,
+    "keep_weekly": INT,
+    "helper_image": STR,
+    "stop_owners": BOOL,
+    "api_port": INT,
+    "source_counts": BOOL,
+    "source_checksums": BOOL,
+}
+SETTINGS_TYPES = {
+    "dest": STR,
+    "metrics_dir": STR,
+    "docker_host": STR,
+    "space_margin": NUMBER,
+    "min_free_bytes": INT,
+    "drill_prefix": STR,
+    "drill_timeout": NUMBER,
+    "timeout": NUMBER,
+    "zstd": STR,
+    "age_recipients": STRLIST,
+    "age_identity": STR,
+    "age": STR,
+    "shrink_ratio": NUMBER,
+}
+NULLABLE = ("min_bytes", "stop_owners")
+
+
+def _has_type(value: t.Any, kind: str) -> bool:
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _described(value: t.Any) -> str:
+    if isinstance(value, str):
+        return "the string %r" % value
+    return "%s %r" % (type(value).__name__, value)
+
+
+def check_types(owner: str, values: dict[str, t.Any], types: dict[str, str]) -> None:
+    """Refuse a setting of the wrong type, naming it, what it needs and how to write it."""
+    for key, kind in types.items():
+        value = values.get(key)
+        if value is None and key in NULLABLE:
+            continue
+        if _has_type(value, kind):
+            continue
+        hint = ""
+        if kind in (INT, NUMBER, BOOL) and isinstance(value, str):
+            hint = " (write %s: %s, without quotes)" % (key, value)
+        elif kind == STRLIST and isinstance(value, str):
+            hint = " (write %s: [%s], a list, even for one)" % (key, value)
+        raise BackupError(EXIT_USAGE, "%s: %s must be %s, got %s%s" % (owner, key, kind, _described(value), hint))
+
 
 @dataclass
 class ComponentSpec:
@@ -47,6 +121,7 @@ class ComponentSpec:
     source_checksums: bool = False
 
     def __post_init__(self) -> None:
+        check_types("component %s" % self.name, self.__dict__, COMPONENT_TYPES)
         if self.type not in TYPES:
             raise BackupError(
                 EXIT_USAGE, "component %s: type %r is not one of %s" % (self.name, self.type, ", ".join(TYPES))
@@ -59,6 +134,10 @@ class ComponentSpec:
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, t.Any]) -> ComponentSpec:
+        if not isinstance(data, dict):
+            raise BackupError(
+                EXIT_USAGE, "component %s: must be a mapping of settings, got %s" % (name, _described(data))
+            )
         known = set(cls.__dataclass_fields__)  # pylint: disable=no-member
         unknown = sorted(set(data) - known - {"name", "schedule"})
         if unknown:
@@ -83,6 +162,12 @@ class Settings:
     # An age identity file (private key) that restores and drills decrypt with; kept off the host when possible.
     age_identity: str = ""
     age: str = "age"
+    # A dump below this fraction of the last good backup (uncompressed bytes, or total rows where the engine
+    # counts them) is kept but flagged suspect, and retention keeps the last good one beside it; 0 turns it off.
+    shrink_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_types("settings", self.__dict__, SETTINGS_TYPES)
 
 
 def load_config(path: str) -> tuple[Settings, dict[str, ComponentSpec]]:
@@ -92,6 +177,8 @@ def load_config(path: str) -> tuple[Settings, dict[str, ComponentSpec]]:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
         raise BackupError(EXIT_USAGE, "cannot read config %s: %s" % (path, exc)) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("components") or {}, dict):
+        raise BackupError(EXIT_USAGE, "config %s: must be a JSON object whose components is an object" % path)
     known = set(Settings.__dataclass_fields__)  # pylint: disable=no-member
     settings = Settings(**{k: v for k, v in data.items() if k in known})
     components = {name: ComponentSpec.from_dict(name, spec) for name, spec in (data.get("components") or {}).items()}

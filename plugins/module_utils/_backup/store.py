@@ -7,8 +7,10 @@
 Private to this collection: not a public API, it may change in any release.
 
 Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts and ``manifest.json`` (sha256 and size of every
-artifact), written last and atomically: a directory without a manifest is not a backup. Retention deletes only
-the files a manifest lists and never the newest backup that verifies.
+artifact). A run writes into ``<backup id>.partial/`` and commits by renaming it to ``<backup id>/`` once every
+artifact and the manifest are written and read back: a ``.partial`` directory (or one without a manifest) is not
+a backup, and the next run or prune of the job removes it (``leftovers``). Retention deletes only the files a
+manifest lists and never the last good backup (the newest that verifies and did not shrink, docs/backup-states.md).
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -27,6 +29,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
 
 MANIFEST = "manifest.json"
 PRUNING = "manifest.pruning.json"
+PARTIAL = ".partial"
 SCHEMA = 1
 
 
@@ -102,6 +105,40 @@ class Store:
     def path(self, backup_id: str) -> str:
         return os.path.join(self.root, backup_id)
 
+    def partial_path(self, backup_id: str) -> str:
+        """Where a run writes backup_id until it commits it."""
+        return os.path.join(self.root, backup_id + PARTIAL)
+
+    def commit(self, backup_id: str) -> str:
+        """Rename <id>.partial/ to <id>/ (the commit) and make the rename durable; returns the final path."""
+        final = self.path(backup_id)
+        os.rename(self.partial_path(backup_id), final)
+        _files.fsync_dir(self.root)
+        return final
+
+    def leftovers(self) -> list[tuple[str, int]]:
+        """Directories of runs that never committed, with the bytes they hold: every <id>.partial/, and (from
+        earlier releases) a backup directory with neither manifest. Only a run holding the job's lock may remove
+        them: then the run that wrote them is dead."""
+        found: list[tuple[str, int]] = []
+        if not os.path.isdir(self.root):
+            return found
+        for entry in sorted(os.listdir(self.root)):
+            directory = os.path.join(self.root, entry)
+            if not os.path.isdir(directory) or entry.startswith("."):
+                continue
+            committed = any(os.path.exists(os.path.join(directory, n)) for n in (MANIFEST, PRUNING))
+            if entry.endswith(PARTIAL) or not committed:
+                found.append((directory, _tree_bytes(directory)))
+        return found
+
+    def remove_leftovers(self) -> list[tuple[str, int]]:
+        """Remove every leftover directory (see leftovers); returns what was removed."""
+        removed = self.leftovers()
+        for directory, _size in removed:
+            _remove_flat(directory)
+        return removed
+
     def manifests(self) -> list[Manifest]:
         """Committed backups, oldest first."""
         found: list[Manifest] = []
@@ -109,7 +146,7 @@ class Store:
             return found
         for entry in sorted(os.listdir(self.root)):
             mpath = os.path.join(self.root, entry, MANIFEST)
-            if os.path.isfile(mpath):
+            if not entry.endswith(PARTIAL) and os.path.isfile(mpath):
                 try:
                     with open(mpath, encoding="utf-8") as handle:
                         found.append(Manifest.from_dict(json.load(handle)))
@@ -131,10 +168,11 @@ class Store:
             "backup %s not found under %s (have: %s)" % (backup_id, self.root, ", ".join(m.id for m in manifests[-5:])),
         )
 
-    def verify(self, manifest: Manifest) -> list[str]:
-        """Problems of a backup (empty when every artifact has its size and sha256)."""
+    def verify(self, manifest: Manifest, directory: str = "") -> list[str]:
+        """Problems of a backup (empty when every artifact has its size and sha256); directory: where it is when
+        not yet committed."""
         problems = []
-        directory = self.path(manifest.id)
+        directory = directory or self.path(manifest.id)
         for art in manifest.artifacts:
             path = os.path.join(directory, art.name)
             try:
@@ -160,27 +198,45 @@ class Store:
                 {"problems": problems},
             )
 
-    def newest_verified(self) -> Manifest | None:
+    def newest_verified(self, good_only: bool = False) -> Manifest | None:
+        """The newest backup that verifies; good_only: also not flagged suspect (a sharp shrink)."""
         for m in reversed(self.manifests()):
+            if good_only and m.facts.get("suspect"):
+                continue
             if not self.verify(m):
                 return m
         return None
 
-    def discard(self, directory: str, artifacts: t.Iterable[Artifact]) -> None:
-        """Remove an uncommitted backup directory: its artifacts, partial files, then the directory if empty."""
-        for art in artifacts:
-            _files.unlink_quiet(os.path.join(directory, art.name))
-        for name in os.listdir(directory):
-            if name.endswith(_files.TMP_SUFFIX):
-                _files.unlink_quiet(os.path.join(directory, name))
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
-
 
 def newest_verified(store: Store) -> Manifest | None:
     return store.newest_verified()
+
+
+def raw_size(manifest: Manifest) -> int:
+    return sum(a.raw_bytes for a in manifest.artifacts)
+
+
+def row_total(manifest: Manifest) -> int:
+    return sum(int(n) for tables in (manifest.facts.get("tables") or {}).values() for n in tables.values())
+
+
+def shrink_reason(new: Manifest, good: Manifest | None, ratio: float) -> str:
+    """Why new looks emptied next to the last good backup ("" when it does not): its uncompressed size, or the
+    total of its row counts (where the engine records them), below ratio times the good one's."""
+    if good is None or ratio <= 0:
+        return ""
+    before, after = raw_size(good), raw_size(new)
+    if before > 0 and after < before * ratio:
+        return "the dump is %d bytes, the last good backup %s was %d (below %g of it)" % (after, good.id, before, ratio)
+    rows_before, rows_after = row_total(good), row_total(new)
+    if rows_before >= 10 and rows_after < rows_before * ratio:
+        return "the tables hold %d rows, in the last good backup %s they held %d (below %g of it)" % (
+            rows_after,
+            good.id,
+            rows_before,
+            ratio,
+        )
+    return ""
 
 
 def select_keep(
@@ -204,12 +260,13 @@ def select_keep(
 
 def prune(store: Store, spec: t.Any, newest_verified: str | None) -> list[str]:
     """Delete the backups retention does not keep (spec: keep_last, keep_daily, keep_weekly): only files their
-    manifest lists, then the empty directory.
+    manifest lists, then the empty directory; and the leftover directories of runs that never committed
+    (``<id>.partial``, listed in the result by that name). newest_verified: the id always kept (the last good one).
 
     The manifest is renamed to manifest.pruning.json first (uncommitted but still listing its files), so an
     interrupted prune is finished by the next one instead of leaving a backup that fails verification.
     """
-    removed = []
+    removed = [os.path.basename(d) for d, _size in store.remove_leftovers()]
     if os.path.isdir(store.root):
         for entry in sorted(os.listdir(store.root)):
             if os.path.isfile(os.path.join(store.root, entry, PRUNING)):
@@ -225,6 +282,30 @@ def prune(store: Store, spec: t.Any, newest_verified: str | None) -> list[str]:
         _delete_listed(directory, PRUNING)
         removed.append(m.id)
     return removed
+
+
+def _tree_bytes(directory: str) -> int:
+    total = 0
+    for base, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _remove_flat(directory: str) -> None:
+    """Remove a run's directory: the files in it, then the directory. A run writes no subdirectory, so one found
+    there is left alone (and so is the directory holding it)."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) or os.path.islink(path):
+            _files.unlink_quiet(path)
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
 
 
 def _delete_listed(directory: str, manifest_name: str) -> None:

@@ -404,6 +404,7 @@ def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
     assert restored["restored"] == ["app.sql.zst"]
     assert _maria(dbs, "CHECKSUM TABLE app.items, app.empty") == before
     assert _maria(dbs, "SHOW TABLES FROM app").split() == ["empty", "items"]
+    assert "app__opsbook" not in _maria(dbs, "SHOW DATABASES")  # the scratch and old schemas are gone
 
     drill = bk.run_drill(spec, settings)
     assert drill["matches_source"] is True and drill["tables"]["app"]["counts"] == {"empty": 0, "items": 500}
@@ -434,6 +435,62 @@ def test_postgres_backup_modify_restore_drill(dbs, tmp_path):
 
 
 @pytest.mark.docker
+def test_postgres_wrong_identity_or_a_failed_load_leaves_the_database_serving(dbs, tmp_path, monkeypatch):
+    """Defect 6: the database is neither dropped nor replaced unless the backup decodes and loads completely."""
+    identity, recipient = _age_key(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong, _r = _age_key(other)
+    _pg(dbs, "CREATE DATABASE keep", db="postgres")
+    _pg(dbs, "CREATE TABLE k (id int); INSERT INTO k SELECT generate_series(1, 50)", db="keep")
+    spec = bk.ComponentSpec(name="pgkeep", type="postgres", container=dbs["postgres"], databases=["keep"])
+    bk.run_backup(spec, _settings(tmp_path, age_recipients=[recipient]))
+    _pg(dbs, "INSERT INTO k VALUES (999)", db="keep")
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_restore(spec, _settings(tmp_path, age_identity=wrong))
+    assert err.value.exit_code == bk.EXIT_RESTORE and "trial decode" in err.value.message
+    assert err.value.evidence["touched"] is False
+    assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "51"  # not dropped, not restored
+
+    def broken_load(self, directory, art, c, env, user):
+        self.q(
+            c, "CREATE DATABASE %s" % bk.engine_postgres.ident(bk.engine_postgres.scratch_name(art.database)), env, user
+        )
+        raise bk.BackupError(bk.EXIT_RESTORE, "pg_restore failed halfway (injected)")
+
+    monkeypatch.setattr(bk.engine_postgres.PostgresEngine, "load_beside", broken_load)
+    with pytest.raises(bk.BackupError) as err:
+        bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
+    assert err.value.evidence["touched"] is False and err.value.evidence["phase"] == "copying"
+    assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "51"
+    assert (
+        _pg(dbs, "SELECT count(*) FROM pg_database WHERE datname LIKE 'keep__opsbook%'", db="postgres").strip() == "0"
+    )
+    monkeypatch.undo()
+    bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
+    assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "50"
+
+
+@pytest.mark.docker
+def test_mariadb_with_a_trigger_restores_through_the_proven_dump(dbs, tmp_path):
+    _maria(
+        dbs,
+        "CREATE DATABASE trig; CREATE TABLE trig.t (id INT PRIMARY KEY, v INT); CREATE TABLE trig.log (id INT);"
+        "CREATE TRIGGER trig.t_ins AFTER INSERT ON trig.t FOR EACH ROW INSERT INTO trig.log VALUES (NEW.id);"
+        "INSERT INTO trig.t SELECT seq, seq FROM seq_1_to_100",
+    )
+    spec = bk.ComponentSpec(name="trig", type="mariadb", container=dbs["mariadb"], databases=["trig"])
+    settings = _settings(tmp_path)
+    bk.run_backup(spec, settings)
+    _maria(dbs, "DELETE FROM trig.t WHERE id > 10; CREATE TABLE trig.later (x INT)")
+    bk.run_restore(spec, settings)
+    assert _maria(dbs, "SELECT COUNT(*) FROM trig.t").strip() == "100"
+    assert _maria(dbs, "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = 'trig'").strip() == "1"
+    assert _maria(dbs, "SHOW TABLES FROM trig").split() == ["log", "t"]
+    assert "trig__opsbook" not in _maria(dbs, "SHOW DATABASES")
+
+
+@pytest.mark.docker
 def test_redis_backup_modify_restore_drill(dbs, tmp_path):
     pairs = []
     for i in range(300):
@@ -448,6 +505,7 @@ def test_redis_backup_modify_restore_drill(dbs, tmp_path):
     bk.run_restore(spec, settings)
     assert sorted(_redis(dbs, "KEYS", "*").split()) == keys_before
     assert _redis(dbs, "GET", "key:50").strip() == "value-50"
+    assert "opsbook-restore" not in _sh(dbs["redis"], "ls", "-A", "/data")  # the staged RDB was renamed in
     drill = bk.run_drill(spec, settings)
     assert drill["dbsize"] == len(keys_before) and drill["matches_source"]
 
@@ -483,9 +541,11 @@ def test_failed_dump_is_a_failure_and_leaves_nothing(dbs, tmp_path):
         bk.run_backup(spec, settings)
     assert err.value.exit_code == bk.EXIT_DUMP and "no_such_db" in err.value.message
     root = os.path.join(settings.dest, "broken")
-    assert sorted(os.listdir(root)) == [".lock", "state.json"]
+    assert sorted(os.listdir(root)) == [".lock", "backup.run.json", "state.json"]  # no backup directory
     state = json.load(open(os.path.join(root, "state.json"), encoding="utf-8"))
     assert state["last_exit_code"] == bk.EXIT_DUMP and "last_success" not in state
+    record = json.load(open(os.path.join(root, "backup.run.json"), encoding="utf-8"))
+    assert record["phase"] == "failed" and record["failed_in"] == "dumping" and record["exit_code"] == bk.EXIT_DUMP
     missing = bk.ComponentSpec(name="gone", type="redis", container=PREFIX + "does-not-exist")
     with pytest.raises(bk.BackupError) as gone:
         bk.run_backup(missing, settings)
@@ -574,11 +634,14 @@ def test_volume_backup_and_restore(dbs, tmp_path):
         result = bk.run_backup(spec, settings)
         assert result.artifacts[0]["kind"] == "tar" and result.raw_size > 10 * 1024
         assert client.inspect_container(owner)["State"]["Running"]  # labelled owner restarted after the archive
-        _sh(owner, "sh", "-c", "echo two > /data/a.txt && rm /data/sub/numbers")
+        _sh(owner, "sh", "-c", "echo two > /data/a.txt && rm /data/sub/numbers && echo new > /data/after.txt")
         restored = bk.run_restore(spec, settings)
         assert restored["restored"] == ["volume.tar.zst"]
         assert _sh(owner, "cat", "/data/a.txt") == "one\n"
         assert _sh(owner, "wc", "-l", "/data/sub/numbers").split()[0] == "5000"
+        # The volume holds what the backup held: a file created after it does not survive, nothing is left over.
+        listing = _sh(owner, "ls", "-A", "/data").split()
+        assert "after.txt" not in listing and not [n for n in listing if n.startswith(".opsbook")], listing
     finally:
         client.remove_container(owner, force=True)
         client.request("DELETE", "/volumes/%s" % volume)

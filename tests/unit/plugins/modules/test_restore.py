@@ -74,7 +74,8 @@ def test_restore_and_drill_from_the_job_file(backed_up, capsys):  # pylint: disa
     verified = run_module(restore_module, dict(args, state="verified"), capsys)
     assert verified["changed"] is False and verified["backup_id"] == backed_up["backup"]["id"]
     assert (
-        verified["plan"]["steps"][0].startswith("verify sha256") and "replace its RDB" in verified["plan"]["steps"][1]
+        verified["plan"]["steps"][0].startswith("verify sha256")
+        and "rename it over the live file" in verified["plan"]["steps"][1]
     )
 
     drilled = run_module(restore_module, dict(args, state="drilled"), capsys)

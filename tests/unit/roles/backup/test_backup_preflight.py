@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The backup role's input checks, run by ansible-playbook on localhost (no host is changed: only preflight.yml
+runs): a job setting of the wrong type is refused at role time, naming the variable, instead of failing every
+cron run later. Also the cron line: warnings and results are not thrown away."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import yaml
+
+ROOT = Path(__file__).resolve().parents[4]
+ROLE = ROOT / "roles" / "backup"
+
+
+def _preflight(tmp_path: Path, components: dict) -> subprocess.CompletedProcess:
+    playbook = tmp_path / "preflight.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": True,
+                    "gather_subset": ["!all", "min"],
+                    "vars_files": [str(ROLE / "defaults" / "main.yml")],
+                    "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
+                }
+            ]
+        )
+    )
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"backup_components": components}))  # exact types, as an inventory gives them
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    return subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook), "-e", "@%s" % extra]
+        + ["-e", "ansible_python_interpreter=%s" % sys.executable],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_well_typed_jobs_pass(tmp_path):
+    proc = _preflight(
+        tmp_path,
+        {"mysql": {"type": "mariadb", "container": "db", "databases": ["app"], "keep_last": 3, "source_counts": True}},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_mistyped_job_settings_are_refused_at_role_time_naming_each(tmp_path):
+    proc = _preflight(
+        tmp_path,
+        {
+            "mysql": {"type": "mariadb", "container": "db", "keep_last": "3"},
+            "pg": {"type": "postgres", "container": "pg", "databases": "app"},
+            "cache": {"type": "redis", "container": "r", "source_checksums": "yes"},
+        },
+    )
+    assert proc.returncode != 0
+    for needle in (
+        'mysql: keep_last must be an integer, got "3" (write backup_components.mysql.keep_last: 3 without quotes)',
+        'pg: databases must be a list of names, got "app" (write backup_components.pg.databases: [app]',
+        "cache: source_checksums must be true or false",
+        "Nothing was changed",
+    ):
+        assert needle in proc.stdout, proc.stdout[-3000:]
+
+
+def test_the_cron_line_keeps_warnings_and_results():
+    text = (ROLE / "templates" / "cron.j2").read_text()
+    rendered = jinja2.Template(text).render(
+        ansible_managed="managed",
+        __backup_job="mysql",
+        __backup_job_type="mariadb",
+        __backup_job_delay=3,
+        __backup_job_schedule="17 2 * * *",
+        __backup_job_drill_schedule="41 4 * * 0",
+        backup_log_dir="/var/log/opsbook",
+        backup_metrics_dir="/m",
+        backup_bin="/usr/local/bin/opsbook-backup",
+        backup_config_dir="/etc/opsbook/backup",
+    )
+    jobs = [line for line in rendered.splitlines() if line.startswith(("17 ", "41 "))]
+    assert len(jobs) == 2
+    for line in jobs:
+        assert "/dev/null" not in line
+        assert "2>>/var/log/opsbook/backup-mysql.log" in line and "| logger -t opsbook-backup-mysql" in line
