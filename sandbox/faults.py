@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--pattern", required=True)
     proc.add_argument("--state-dir", default="")
     proc.add_argument("--phase", default="dumping,copying,swapping")
-    proc.add_argument("--settle-s", type=float, default=0.5)
+    proc.add_argument("--settle-s", type=float, default=0.2)
     proc.add_argument("--fault", default="none")
     proc.add_argument("--timeout", type=float, default=120.0)
     sub.add_parser("repair-nginx")

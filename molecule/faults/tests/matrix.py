@@ -156,11 +156,32 @@ def run_playbook(name: str, extra: dict) -> PlaybookRun:
     return finish_playbook(start_playbook(name, extra))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (ansible's workers start sessions of their own: a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % entry, encoding="utf-8") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def kill_ansible(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL of ansible-playbook and every process it started on the controller: the controller is gone.
+    What runs on the host (the module under docker exec) goes on, as it would."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------------------
