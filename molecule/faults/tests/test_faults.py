@@ -168,6 +168,7 @@ def upgrade_cell(host, address: str, row: Row, phase: str, kill: str, fault: str
     counts = load_columns(row, load)
     note_fault(row, seen, first, current, target)
     killed_record = seen.get("record") or next((r["id"] for r in new_records(before, mid)), None)
+    note_left(row, mid)
     row.notes.append("rerun: %s" % rerun.summary())
     check_upgrade_end(row, before, after, target, rerun, killed_record, survived=kill == "ansible")
     if counts["rerun"]["failed"]:
@@ -185,6 +186,14 @@ def note_fault(row: Row, seen: dict, first, current: str, target: str) -> None:
     row.notes.append("%sfault at %s (%s, %.1f s after the start): %s; first run %s"
                      % (versions, seen.get("phase"), seen.get("source"), seen.get("after_s", 0),
                         {k: v for k, v in seen.items() if k in ("fault", "killed", "rc", "took_s")}, first.summary()))
+
+
+def note_left(row: Row, mid: dict) -> None:
+    """What the fault left for the rerun (not a criterion: the rerun has to mend it)."""
+    left = consistency(mid)
+    records = [r for r in mid["journal"] if r["status"] == "in_progress"]
+    row.notes.append("left by the fault: %s%s" % ("; ".join(left)[:400] or "one consistent state",
+                                                  "; in_progress: %s" % [r["id"] for r in records] if records else ""))
 
 
 def check_nginx_fault(row: Row, before: dict, mid: dict) -> None:
@@ -261,6 +270,7 @@ def test_rollback_sigkill_of_the_module_on_the_host(host, address, phase):
     counts = load_columns(row, load)
     note_fault(row, seen, first, current, target)
     killed = seen.get("record") or next((r["id"] for r in new_records(before, mid)), None)
+    note_left(row, mid)
     row.notes.append("rerun: %s" % rerun.summary())
     check_upgrade_end(row, before, after, target, rerun, killed, survived=False)
     row.fail("journal", *rolled_back_from(before, after, current))
