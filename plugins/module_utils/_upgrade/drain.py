@@ -253,12 +253,15 @@ def drain(
     workers_before: set[int],
     timeout_s: float,
     settle_until: float = 0.0,
-    workers: t.Callable[[], set[int]] = nginx_workers,
-    connections: t.Callable[[], set[Connection]] = established_connections,
+    workers: t.Callable[[], set[int]] | None = None,
+    connections: t.Callable[[], set[Connection]] | None = None,
     interval_s: float = WATCH_INTERVAL_S,
 ) -> DrainReport:
     """Wait until the workers of before the switch have exited, no connection to `targets` is left and the
-    monotonic time `settle_until` (the switch plus the resolver's validity) has passed, or `timeout_s`."""
+    monotonic time `settle_until` (the switch plus the resolver's validity) has passed, or `timeout_s`.
+    `workers` and `connections` read the host (nginx_workers, established_connections) unless given."""
+    workers = workers or nginx_workers
+    connections = connections or established_connections
     started = time.monotonic()
     deadline = started + timeout_s
     seen: dict[str, tuple[set[Connection], set[Connection]]] = {}
