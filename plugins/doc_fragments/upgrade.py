@@ -93,8 +93,8 @@ options:
         (no established connection from the host to their published port or their own address, the Nginx
         workers of before the reload exited), so it costs nothing when nothing is in flight.
       - The default leaves a chat answer streamed over SSE time to finish. A stream still open at the timeout is
-        counted in the result (C(evidence.drain.<service>.cut)) and warned about; the container's stop grace period then lets the
-        application end it cleanly. See docs/drain.md.
+        counted in the result (C(evidence.drain.<service>.cut)) and warned about; the container's stop grace
+        period then lets the application end it cleanly. See docs/drain.md.
     type: float
     default: 300
   nginx_url:
