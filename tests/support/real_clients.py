@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import re
@@ -67,8 +68,14 @@ class ClientFigures:
         return self.failed - self.answered_failed
 
     def to_dict(self) -> dict:
-        return {"client": self.client, "requests": self.requests, "failed": self.failed,
-                "transport_failed": self.transport_failed, "errors": self.errors, "note": self.note}
+        return {
+            "client": self.client,
+            "requests": self.requests,
+            "failed": self.failed,
+            "transport_failed": self.transport_failed,
+            "errors": self.errors,
+            "note": self.note,
+        }
 
 
 def missing_tools() -> list[str]:
@@ -111,14 +118,24 @@ class Wrk(_Process):
         self.name = "wrk"
         self.base_url, self.connections = base_url.rstrip("/"), connections
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(_WRK_SCRIPT % {"post": POST_PATH, "get": GET_PATH, "body": POST_BODY.decode(),
-                                    "delay_ms": delay_ms})
+        script.write(
+            _WRK_SCRIPT % {"post": POST_PATH, "get": GET_PATH, "body": POST_BODY.decode(), "delay_ms": delay_ms}
+        )
         script.close()
         self.script = script.name
 
     def argv(self) -> list[str]:
-        return ["wrk", "-t1", "-c%d" % self.connections, "-d3600s", "--timeout", "10s", "-s", self.script,
-                self.base_url + "/"]
+        return [
+            "wrk",
+            "-t1",
+            "-c%d" % self.connections,
+            "-d3600s",
+            "--timeout",
+            "10s",
+            "-s",
+            self.script,
+            self.base_url + "/",
+        ]
 
     def parse(self, text: str) -> ClientFigures:
         figures = ClientFigures(self.name)
@@ -126,7 +143,7 @@ class Wrk(_Process):
         figures.requests = int(match.group(1)) if match else 0
         errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
         if errors:
-            for kind, count in zip(("connect", "read", "write", "timeout"), errors.groups()):
+            for kind, count in zip(("connect", "read", "write", "timeout"), errors.groups(), strict=False):
                 if int(count):
                     figures.errors["socket %s" % kind] = int(count)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -213,6 +230,7 @@ class KeepAliveLoad:
         self.errors: dict[str, int] = {}
         self.ok_times: list[float] = []
         self.versions: dict[str, int] = {}
+        self.version_times: list[tuple[float, str]] = []
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _one(self, conn: http.client.HTTPConnection, n: int) -> str:
@@ -247,6 +265,7 @@ class KeepAliveLoad:
                     self.ok_times.append(time.monotonic())
                     if version:
                         self.versions[version] = self.versions.get(version, 0) + 1
+                        self.version_times.append((self.ok_times[-1], version))
             except AnsweredError as exc:
                 used += 1
                 with self.lock:
@@ -280,10 +299,16 @@ class KeepAliveLoad:
         note = "%d of the failures on a reused connection" % self.failed_reused if self.failed else ""
         return ClientFigures(self.name, self.requests, self.failed, dict(self.errors), note)
 
+    def first_version_after(self, start: float, version: str) -> float | None:
+        """Seconds from `start` (time.monotonic) to the first answer from `version`."""
+        with self.lock:
+            hits = [at for at, seen in self.version_times if at >= start and seen == version]
+        return round(min(hits) - start, 2) if hits else None
+
     def longest_gap(self) -> float:
         """Longest time without a successful answer, from start to stop."""
         times = [self.started, *sorted(self.ok_times), getattr(self, "ended", time.monotonic())]
-        return round(max(b - a for a, b in zip(times, times[1:])), 3)
+        return round(max(b - a for a, b in itertools.pairwise(times)), 3)
 
 
 # -- streams held open across the change ----------------------------------------------------------------
@@ -299,8 +324,14 @@ class SessionVerdict:
     versions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "planned_s": self.planned_s, "lasted_s": round(self.lasted_s, 2),
-                "complete": self.complete, "detail": self.detail, "versions": self.versions}
+        return {
+            "kind": self.kind,
+            "planned_s": self.planned_s,
+            "lasted_s": round(self.lasted_s, 2),
+            "complete": self.complete,
+            "detail": self.detail,
+            "versions": self.versions,
+        }
 
 
 class SseStream(threading.Thread):
@@ -332,9 +363,9 @@ class SseStream(threading.Thread):
                     break
                 text = line.decode().rstrip("\n")
                 if text.startswith("event: "):
-                    event = text[len("event: "):]
+                    event = text[len("event: ") :]
                 elif text.startswith("data: "):
-                    data = json.loads(text[len("data: "):])
+                    data = json.loads(text[len("data: ") :])
                     if event == "end":
                         end = data
                     else:
@@ -395,13 +426,18 @@ class WebSocketSession(threading.Thread):
     @staticmethod
     def _send(sock: socket.socket, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)
-        sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
-                     + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        sock.sendall(
+            bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        )
 
     def _handshake(self, sock: socket.socket) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.path, self.host, key)).encode())
+        sock.sendall(
+            (
+                "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.path, self.host, key)
+            ).encode()
+        )
         while b"\r\n\r\n" not in self.buf:
             chunk = sock.recv(4096)
             if not chunk:
@@ -431,7 +467,10 @@ class WebSocketSession(threading.Thread):
                 if opcode == 0x8:
                     code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
                     self.verdict.detail = "closed by the server (%d) after %d of %d echoes" % (
-                        code, echoed, self.messages)
+                        code,
+                        echoed,
+                        self.messages,
+                    )
                     return
                 if (opcode, payload) != (0x1, ("message %d" % i).encode()):
                     self.verdict.detail = "echo %d wrong or out of order" % i
@@ -451,8 +490,9 @@ class WebSocketSession(threading.Thread):
             self.verdict.lasted_s = time.monotonic() - began
 
 
-def open_sessions(host: str, port: int = 80, streams: int = 20, sessions: int = 5,
-                  shortest_s: float = 30.0, longest_s: float = 60.0) -> list[threading.Thread]:
+def open_sessions(
+    host: str, port: int = 80, streams: int = 20, sessions: int = 5, shortest_s: float = 30.0, longest_s: float = 60.0
+) -> list[threading.Thread]:
     """`streams` SSE streams lasting from shortest_s to longest_s, and `sessions` WebSocket sessions, started."""
     span = longest_s - shortest_s
     started: list[threading.Thread] = [
@@ -474,9 +514,13 @@ def session_figures(threads: list[threading.Thread], timeout_s: float = 180.0) -
     for kind in ("sse", "websocket"):
         mine = [v for v in verdicts if v.kind == kind]
         bad = [v for v in mine if not v.complete]
-        figures[kind] = {"opened": len(mine), "completed": len(mine) - len(bad), "cut": len(bad),
-                         "details": sorted({v.detail for v in bad})[:4],
-                         "versions": sorted({ver for v in mine for ver in v.versions})}
+        figures[kind] = {
+            "opened": len(mine),
+            "completed": len(mine) - len(bad),
+            "cut": len(bad),
+            "details": sorted({v.detail for v in bad})[:4],
+            "versions": sorted({ver for v in mine for ver in v.versions}),
+        }
     return figures
 
 
