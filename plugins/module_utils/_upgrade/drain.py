@@ -14,8 +14,9 @@ time when nothing is in flight (docs/drain.md). Three signs, all read on the hos
   its networks (Nginx resolving the container by name, docker-proxy's side). This is the sign that holds whether
   the switch reloaded Nginx or not;
 - the Nginx workers of before a reload, children of THIS host's Nginx master only (its pid file): they finish
-  the requests they hold with the old configuration, then exit. Workers of another Nginx (a frontend container's)
-  are other processes and never counted;
+  the requests they hold with the old configuration, then exit. Only those that are shutting down (a reload
+  happened) and started after the containers were created (they could know them) count. Workers of another
+  Nginx (a frontend container's) are other processes and never counted;
 - the time since the switch: a switch that needs no reload (Nginx resolving names) may still send a new request to
   an old address until the resolver's answer expires (``settle_s``).
 
@@ -37,7 +38,9 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model impor
 TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 TCP_ESTABLISHED = "01"
 NGINX_PID_FILE = "/run/nginx.pid"
+RELOAD_SETTLE_S = 1.0  # after a switch: the master has told its old workers to finish
 _WORKER_TITLE = b"nginx: worker process"  # also "nginx: worker process is shutting down" after a reload
+_SHUTTING_DOWN_TITLE = b"nginx: worker process is shutting down"
 _MASTER_TITLE = b"nginx: master process"
 
 Endpoint = tuple[str, int]  # (address as ipaddress prints it, port)
@@ -177,6 +180,33 @@ def nginx_master(pid_file: str = NGINX_PID_FILE, proc: str = "/proc") -> int | N
     return masters[0] if len(masters) == 1 else None
 
 
+def _started_at(pid: str, proc: str) -> float | None:
+    """Unix time a process started: field 22 of its stat (clock ticks after boot) plus the boot time."""
+    stat = _read("%s/%s/stat" % (proc, pid))
+    boot = _read("%s/stat" % proc)
+    if not stat or not boot:
+        return None
+    fields = stat.rsplit(b")", 1)[-1].split()
+    btime = [line.split()[1] for line in boot.splitlines() if line.startswith(b"btime ")]
+    if len(fields) < 20 or not btime:
+        return None
+    return int(btime[0]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def lingering_workers(not_before: float = 0.0, pid_file: str = NGINX_PID_FILE, proc: str = "/proc") -> set[int]:
+    """The workers of this host's master that a reload told to finish ("is shutting down") and that started at
+    or after `not_before` (unix time): those that may still route to containers created then. A switch without
+    a reload leaves none; the current workers never count."""
+    found = set()
+    for pid in nginx_workers(pid_file, proc):
+        if not (_read("%s/%d/cmdline" % (proc, pid)) or b"").startswith(_SHUTTING_DOWN_TITLE):
+            continue
+        started = _started_at(str(pid), proc)
+        if started is None or started >= not_before:
+            found.add(pid)
+    return found
+
+
 def nginx_workers(pid_file: str = NGINX_PID_FILE, proc: str = "/proc") -> set[int]:
     """PIDs of the worker processes of this host's Nginx master now (those of before a reload included, while
     they finish their requests). Empty when no master is found."""
@@ -253,14 +283,16 @@ def drain(
     workers_before: set[int],
     timeout_s: float,
     settle_until: float = 0.0,
+    not_before: float = 0.0,
     workers: t.Callable[[], set[int]] | None = None,
     connections: t.Callable[[], set[Connection]] | None = None,
     interval_s: float = WATCH_INTERVAL_S,
 ) -> DrainReport:
     """Wait until the workers of before the switch have exited, no connection to `targets` is left and the
     monotonic time `settle_until` (the switch plus the resolver's validity) has passed, or `timeout_s`.
-    `workers` and `connections` read the host (nginx_workers, established_connections) unless given."""
-    workers = workers or nginx_workers
+    `not_before`: when the targets were created (unix time); older workers never knew them.
+    `workers` and `connections` read the host (lingering_workers, established_connections) unless given."""
+    workers = workers or (lambda: lingering_workers(not_before))
     connections = connections or established_connections
     started = time.monotonic()
     deadline = started + timeout_s
@@ -288,11 +320,13 @@ def drain(
 
 
 __all__ = [
+    "RELOAD_SETTLE_S",
     "DrainReport",
     "Target",
     "drain",
     "established_connections",
     "established_on_ports",
+    "lingering_workers",
     "nginx_master",
     "nginx_workers",
     "open_connections",

@@ -23,7 +23,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._probes import HttpP
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.bake import BakeVerdict, judge_bake
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.compose_cli import tail
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.docker_facts import parse_docker_time
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import DrainReport, drain, target_of
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import (
+    RELOAD_SETTLE_S,
+    DrainReport,
+    drain,
+    target_of,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.host import Host
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import (
     WATCH_INTERVAL_S,
@@ -357,8 +362,11 @@ class Rollout:
         about when it had to cut connections."""
         targets = [target_of(c.name, c.host_port, self.docker.inspect(c.id)) for c in containers]
         switched = [v for k, v in self.run.timings.items() if k in (service + "_switched", service + "_switched_back")]
-        settle_until = self.run.started + max(switched) + getattr(self.s, "resolver_valid_s", 0.0) if switched else 0.0
-        report = drain(targets, self.traffic.workers_before_switch, self.s.drain_timeout_s, settle_until)
+        # At least a second after the switch: the master signals its old workers a moment after the reload.
+        settle = max(getattr(self.s, "resolver_valid_s", 0.0), RELOAD_SETTLE_S)
+        settle_until = self.run.started + max(switched) + settle if switched else 0.0
+        not_before = min((c.created for c in containers), default=0.0) - 1.0
+        report = drain(targets, self.traffic.workers_before_switch, self.s.drain_timeout_s, settle_until, not_before)
         self.run.evidence.setdefault("drain", {})[service] = report.to_dict()
         self.run.mark("%s_drained" % service)
         if report.cut:

@@ -24,6 +24,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain impor
     _parse_endpoint,
     drain,
     established_connections,
+    lingering_workers,
     nginx_master,
     nginx_workers,
     target_of,
@@ -227,10 +228,24 @@ def test_drain_of_a_real_reload_ends_when_the_old_worker_finished_its_request(re
         client.recv(4096)
         client.close()
 
+    wait_for(lambda: lingering_workers(0.0, pid_file))  # the master signals its old workers a moment later
+    assert lingering_workers(0.0, pid_file) <= before, "only a worker of before the reload is shutting down"
+    assert not lingering_workers(time.time() + 60, pid_file), "a worker older than the containers never knew them"
     threading.Thread(target=finish, daemon=True).start()
-    report = drain([], before, 20.0, interval_s=0.05, workers=lambda: nginx_workers(pid_file))
+    report = drain([], before, 20.0, interval_s=0.05, workers=lambda: lingering_workers(0.0, pid_file))
     assert not report.timed_out, report.summary()
     assert 0.7 <= report.waited_s < 10.0
+
+
+def test_a_switch_without_a_reload_does_not_wait_for_the_current_workers(real_nginx):
+    # The resolver switch reloads nothing: the workers recorded at the switch are the current ones, which never
+    # exit; the drain must not wait for them (only connections and the resolver's validity count then).
+    _argv, pid_file, _port = real_nginx
+    current = nginx_workers(pid_file)
+    assert current and not lingering_workers(0.0, pid_file)
+    began = time.monotonic()
+    report = drain([TARGET], current, 10.0, connections=set, workers=lambda: lingering_workers(0.0, pid_file))
+    assert not report.timed_out and time.monotonic() - began < 2.0
 
 
 # -- the rollout's use of it: the result says what was waited for and warns about a cut -------------------
