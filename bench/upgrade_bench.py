@@ -144,6 +144,26 @@ def provision(host: str, inv: Path, tmp: Path) -> None:
     failures = report.get("stats", {}).get(host, {}).get("failures", 0)
     if failures:
         raise SystemExit("provisioning %s failed: %s" % (host, json.dumps(report)[-2000:]))
+    # The registry's demo-backend, not an older copy from the host's image seed (sandbox/images changed since).
+    for tag in ("1.0", "2.0", "3.0", "4.0"):
+        on_host(host, "docker", "pull", "-q", "registry:5000/demo-backend:%s" % tag)
+    on_host(host, "docker", "compose", "--project-directory", "/opt/demo", "up", "-d", "--wait")
+    playbook(
+        inv,
+        [
+            {
+                "hosts": "all",
+                "gather_facts": False,
+                "tasks": [
+                    {
+                        "name": "upstream",
+                        "opsbook.stack.nginx_upstream": {"project": "demo", "service": "backend", "port": 8000},
+                    }
+                ],
+            }
+        ],
+        tmp,
+    )
 
 
 def on_host(host: str, *argv: str) -> str:
