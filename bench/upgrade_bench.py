@@ -5,7 +5,8 @@ On one sandbox host (created and provisioned when missing: docker_engine, compos
 1.0 x2, nginx), in one run, each method under the same load through the host's Nginx (tests/support/real_clients.py):
 wrk (keep-alive), hey (keep-alive), hey -disable-keepalive and the project's own keep-alive client, together about
 170 requests/s, 3 GET /api/version : 1 POST /api/echo; plus twenty SSE streams of 30-60 s and five WebSocket
-sessions opened just before the change and held open across it, each checked for completeness.
+sessions held open across the change (for ours opened once the new containers run beside the old, so that each
+spans the switch), each checked for completeness.
 
 1. naive: `docker compose up -d` with the new tag (then the upstream re-rendered from Docker, as the nginx role
    would), what most teams run today;
@@ -32,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -174,14 +176,24 @@ CLIENTS = ("wrk", "hey", "hey -disable-keepalive", "own keep-alive")
 COMPOSE = "/opt/demo/compose.yaml"
 
 
-def measure(label: str, address: str, action, rows: list[dict]) -> dict:
-    """One method under the four clients, with the streams and sessions opened 2 s before it starts."""
+def measure(label: str, address: str, action, rows: list[dict], started=None) -> dict:
+    """One method under the four clients. The streams and sessions open 2 s before it starts, or, given
+    `started` (a test that the new containers run beside the old), as soon as that holds: then every one spans
+    the switch however slow the machine."""
     clients = real_clients.run_clients(address)
     own = next(c for c in clients if isinstance(c, real_clients.KeepAliveLoad))
-    sessions = real_clients.open_sessions(address)
+    sessions = [] if started else real_clients.open_sessions(address)
     time.sleep(2)
+    outcome: dict = {}
     start = time.monotonic()
-    extra = action(own, start) or {}
+    worker = threading.Thread(target=lambda: outcome.update(extra=action(own, start) or {}), daemon=True)
+    worker.start()
+    if started:
+        deadline = time.monotonic() + 180
+        while worker.is_alive() and not started() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        sessions = real_clients.open_sessions(address)
+    worker.join(1800)
     wall = time.monotonic() - start
     streams = real_clients.session_figures(sessions, timeout_s=150)
     time.sleep(1)
@@ -193,7 +205,7 @@ def measure(label: str, address: str, action, rows: list[dict]) -> dict:
         "longest_gap_s": own.longest_gap(),
         "sessions": streams,
         "wall_s": round(wall, 2),
-        **extra,
+        **outcome.get("extra", {}),
     }
     rows.append(row)
     print(json.dumps(row), flush=True)
@@ -334,7 +346,12 @@ def main() -> None:
 
             return act
 
-        measure("rolling_upgrade 1.0 -> 2.0", address, upgrade("2.0"), rows)
+        def beside() -> bool:
+            """More backend containers than the two of before: the new ones run beside the old."""
+            ids = on_host(args.host, "docker", "ps", "-q", "--filter", "label=com.docker.compose.service=backend")
+            return len(ids.split()) > 2
+
+        measure("rolling_upgrade 1.0 -> 2.0", address, upgrade("2.0"), rows, beside)
 
         def rollback(own, start) -> dict:
             done = module(inv, tmp, "opsbook.stack.rollback", {"project": "demo", **OPTIONS})
@@ -345,9 +362,9 @@ def main() -> None:
                 "drain": ((done.get("evidence") or {}).get("drain") or {}).get("backend"),
             }
 
-        measure("rollback 2.0 -> 1.0", address, rollback, rows)
-        measure("rolling_upgrade 1.0 -> 3.0 (broken: aborted)", address, upgrade("3.0"), rows)
-        measure("rolling_upgrade 1.0 -> 4.0 (5xx: switched back)", address, upgrade("4.0"), rows)
+        measure("rollback 2.0 -> 1.0", address, rollback, rows, beside)
+        measure("rolling_upgrade 1.0 -> 3.0 (broken: aborted)", address, upgrade("3.0"), rows, beside)
+        measure("rolling_upgrade 1.0 -> 4.0 (5xx: switched back)", address, upgrade("4.0"), rows, beside)
     finally:
         if not args.keep:
             sh([sys.executable, str(REPO / "sandbox" / "sandbox.py"), "host", "destroy", args.host])
