@@ -163,6 +163,7 @@ def on_1(address):
 
 def test_upgrade_with_nothing_in_flight_drains_at_once(on_1, host, address):
     result, figures = under_real_clients(
+        host,
         address,
         lambda: module(
             "opsbook.stack.rolling_upgrade", {"project": PROJECT, "services": {"backend": "2.0"}, **OPTIONS}
@@ -182,7 +183,7 @@ def test_upgrade_with_nothing_in_flight_drains_at_once(on_1, host, address):
 
 def test_rollback_with_streams_and_websockets(host, address):
     result, figures = under_real_clients(
-        address, lambda: module("opsbook.stack.rollback", {"project": PROJECT, **OPTIONS})
+        host, address, lambda: module("opsbook.stack.rollback", {"project": PROJECT, **OPTIONS})
     )
     record("real_rollback_2_to_1", figures)
     assert result.get("failed") is not True, result.get("msg")
@@ -195,6 +196,7 @@ def test_rollback_with_streams_and_websockets(host, address):
 
 def test_upgrade_with_streams_and_websockets(host, address):
     result, figures = under_real_clients(
+        host,
         address,
         lambda: module(
             "opsbook.stack.rolling_upgrade", {"project": PROJECT, "services": {"backend": "2.0"}, **OPTIONS}
@@ -212,6 +214,7 @@ def test_upgrade_with_streams_and_websockets(host, address):
 
 def test_aborted_upgrade_with_streams_and_websockets(host, address):
     result, figures = under_real_clients(
+        host,
         address,
         lambda: module(
             "opsbook.stack.rolling_upgrade", {"project": PROJECT, "services": {"backend": "3.0"}, **OPTIONS}
@@ -226,6 +229,7 @@ def test_aborted_upgrade_with_streams_and_websockets(host, address):
 
 def test_switched_back_upgrade_with_streams_and_websockets(host, address):
     result, figures = under_real_clients(
+        host,
         address,
         lambda: module(
             "opsbook.stack.rolling_upgrade",
