@@ -101,10 +101,10 @@ class _Process:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            out, _ = self.proc.communicate(timeout=30)
+            out, _err = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
+            out, _err = self.proc.communicate()
         figures = self.parse(out or "")
         if not figures.requests:
             figures.note = "no summary: " + (out or "")[-300:]
@@ -443,7 +443,7 @@ class WebSocketSession(threading.Thread):
             if not chunk:
                 raise ConnectionError("closed during the handshake")
             self.buf += chunk
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        head, _blank, self.buf = self.buf.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0].decode(errors="replace")
         if " 101 " not in status + " ":
             raise ConnectionError("handshake answered %r" % status)

@@ -111,7 +111,7 @@ def _container_ports(info: dict[str, t.Any]) -> list[int]:
     keys += list(((info.get("Config") or {}).get("ExposedPorts") or {}).keys())
     ports = []
     for key in keys:
-        number, _, proto = str(key).partition("/")
+        number, _slash, proto = str(key).partition("/")
         if (proto or "tcp") == "tcp" and number.isdigit() and int(number) not in ports:
             ports.append(int(number))
     return ports
