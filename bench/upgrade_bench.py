@@ -1,26 +1,33 @@
 #!/usr/bin/env python3
-"""Upgrade benchmark (issue 7): what a release costs the users, under constant GET+POST load through Nginx.
+"""Upgrade benchmark (issues 7 and 15): what a release costs real users, side by side with the peers.
 
 On one sandbox host (created and provisioned when missing: docker_engine, compose_app with the demo backend on
-1.0 x2, nginx), in one run and under the same load (>= 100 requests/s from this machine through the host's Nginx,
-half GET /api/echo, half POST /api/echo, one connection per request):
+1.0 x2, nginx), in one run, each method under the same load through the host's Nginx (tests/support/real_clients.py):
+wrk (keep-alive), hey (keep-alive), hey -disable-keepalive and the project's own keep-alive client, together about
+170 requests/s, 3 GET /api/version : 1 POST /api/echo; plus twenty SSE streams of 30-60 s and five WebSocket
+sessions held open across the change (for ours opened once the new containers run beside the old, so that each
+spans the switch), each checked for completeness.
 
 1. naive: `docker compose up -d` with the new tag (then the upstream re-rendered from Docker, as the nginx role
    would), what most teams run today;
-2. rolling_upgrade 1.0 -> 2.0;
-3. rolling_upgrade to the broken 3.0 (auto-abort);
+2. docker-rollout (wowu/docker-rollout, vendored in sandbox/tools/docker-rollout): scale to 2N with
+   --no-recreate, wait for health, remove the old containers;
+3. rolling_upgrade 1.0 -> 2.0;
 4. rollback (to 1.0, the newest previous release), with the time from the decision (launching the playbook) to
-   the first answer from the old version through Nginx, and the module's own switch time.
+   the first answer from the old version through Nginx, and the module's own switch time;
+5. rolling_upgrade to the broken 3.0 (aborted at the health gate);
+6. rolling_upgrade to 4.0 (half of /api/* answer 500: switched back in the bake; those 500s are the release's
+   own answers, counted apart from the failures without an answer).
 
-Prints one table: requests, failed, longest gap without a success, wall time. Not a timed test.
+Prints one table: method, requests, failed by client, longest gap without a success, streams and sessions
+completed/cut, wall time. Not a timed test.
 
-    python3 bench/upgrade_bench.py [--host opsbook-bench] [--rate 150] [--keep]
+    python3 bench/upgrade_bench.py [--host opsbook-bench] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
@@ -31,96 +38,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+import real_clients
+
+DOCKER_ROLLOUT = REPO / "sandbox" / "tools" / "docker-rollout" / "docker-rollout"
 VARS = {
     "compose_app_project": "demo",
     "compose_app_services": {
-        "backend": {"image": "registry:5000/demo-backend", "tag": "1.0", "preset": "web", "replicas": 2}
+        "backend": {
+            "image": "registry:5000/demo-backend",
+            "tag": "1.0",
+            "preset": "web",
+            "replicas": 2,
+            "environment": {"APP_SHUTDOWN_GRACE": "10"},
+        }
     },
     "compose_app_healthcheck_overrides": {"interval": "5s", "timeout": "3s", "retries": 3, "start_period": "5s"},
     "compose_app_wait_timeout": 120,
     "nginx_compose_project": "demo",
     "nginx_upstreams": [{"service": "backend", "port": 8000}],
     "nginx_routes": [{"path": "/", "upstream": "backend"}],
+    "nginx_streaming_paths": ["/sse"],
+    "nginx_streaming_upstream": "backend",
     "docker_engine_source": "distro",
     "docker_engine_compose_source": "controller",
     "docker_engine_insecure_registries": ["registry:5000"],
 }
-OPTIONS = {"bake_s": 5, "bake_rate": 10, "bake_min_requests": 10, "bake_paths": ["/api/version"], "drain_timeout": 10}
-
-
-class Load:
-    """Constant-rate GET+POST through Nginx; records every outcome with its time and the version that answered."""
-
-    def __init__(self, address: str, rate: float, workers: int = 12):
-        self.address = address
-        self.interval = workers / rate
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.events: list[tuple[float, bool, str]] = []  # (time, ok, version or error)
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def _run(self, index: int) -> None:
-        n = index
-        next_at = time.monotonic() + index * self.interval / len(self.threads)
-        while not self.stop.is_set():
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self.interval
-            n += 1
-            conn = http.client.HTTPConnection(self.address, 80, timeout=10)
-            try:
-                if n % 2:
-                    conn.request(
-                        "POST", "/api/echo", body=b'{"bench": true}', headers={"Content-Type": "application/json"}
-                    )
-                else:
-                    conn.request("GET", "/api/version")
-                resp = conn.getresponse()
-                body = resp.read()
-                ok = resp.status == 200
-                what = "HTTP %d" % resp.status
-                if ok and n % 2 == 0:
-                    what = json.loads(body).get("version", "")
-                elif ok:
-                    what = ""
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                ok, what = False, type(exc).__name__
-            finally:
-                conn.close()
-            with self.lock:
-                self.events.append((time.monotonic(), ok, what))
-
-    def start(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def window(self, start: float, end: float) -> dict:
-        with self.lock:
-            events = sorted(e for e in self.events if start <= e[0] <= end)
-        failed = [e for e in events if not e[1]]
-        gap, last_ok = 0.0, start
-        for at, ok, _ in events:
-            if ok:
-                gap = max(gap, at - last_ok)
-                last_ok = at
-        gap = max(gap, end - last_ok)
-        return {
-            "requests": len(events),
-            "failed": len(failed),
-            "longest_gap_s": round(gap, 3),
-            "rate": round(len(events) / max(end - start, 0.001), 1),
-            "errors": sorted({e[2] for e in failed})[:4],
-        }
-
-    def first_version_after(self, start: float, version: str) -> float | None:
-        with self.lock:
-            hits = [e[0] for e in self.events if e[0] >= start and e[1] and e[2] == version]
-        return min(hits) - start if hits else None
+# drain_timeout stays the module's default (300 s): the streams (30-60 s) are shorter and must not be cut.
+OPTIONS = {"bake_s": 5, "bake_rate": 10, "bake_min_requests": 10, "bake_paths": ["/api/version"]}
 
 
 def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -201,113 +146,231 @@ def provision(host: str, inv: Path, tmp: Path) -> None:
     failures = report.get("stats", {}).get(host, {}).get("failures", 0)
     if failures:
         raise SystemExit("provisioning %s failed: %s" % (host, json.dumps(report)[-2000:]))
+    # The registry's demo-backend, not an older copy from the host's image seed (sandbox/images changed since).
+    for tag in ("1.0", "2.0", "3.0", "4.0"):
+        on_host(host, "docker", "pull", "-q", "registry:5000/demo-backend:%s" % tag)
+    on_host(host, "docker", "compose", "--project-directory", "/opt/demo", "up", "-d", "--wait")
+    playbook(
+        inv,
+        [
+            {
+                "hosts": "all",
+                "gather_facts": False,
+                "tasks": [
+                    {
+                        "name": "upstream",
+                        "opsbook.stack.nginx_upstream": {"project": "demo", "service": "backend", "port": 8000},
+                    }
+                ],
+            }
+        ],
+        tmp,
+    )
 
 
 def on_host(host: str, *argv: str) -> str:
     return sh(["docker", "exec", host, *argv]).stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="opsbook-bench")
-    parser.add_argument("--rate", type=float, default=150.0, help="requests per second (GET+POST)")
-    parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="upgrade-bench-"))
-    inv = inventory(args.host, tmp)
-    print("provisioning %s (docker_engine, compose_app demo 1.0 x2, nginx) ..." % args.host, flush=True)
-    provision(args.host, inv, tmp)
-    address = address_of(args.host)
-    rows = []
-    load = Load(address, args.rate).start()
-    time.sleep(3)
-    try:
+CLIENTS = ("wrk", "hey", "hey -disable-keepalive", "own keep-alive")
+COMPOSE = "/opt/demo/compose.yaml"
 
-        def measure(label: str, action) -> dict:
-            time.sleep(2)
-            start = time.monotonic()
-            extra = action() or {}
-            end = time.monotonic()
-            time.sleep(1)
-            row = {"case": label, **load.window(start, end), "wall_s": round(end - start, 2), **extra}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            return row
 
-        def naive() -> dict:
-            compose = "/opt/demo/compose.yaml"
-            on_host(args.host, "sed", "-i", "s#demo-backend:1.0#demo-backend:2.0#", compose)
-            on_host(args.host, "docker", "compose", "--project-directory", "/opt/demo", "up", "-d")
-            # The new containers have new ports: re-render the upstream from Docker, as the nginx role would.
-            module(inv, tmp, "opsbook.stack.nginx_upstream", {"project": "demo", "service": "backend", "port": 8000})
-            return {}
+def measure(label: str, address: str, action, rows: list[dict], started=None) -> dict:
+    """One method under the four clients. The streams and sessions open 2 s before it starts, or, given
+    `started` (a test that the new containers run beside the old), as soon as that holds: then every one spans
+    the switch however slow the machine."""
+    clients = real_clients.run_clients(address)
+    own = next(c for c in clients if isinstance(c, real_clients.KeepAliveLoad))
+    sessions = [] if started else real_clients.open_sessions(address)
+    time.sleep(2)
+    outcome: dict = {}
+    start = time.monotonic()
+    worker = threading.Thread(target=lambda: outcome.update(extra=action(own, start) or {}), daemon=True)
+    worker.start()
+    if started:
+        deadline = time.monotonic() + 180
+        while worker.is_alive() and not started() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        sessions = real_clients.open_sessions(address)
+    worker.join(1800)
+    wall = time.monotonic() - start
+    streams = real_clients.session_figures(sessions, timeout_s=150)
+    time.sleep(1)
+    figures = real_clients.stop_clients(clients)
+    row = {
+        "method": label,
+        "requests": sum(f.requests for f in figures.values()),
+        "clients": {name: f.to_dict() for name, f in figures.items()},
+        "longest_gap_s": own.longest_gap(),
+        "sessions": streams,
+        "wall_s": round(wall, 2),
+        **outcome.get("extra", {}),
+    }
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    return row
 
-        measure("naive `docker compose up -d` 1.0 -> 2.0", naive)
-        # Back to a recorded 1.0 for the rest (not measured).
-        module(
-            inv, tmp, "opsbook.stack.rolling_upgrade", {"project": "demo", "services": {"backend": "1.0"}, **OPTIONS}
-        )
-        result: dict = {}
 
-        def upgrade(tag: str):
-            def act() -> dict:
-                result.clear()
-                result.update(
-                    module(
-                        inv,
-                        tmp,
-                        "opsbook.stack.rolling_upgrade",
-                        {"project": "demo", "services": {"backend": tag}, **OPTIONS},
-                    )
-                )
-                return {"outcome": "failed (aborted)" if result.get("failed") else "succeeded"}
-
-            return act
-
-        measure("rolling_upgrade 1.0 -> 2.0", upgrade("2.0"))
-        measure("rolling_upgrade 2.0 -> 3.0 (broken)", upgrade("3.0"))
-
-        def rollback() -> dict:
-            decided = time.monotonic()
-            done = module(inv, tmp, "opsbook.stack.rollback", {"project": "demo", **OPTIONS})
-            serving = load.first_version_after(decided, "1.0")
-            return {
-                "outcome": "failed" if done.get("failed") else "succeeded",
-                "decision_to_old_serving_s": round(serving, 2) if serving is not None else None,
-                "module_switch_s": (done.get("timings") or {}).get("backend_switched"),
-            }
-
-        measure("rollback 2.0 -> 1.0", rollback)
-    finally:
-        load.finish()
-        if not args.keep:
-            sh([sys.executable, str(REPO / "sandbox" / "sandbox.py"), "host", "destroy", args.host])
+def print_table(rows: list[dict]) -> None:
     print()
-    print("| case | requests | failed | longest gap without success (s) | wall time (s) | req/s | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "| method | requests | failed: wrk | hey | hey -disable-keepalive | own keep-alive | longest gap (s) "
+        "| SSE completed/cut | WebSocket completed/cut | wall time (s) | notes |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
-        notes = []
-        if row.get("outcome"):
-            notes.append(row["outcome"])
+        failed = []
+        for name in CLIENTS:
+            client = row["clients"].get(name) or {}
+            cell = str(client.get("failed", "-"))
+            if client.get("failed") and client.get("transport_failed") != client.get("failed"):
+                cell += " (%d without answer)" % client.get("transport_failed", 0)
+            failed.append(cell)
+        sse, ws = row["sessions"]["sse"], row["sessions"]["websocket"]
+        notes = [n for n in (row.get("outcome"), row.get("note")) if n]
         if row.get("decision_to_old_serving_s") is not None:
             notes.append(
                 "decision -> 1.0 serving %.2f s (module switch at %s s)"
                 % (row["decision_to_old_serving_s"], row.get("module_switch_s"))
             )
-        if row["errors"]:
-            notes.append("errors: " + ", ".join(row["errors"]))
+        if row.get("drain"):
+            drain = row["drain"]
+            notes.append("drain %.1f s, waited for %d, cut %d" % (drain["waited_s"], drain["waited_for"], drain["cut"]))
+        errors = sorted({e for c in row["clients"].values() for e in c["errors"]})[:4]
+        if errors:
+            notes.append("errors: " + ", ".join(errors))
+        details = (sse["details"] + ws["details"])[:2]
+        if details:
+            notes.append("cut: " + "; ".join(details))
         print(
-            "| %s | %d | %d | %.2f | %.1f | %.0f | %s |"
+            "| %s | %d | %s | %.2f | %d/%d | %d/%d | %.1f | %s |"
             % (
-                row["case"],
+                row["method"],
                 row["requests"],
-                row["failed"],
+                " | ".join(failed),
                 row["longest_gap_s"],
+                sse["completed"],
+                sse["cut"],
+                ws["completed"],
+                ws["cut"],
                 row["wall_s"],
-                row["rate"],
                 "; ".join(notes),
             )
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="opsbook-bench")
+    parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
+    args = parser.parse_args()
+    missing = real_clients.missing_tools()
+    if missing:
+        raise SystemExit("install %s on this machine first (apt-get install -y wrk hey)" % " ".join(missing))
+    tmp = Path(tempfile.mkdtemp(prefix="upgrade-bench-"))
+    inv = inventory(args.host, tmp)
+    print("provisioning %s (docker_engine, compose_app demo 1.0 x2, nginx) ..." % args.host, flush=True)
+    provision(args.host, inv, tmp)
+    address = address_of(args.host)
+    sh(["docker", "cp", str(DOCKER_ROLLOUT), "%s:/usr/local/lib/docker-rollout" % args.host])
+    rows: list[dict] = []
+    why_not: list[str] = []
+
+    def rerender() -> None:
+        module(inv, tmp, "opsbook.stack.nginx_upstream", {"project": "demo", "service": "backend", "port": 8000})
+
+    def back_to_1() -> None:
+        """A recorded 1.0 for the next method (not measured)."""
+        rerender()
+        module(
+            inv, tmp, "opsbook.stack.rolling_upgrade", {"project": "demo", "services": {"backend": "1.0"}, **OPTIONS}
+        )
+
+    try:
+
+        def naive(_own, _start) -> dict:
+            on_host(args.host, "sed", "-i", "s#demo-backend:1.0#demo-backend:2.0#", COMPOSE)
+            on_host(args.host, "docker", "compose", "--project-directory", "/opt/demo", "up", "-d")
+            # The new containers have new ports: re-render the upstream from Docker, as the nginx role would.
+            rerender()
+            return {}
+
+        measure("naive `docker compose up -d` 1.0 -> 2.0", address, naive, rows)
+        back_to_1()
+
+        def docker_rollout(_own, _start) -> dict:
+            on_host(args.host, "sed", "-i", "s#demo-backend:1.0#demo-backend:2.0#", COMPOSE)
+            done = sh(
+                [
+                    "docker",
+                    "exec",
+                    "-w",
+                    "/opt/demo",
+                    args.host,
+                    "sh",
+                    "/usr/local/lib/docker-rollout",
+                    "rollout",
+                    "-f",
+                    COMPOSE,
+                    "backend",
+                ]
+            )
+            time.sleep(5)  # does the site come back by itself?
+            last = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+            return {"outcome": "docker-rollout rc %d" % done.returncode, "note": last[0][:120]}
+
+        row = measure("docker-rollout 1.0 -> 2.0", address, docker_rollout, rows)
+        lost = sum(c["failed"] for c in row["clients"].values())
+        if lost:
+            why_not.append(
+                "docker-rollout: ran as published, but it needs a proxy that follows Docker by itself (nginx-proxy, "
+                "Traefik, a resolver); with an upstream that Docker's events do not update, Nginx kept sending to "
+                "the removed containers (%d failed requests) until the upstream was re-rendered" % lost
+            )
+        back_to_1()
+
+        def upgrade(tag: str):
+            def act(_own, _start) -> dict:
+                done = module(
+                    inv,
+                    tmp,
+                    "opsbook.stack.rolling_upgrade",
+                    {"project": "demo", "services": {"backend": tag}, **OPTIONS},
+                )
+                return {
+                    "outcome": "failed: %s" % done.get("msg", "")[:80] if done.get("failed") else "succeeded",
+                    "drain": ((done.get("evidence") or {}).get("drain") or {}).get("backend"),
+                    "timings": done.get("timings"),
+                }
+
+            return act
+
+        def beside() -> bool:
+            """More backend containers than the two of before: the new ones run beside the old."""
+            ids = on_host(args.host, "docker", "ps", "-q", "--filter", "label=com.docker.compose.service=backend")
+            return len(ids.split()) > 2
+
+        measure("rolling_upgrade 1.0 -> 2.0", address, upgrade("2.0"), rows, beside)
+
+        def rollback(own, start) -> dict:
+            done = module(inv, tmp, "opsbook.stack.rollback", {"project": "demo", **OPTIONS})
+            return {
+                "outcome": "failed: %s" % done.get("msg", "")[:80] if done.get("failed") else "succeeded",
+                "decision_to_old_serving_s": own.first_version_after(start, "1.0"),
+                "module_switch_s": (done.get("timings") or {}).get("backend_switched"),
+                "drain": ((done.get("evidence") or {}).get("drain") or {}).get("backend"),
+            }
+
+        measure("rollback 2.0 -> 1.0", address, rollback, rows, beside)
+        measure("rolling_upgrade 1.0 -> 3.0 (broken: aborted)", address, upgrade("3.0"), rows, beside)
+        measure("rolling_upgrade 1.0 -> 4.0 (5xx: switched back)", address, upgrade("4.0"), rows, beside)
+    finally:
+        if not args.keep:
+            sh([sys.executable, str(REPO / "sandbox" / "sandbox.py"), "host", "destroy", args.host])
+    print_table(rows)
+    for line in why_not:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,16 @@ options:
     type: float
     default: 1000
   drain_timeout:
-    description: Seconds to wait for connections to the old containers to end before they are stopped.
+    description:
+      - Longest wait, in seconds, for what still goes to the old containers after the switch before they are
+        stopped. The drain ends as soon as the last request, SSE stream or WebSocket session to them is done
+        (no established connection from the host to their published port or their own address, the Nginx
+        workers of before the reload exited), so it costs nothing when nothing is in flight.
+      - The default leaves a chat answer streamed over SSE time to finish. A stream still open at the timeout is
+        counted in the result (C(evidence.drain.<service>.cut)) and warned about; the container's stop grace
+        period then lets the application end it cleanly. See docs/drain.md.
     type: float
-    default: 30
+    default: 300
   nginx_url:
     description: Base URL of the site on this host, for the bake's probes.
     type: str

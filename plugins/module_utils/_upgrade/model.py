@@ -74,7 +74,7 @@ class Settings:
     bake_max_latency_ms: float = 1000.0
     canary_weight: int = 0
     canary_s: float = 30.0
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = 300.0
     upstream_dir: str = DEFAULT_UPSTREAM_DIR
     access_log: str = "/var/log/nginx/access.log"
     nginx_binary: str = "nginx"

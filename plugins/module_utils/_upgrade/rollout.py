@@ -27,7 +27,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._probes import HttpP
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.bake import BakeVerdict, judge_bake
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.compose_cli import tail
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.docker_facts import parse_docker_time
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import drain
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import (
+    RELOAD_SETTLE_S,
+    DrainReport,
+    drain,
+    target_of,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.host import Host
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import (
     WATCH_INTERVAL_S,
@@ -394,7 +399,9 @@ class Rollout:
         if switched and new:
             attempt(
                 "draining the new containers",
-                lambda: self.run.step("%s: drained the new containers (%s)" % (service, self._drain(new))),
+                lambda: self.run.step(
+                    "%s: drained the new containers (%s)" % (service, self._drain(service, new).summary())
+                ),
             )
         for container in new:
             remove = functools.partial(self.docker.stop_and_remove, container, grace_s=None if switched else 1)
@@ -428,14 +435,37 @@ class Rollout:
     def _collect_evidence(self, new: list[Container]) -> None:
         self.run.evidence["evidence"] = [self.docker.evidence(c) for c in new[:2]]
 
-    def _drain(self, containers: list[Container]) -> str:
-        """Wait for the Nginx workers of before the last switch (the only ones that still route to these
-        containers) and the connections to the containers' ports to end, or the drain timeout."""
-        ports = [c.host_port for c in containers if c.host_port]
-        return drain(ports, self.traffic.workers_before_switch, self.s.drain_timeout_s)
+    def _drain(self, service: str, containers: list[Container]) -> DrainReport:
+        """Wait until nothing can still reach these containers: no connection from the host to their published
+        port or their own address, the Nginx workers of before the last reload exited, the resolver's validity
+        passed since the switch (docs/drain.md); at most drain_timeout. Reported in evidence.drain and warned
+        about when it had to cut connections."""
+        targets = [target_of(c.name, c.host_port, self.docker.inspect(c.id)) for c in containers]
+        switched = [v for k, v in self.run.timings.items() if k in (service + "_switched", service + "_switched_back")]
+        # At least a second after the switch: the master signals its old workers a moment after the reload.
+        settle = max(getattr(self.traffic, "resolver_valid_s", 0.0), RELOAD_SETTLE_S)
+        settle_until = self.run.started + max(switched) + settle if switched else 0.0
+        not_before = min((c.created for c in containers), default=0.0) - 1.0
+        report = drain(targets, self.traffic.workers_before_switch, self.s.drain_timeout_s, settle_until, not_before)
+        self.run.evidence.setdefault("drain", {})[service] = report.to_dict()
+        self.run.mark("%s_drained" % service)
+        if report.cut:
+            self.run.warnings.append(
+                "%s: drain_timeout (%g s) passed with %d of %d connection(s) still open to %s; they were ended "
+                "when the containers stopped (a stream longer than drain_timeout is cut: raise drain_timeout)"
+                % (
+                    service,
+                    self.s.drain_timeout_s,
+                    report.cut,
+                    report.waited_for,
+                    ", ".join(c.name for c in containers),
+                )
+            )
+        return report
 
     def _retire(self, service: str, old: list[Container]) -> None:
-        self.run.step("%s: drained the old containers (%s)" % (service, self._drain(old)))
+        """Stop the old containers only once their streams ended (or drain_timeout cut them), then remove them."""
+        self.run.step("%s: drained the old containers (%s)" % (service, self._drain(service, old).summary()))
         for container in old:
             self.docker.stop_and_remove(container)
         if old:

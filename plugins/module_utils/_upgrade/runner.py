@@ -46,7 +46,7 @@ COMMON_OPTIONS: dict[str, dict[str, t.Any]] = dict(
     bake_min_requests=dict(type="int", default=20),
     bake_max_error_ratio=dict(type="float", default=0.01),
     bake_max_latency_ms=dict(type="float", default=1000),
-    drain_timeout=dict(type="float", default=30),
+    drain_timeout=dict(type="float", default=300),
     nginx_url=dict(type="str", default="http://127.0.0.1"),
     nginx_host_header=dict(type="str", default=""),
     upstream_dir=dict(type="path", default=DEFAULT_UPSTREAM_DIR),

@@ -20,14 +20,21 @@ Endpoints:
     GET  /api/slow?ms=N            answers after N milliseconds
     GET  /api/fail?code=500        answers with that status
     GET|POST /sse?events=N&interval=0.2   text/event-stream, also at /workflow/v1/chat/completions
-                                   and /console-api/chat-message/
+                                   and /console-api/chat-message/; the client chooses the length (N events,
+                                   one every `interval` seconds), the last one is `event: end`
+    GET  /ws/echo                  WebSocket (RFC 6455): echoes text and binary messages, answers pings
 
-SIGTERM/SIGINT: stop accepting, close idle keep-alive connections, let in-flight requests finish for up to
-APP_SHUTDOWN_GRACE seconds, exit 0.
+SIGTERM/SIGINT: stop accepting, close idle keep-alive connections, let in-flight requests, SSE streams and
+WebSocket sessions finish for up to APP_SHUTDOWN_GRACE seconds (keep it below the compose file's
+stop_grace_period, after which Docker kills the process). What is still open then is ended cleanly: an SSE
+stream gets a final `event: end` with "cut": "shutdown" and the end of its chunked body, a WebSocket session a
+close frame 1001 (going away); then exit 0.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -43,6 +50,10 @@ from urllib.parse import parse_qs, urlsplit
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SSE_PATHS = ("/sse", "/workflow/v1/chat/completions", "/console-api/chat-message/")
+WS_PATH = "/ws/echo"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+WS_MAX_MESSAGE = 1024 * 1024
+CUT_WAIT_S = 3.0  # after the grace: how long the cut streams and sessions get to say goodbye
 MAX_BODY = 10 * 1024 * 1024
 _log_lock = threading.Lock()
 
@@ -311,6 +322,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, self.server.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
             elif path in SSE_PATHS and self.command in ("GET", "POST"):
                 self._sse(query)
+            elif path == WS_PATH and self.command == "GET":
+                self._websocket()
             elif path == "/api/version":
                 self._json(200, {"version": cfg.version, "hostname": socket.gethostname()})
             elif path == "/api/echo":
@@ -351,6 +364,7 @@ class Handler(BaseHTTPRequestHandler):
                             "/api/slow?ms=N",
                             "/api/fail?code=N",
                             *SSE_PATHS,
+                            WS_PATH,
                         ],
                     },
                 )
@@ -372,7 +386,7 @@ class Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _route_label(path: str) -> str:
         if (
-            path in ("/", "/health", "/metrics", "/api/version", "/api/echo", "/api/slow", "/api/fail")
+            path in ("/", "/health", "/metrics", "/api/version", "/api/echo", "/api/slow", "/api/fail", WS_PATH)
             or path in SSE_PATHS
         ):
             return path
@@ -423,18 +437,122 @@ class Handler(BaseHTTPRequestHandler):
             self._sent += len(data)
 
         self.wfile.flush()
+        end: dict = {"events": events, "version": cfg.version}
         for i in range(events):
+            if self.server.cut.is_set():
+                # The shutdown grace is over: a final event, then the clean end of the body (not a reset).
+                end = {"events": i, "version": cfg.version, "cut": "shutdown"}
+                break
             emit("data: " + json.dumps({"n": i, "version": cfg.version}, separators=(",", ":")) + "\n\n")
             if interval and i < events - 1:
-                time.sleep(interval)
-        emit(
-            "event: end\ndata: "
-            + json.dumps({"events": events, "version": cfg.version}, separators=(",", ":"))
-            + "\n\n"
-        )
+                self.server.cut.wait(interval)
+        emit("event: end\ndata: " + json.dumps(end, separators=(",", ":")) + "\n\n")
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+
+    # --- WebSocket (RFC 6455): the handshake, then frames on the same connection ----------------------
+
+    def _websocket(self) -> None:
+        key = self.headers.get("Sec-WebSocket-Key") or ""
+        upgrade = (self.headers.get("Upgrade") or "").lower()
+        connection = (self.headers.get("Connection") or "").lower()
+        if upgrade != "websocket" or "upgrade" not in connection or not key:
+            raise HTTPError(400, "a WebSocket handshake needs Upgrade: websocket, Connection: upgrade and a key")
+        if (self.headers.get("Sec-WebSocket-Version") or "") != "13":
+            raise HTTPError(400, "Sec-WebSocket-Version must be 13")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self._status = 101
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.settimeout(None)  # a session may stay quiet longer than the keep-alive timeout
+        session = WebSocketSession(self)
+        self.server.sessions_add(session)
+        try:
+            session.serve()
+        finally:
+            self.server.sessions_remove(session)
+
+
+class WebSocketSession:
+    """One accepted WebSocket: echoes messages; `close()` (from the shutdown) sends a close frame."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.write_lock = threading.Lock()
+        self.closing = False
+
+    def send(self, opcode: int, payload: bytes = b"") -> None:
+        """One unmasked frame (a server never masks), FIN set."""
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, n])
+        elif n < 1 << 16:
+            head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+        with self.write_lock:
+            self.handler.wfile.write(head + payload)
+            self.handler.wfile.flush()
+            self.handler._sent += len(head) + n
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.send(0x8, code.to_bytes(2, "big") + reason.encode())
+        except OSError:
+            pass
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = self.handler.rfile.read(n)
+        if len(data) < n:
+            raise ConnectionResetError("WebSocket closed in the middle of a frame")
+        return data
+
+    def _frame(self) -> tuple[bool, int, bytes]:
+        first, second = self._read_exactly(2)
+        fin, opcode, masked, n = bool(first & 0x80), first & 0x0F, bool(second & 0x80), second & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._read_exactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._read_exactly(8), "big")
+        if n > WS_MAX_MESSAGE or not masked:  # RFC 6455 5.1: a client masks every frame
+            raise HTTPError(400, "WebSocket frame unmasked or larger than %d bytes" % WS_MAX_MESSAGE)
+        mask = self._read_exactly(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read_exactly(n)))
+        return fin, opcode, payload
+
+    def serve(self) -> None:
+        message, message_opcode = b"", 0
+        while True:
+            try:
+                fin, opcode, payload = self._frame()
+            except HTTPError:
+                self.close(1002, "protocol error")
+                return
+            if opcode == 0x8:  # close: answer it (unless we began), then the connection ends
+                if not self.closing:
+                    self.close(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000, "")
+                return
+            if opcode == 0x9:
+                self.send(0xA, payload)
+                continue
+            if opcode == 0xA:
+                continue
+            if opcode in (0x1, 0x2):
+                message, message_opcode = payload, opcode
+            elif opcode == 0x0:
+                message += payload
+            if fin and message_opcode and not self.closing:
+                self.send(message_opcode, message)
+                message, message_opcode = b"", 0
 
 
 class DemoServer(ThreadingHTTPServer):
@@ -447,6 +565,8 @@ class DemoServer(ThreadingHTTPServer):
         self.metrics = Metrics(config.version)
         self.started = time.monotonic()
         self.draining = threading.Event()
+        self.cut = threading.Event()  # the shutdown grace is over: end streams and sessions now
+        self._sessions: set[WebSocketSession] = set()
         self._conns: dict[Handler, str] = {}
         self._conns_lock = threading.Lock()
         super().__init__(address, Handler)
@@ -464,6 +584,24 @@ class DemoServer(ThreadingHTTPServer):
     def untrack(self, handler: Handler) -> None:
         with self._conns_lock:
             self._conns.pop(handler, None)
+
+    def sessions_add(self, session: WebSocketSession) -> None:
+        with self._conns_lock:
+            self._sessions.add(session)
+        if self.cut.is_set():
+            session.close(1001, "server shutting down")
+
+    def sessions_remove(self, session: WebSocketSession) -> None:
+        with self._conns_lock:
+            self._sessions.discard(session)
+
+    def cut_streams(self) -> None:
+        """The grace is over: SSE streams send their final event, WebSocket sessions get a close frame 1001."""
+        self.cut.set()
+        with self._conns_lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close(1001, "server shutting down")
 
     def busy(self) -> int:
         with self._conns_lock:
@@ -528,8 +666,17 @@ def main() -> int:
     server.begin_drain()
     if server.wait_drained(config.shutdown_grace):
         print("demo-backend: drained, exiting", flush=True)
+        return 0
+    print(
+        f"demo-backend: grace period over with {server.busy()} request(s) in flight: ending streams "
+        "(final event) and WebSocket sessions (close 1001)",
+        flush=True,
+    )
+    server.cut_streams()
+    if server.wait_drained(CUT_WAIT_S):
+        print("demo-backend: streams ended, exiting", flush=True)
     else:
-        print(f"demo-backend: grace period over with {server.busy()} request(s) in flight, exiting", flush=True)
+        print(f"demo-backend: exiting with {server.busy()} request(s) still in flight", flush=True)
     return 0
 
 

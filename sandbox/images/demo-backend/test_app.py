@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -312,6 +314,178 @@ def test_sigterm_process_exits_zero_after_in_flight(tmp_path):
         log = proc.stdout.read()
         assert "SIGTERM received" in log and "drained" in log
         assert re.search(r'"GET /api/slow\?ms=700 HTTP/1.1" 200 \d+ ', log), log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- WebSocket echo and the shutdown of streams ----------------------------------------------------------
+
+
+def ws_connect(port: int, path: str = "/ws/echo", timeout: float = 5) -> tuple[socket.socket, bytes]:
+    """A minimal RFC 6455 client: the handshake; returns the socket and any bytes read past the headers."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head, rest = _read_headers(sock)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols", lines[0]
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    expected = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+    assert headers["sec-websocket-accept"] == expected.decode()
+    assert headers["upgrade"].lower() == "websocket"
+    return sock, rest
+
+
+def ws_send(sock: socket.socket, opcode: int, payload: bytes) -> None:
+    mask = os.urandom(4)
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    sock.sendall(bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+class FrameReader:
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+        self.sock, self.buf = sock, buffered
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(4096)
+            assert chunk, "connection closed in the middle of a frame"
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        first, second = self._take(2)
+        assert not second & 0x80, "a server must not mask its frames"
+        n = second & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._take(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._take(8), "big")
+        return first & 0x0F, self._take(n)
+
+
+def test_websocket_echo_ping_and_close(running):
+    r = running()
+    sock, rest = ws_connect(r.port)
+    reader = FrameReader(sock, rest)
+    try:
+        for text in ("hello", "é" * 100, "x" * 60000):
+            ws_send(sock, 0x1, text.encode())
+            assert reader.frame() == (0x1, text.encode())
+        ws_send(sock, 0x9, b"are you there")
+        assert reader.frame() == (0xA, b"are you there")
+        ws_send(sock, 0x8, (1000).to_bytes(2, "big"))
+        opcode, payload = reader.frame()
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1000
+        assert sock.recv(1) == b"", "the server must close the connection after the close handshake"
+    finally:
+        sock.close()
+
+
+def test_websocket_handshake_without_upgrade_is_refused(running):
+    r = running()
+    assert r.request("GET", "/ws/echo")[0] == 400
+
+
+def test_websocket_survives_the_drain_and_is_closed_1001_when_the_grace_is_over(running):
+    r = running()
+    sock, rest = ws_connect(r.port)
+    reader = FrameReader(sock, rest)
+    try:
+        r.server.begin_drain()
+        ws_send(sock, 0x1, b"still here")  # the drain does not end an open session
+        assert reader.frame() == (0x1, b"still here")
+        r.server.cut_streams()
+        opcode, payload = reader.frame()
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001
+        ws_send(sock, 0x8, (1001).to_bytes(2, "big"))
+        assert sock.recv(1) == b""
+        assert r.server.wait_drained(3)
+    finally:
+        sock.close()
+
+
+def read_sse(sock: socket.socket, rest: bytes) -> tuple[list[dict], dict | None, bool]:
+    """(data events, the final `event: end` data or None, whether the chunked body ended cleanly)."""
+    raw = rest
+    while True:
+        body, done = _dechunk(raw)
+        if done:
+            break
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        raw += chunk
+    blocks = [b for b in body.decode().split("\n\n") if b]
+    data = [json.loads(b[len("data: ") :]) for b in blocks if b.startswith("data: ")]
+    end = next((json.loads(b.split("data: ", 1)[1]) for b in blocks if b.startswith("event: end\n")), None)
+    return data, end, done
+
+
+def start_app(grace: float) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, PORT="0", HOST="127.0.0.1", APP_VERSION="9.9", APP_SHUTDOWN_GRACE=str(grace))
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "app.py")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    line = proc.stdout.readline()
+    return proc, int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+
+
+def open_sse(port: int, events: int, interval: float) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET /sse?events={events}&interval={interval} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head, rest = _read_headers(sock)
+    assert head.startswith(b"HTTP/1.1 200")
+    return sock, rest
+
+
+def test_sigterm_lets_a_stream_shorter_than_the_grace_finish_every_event():
+    proc, port = start_app(grace=5)
+    try:
+        sock, rest = open_sse(port, events=10, interval=0.15)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        data, end, clean = read_sse(sock, rest)
+        sock.close()
+        assert data == [{"n": i, "version": "9.9"} for i in range(10)]
+        assert end == {"events": 10, "version": "9.9"} and clean
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_ends_a_longer_stream_with_a_final_event_and_a_websocket_with_close_1001():
+    proc, port = start_app(grace=1)
+    try:
+        sock, rest = open_sse(port, events=1000, interval=0.1)
+        ws, ws_rest = ws_connect(port)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        data, end, clean = read_sse(sock, rest)
+        took = time.monotonic() - sent
+        sock.close()
+        assert 0.8 <= took < 4.0, took
+        assert end is not None and end["cut"] == "shutdown", "no final event: the client cannot tell a cut"
+        assert clean, "the chunked body must end with its last chunk, not a reset"
+        assert [d["n"] for d in data] == list(range(len(data))) and end["events"] == len(data)
+        opcode, payload = FrameReader(ws, ws_rest).frame()
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001
+        ws_send(ws, 0x8, (1001).to_bytes(2, "big"))
+        ws.close()
+        assert proc.wait(timeout=10) == 0
+        assert "ending streams" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
