@@ -23,8 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.opsbook.stack import plugins
+
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "compose_app"
-COLLECTIONS_ROOT = Path(sys.path[0])  # tests/unit/conftest.py puts the collection tree first
+# The directory that holds ansible_collections/opsbook/stack (tests/unit/conftest.py makes it).
+COLLECTIONS_ROOT = Path(plugins.__path__[0]).parents[3]
 REPO = "registry:5000/demo-backend"
 
 
