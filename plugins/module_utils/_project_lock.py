@@ -163,7 +163,7 @@ def _serve_lock(path: str, operation: str, token: str, wait_s: float, hold_max_s
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:
@@ -219,7 +219,7 @@ def release_detached(project: str, token: str, root: str = DEFAULT_ROOT) -> bool
     path = lock_path(project, root)
     holder = read_holder(path)
     pid = holder.get("pid")
-    if not token or holder.get("token") != token or not _pid_alive(pid):
+    if not token or holder.get("token") != token or not isinstance(pid, int) or not _pid_alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + RELEASE_WAIT_S

@@ -205,5 +205,6 @@ def record_release(module: AnsibleModule, journal: Journal, services: dict) -> d
     pruned = journal.prune(p["keep"])
     return dict(changed=True, release=release.to_dict(), path=path, pruned=pruned)
 
+
 if __name__ == "__main__":
     main()

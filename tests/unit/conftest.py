@@ -105,7 +105,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> t.Ite
     report.outcome = "failed"
     report.longrepr = (
         "CI=true: %s needs Docker and would have skipped (%s). Under CI a Docker test must run: start the Engine "
-        "and build the sandbox images (./dev sandbox), or run without CI=true to skip it locally." % (item.nodeid, reason)
+        "and build the sandbox images (./dev sandbox), or run without CI=true to skip it locally."
+        % (item.nodeid, reason)
     )
 
 

@@ -43,8 +43,18 @@ def run_sample(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join([str(COLLECTIONS_ROOT), env.get("PYTHONPATH", "")])
     if ci is not None:
         env["CI"] = ci
-    argv = [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider",
-            "-p", "ansible_collections.opsbook.stack.tests.unit.conftest", str(tmp_path / "test_sample.py")]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rfs",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "ansible_collections.opsbook.stack.tests.unit.conftest",
+        str(tmp_path / "test_sample.py"),
+    ]
     return subprocess.run(argv, capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=120, check=False)
 
 

@@ -57,7 +57,11 @@ def writers_in(tasks: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize(
     "playbook",
-    ["playbooks/runbooks/service-down.yml", "playbooks/runbooks/high-error-rate.yml", "roles/nginx/tasks/configure.yml"],
+    [
+        "playbooks/runbooks/service-down.yml",
+        "playbooks/runbooks/high-error-rate.yml",
+        "roles/nginx/tasks/configure.yml",
+    ],
 )
 def test_each_writer_runs_inside_a_block_that_holds_the_project_lock(playbook):
     tasks = tasks_of(ROOT / playbook)
@@ -68,10 +72,15 @@ def test_each_writer_runs_inside_a_block_that_holds_the_project_lock(playbook):
             env = str(writer.get("environment", block.get("environment", "")))
             assert register in env, "%s: %r does not run with the lock's environment" % (playbook, writer["name"])
             covered.append(writer["name"])
-    writers = [w["name"] for w in writers_in(tasks) if "opsbook.stack.nginx_upstream" in w
-               or "community.docker.docker_compose_v2" in w]
+    writers = [
+        w["name"]
+        for w in writers_in(tasks)
+        if "opsbook.stack.nginx_upstream" in w or "community.docker.docker_compose_v2" in w
+    ]
     assert writers and sorted(writers) == sorted(covered), "%s: writers outside the lock: %s" % (
-        playbook, sorted(set(writers) - set(covered)))
+        playbook,
+        sorted(set(writers) - set(covered)),
+    )
 
 
 def test_compose_app_holds_the_lock_around_every_task_that_writes():

@@ -2,9 +2,9 @@
 import json
 import os
 import re
-from shlex import quote as shlex_quote
 import subprocess
 import time
+from shlex import quote as shlex_quote
 
 import pytest
 import yaml

@@ -95,9 +95,20 @@ def run_plan(tmp_path, given: dict) -> tuple[int, dict, str]:
     (tmp_path / "vars.json").write_text(json.dumps(dict(given, ansible_python_interpreter=sys.executable)))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_LOCALHOST_WARNING="false")
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", "-e", "@%s" % (tmp_path / "vars.json"),
-         str(playbook)],
-        capture_output=True, text=True, timeout=120, check=False, env=env, stdin=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            "localhost,",
+            "-e",
+            "@%s" % (tmp_path / "vars.json"),
+            str(playbook),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     plan = json.loads(out.read_text()) if out.exists() else {}
     return proc.returncode, plan, proc.stdout + proc.stderr
