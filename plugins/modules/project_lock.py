@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: project_lock
 short_description: Hold a Compose project's lock across several tasks of a play
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Every writer of a project's C(compose.yaml), Nginx upstreams or release journal takes one lock,
     C(<journal_root>/<project>/.lock) (docs/contracts.md, "One lock per project"). A module that writes in one

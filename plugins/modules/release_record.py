@@ -76,7 +76,6 @@ options:
       finish; C(0) fails at once.
     type: float
     default: 60
-    version_added: 0.2.0
 seealso:
   - module: opsbook.stack.project_lock
 """
