@@ -19,6 +19,9 @@ description:
   - A succeeded record whose compose file and images equal the newest succeeded record is not written again, so
     a re-run of an unchanged deploy reports no change.
   - Keeps the newest O(keep) records (at least 5) and never drops the newest succeeded one.
+  - Writes under the project's lock, the one upgrades, rollbacks and restores take (docs/contracts.md, "One lock
+    per project"); waits up to O(lock_timeout) seconds for it and then fails naming the holder, having written
+    nothing. Inside a lock that M(opsbook.stack.project_lock) holds for the play, it goes on at once.
 author:
   - opsbook.stack maintainers (!UNKNOWN)
 extends_documentation_fragment:
@@ -68,6 +71,13 @@ options:
     description: Number of records kept; values under 5 count as 5.
     type: int
     default: 10
+  lock_timeout:
+    description: Seconds to wait for another writer of the project (an upgrade, a rollback, a restore) to
+      finish; C(0) fails at once.
+    type: float
+    default: 60
+seealso:
+  - module: opsbook.stack.project_lock
 """
 
 EXAMPLES = r"""
@@ -124,6 +134,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     build_release,
     project_images,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import ProjectLocked, project_lock
 
 
 def main() -> None:
@@ -137,6 +148,7 @@ def main() -> None:
             started=dict(type="float"),
             detail=dict(type="str", default=""),
             keep=dict(type="int", default=10),
+            lock_timeout=dict(type="float", default=60.0),
             **docker_argument_spec(),
         ),
         supports_check_mode=True,
@@ -154,6 +166,21 @@ def main() -> None:
         module.fail_json(msg="project %s has no running containers; nothing to record as succeeded" % p["project"])
 
     journal = Journal(p["journal_root"], p["project"])
+    if module.check_mode:
+        module.exit_json(**record_release(module, journal, services))
+    try:
+        with project_lock(p["project"], "release_record", p["journal_root"], max(p["lock_timeout"], 0.0)):
+            result = record_release(module, journal, services)
+    except ProjectLocked as exc:
+        module.fail_json(msg=str(exc), holder=exc.holder)
+    except (JournalError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+def record_release(module: AnsibleModule, journal: Journal, services: dict) -> dict:
+    """Build the record and, outside check mode, write it and prune; the result of the module."""
+    p = module.params
     now = time.time()
     previous = journal.latest("succeeded")
     release = build_release(
@@ -168,19 +195,14 @@ def main() -> None:
         duration_s=round(now - p["started"], 3) if p["started"] else None,
     )
     if p["status"] == "succeeded" and previous is not None and previous.same_content(release):
-        module.exit_json(
-            changed=False, release=previous.to_dict(), path=os.path.join(journal.path, previous.id + ".json"), pruned=[]
-        )
+        path = os.path.join(journal.path, previous.id + ".json")
+        return dict(changed=False, release=previous.to_dict(), path=path, pruned=[])
     if module.check_mode:
-        module.exit_json(
-            changed=True, release=release.to_dict(), path=os.path.join(journal.path, release.id + ".json"), pruned=[]
-        )
-    try:
-        path = journal.record(release)
-        pruned = journal.prune(p["keep"])
-    except (JournalError, OSError) as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=True, release=release.to_dict(), path=path, pruned=pruned)
+        path = os.path.join(journal.path, release.id + ".json")
+        return dict(changed=True, release=release.to_dict(), path=path, pruned=[])
+    path = journal.record(release)
+    pruned = journal.prune(p["keep"])
+    return dict(changed=True, release=release.to_dict(), path=path, pruned=pruned)
 
 
 if __name__ == "__main__":

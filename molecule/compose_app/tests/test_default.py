@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import time
+from shlex import quote as shlex_quote
 
 import pytest
 import yaml
@@ -115,6 +116,45 @@ def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
                          "-e", json.dumps({"compose_app_secrets": {name: "changeme"}}), expect_rc=2)
     assert f"compose_app_secrets {name}: empty, shorter than" in output
     assert host.file("/opt/helloagents/.env").content_string == before
+
+
+def test_a_tag_the_registry_does_not_have_fails_on_the_pull_and_changes_nothing(host, cfg):
+    if host.backend.get_hostname() != HOST + "helloagents":
+        pytest.skip("run once")
+    before = host.file("/opt/helloagents/compose.yaml").content_string
+    running = host.check_output("docker ps --filter label=com.docker.compose.project=helloagents "
+                                "--format '{{.Names}} {{.Image}} {{.ID}}' | sort")
+    services = json.loads(json.dumps(cfg["compose_app_services"]))
+    services["backend"]["tag"] = "9.9"
+    output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+                               "-e", json.dumps({"compose_app_services": services}), expect_rc=2)
+    assert "cannot pull registry:5000/demo-backend:9.9 for backend:" in output
+    assert re.search(r"manifest (for \S+ )?(unknown|not found)", output), output[-3000:]
+    assert "not healthy within" not in output
+    assert elapsed < 120, elapsed
+    assert host.file("/opt/helloagents/compose.yaml").content_string == before
+    assert host.check_output("docker ps --filter label=com.docker.compose.project=helloagents "
+                             "--format '{{.Names}} {{.Image}} {{.ID}}' | sort") == running
+
+
+def test_the_deploy_waits_for_the_project_lock_and_names_its_holder(host, cfg):
+    if host.backend.get_hostname() != HOST + "helloagents":
+        pytest.skip("run once")
+    lock = "/var/lib/opsbook/helloagents/.lock"
+    holder = json.dumps({"operation": "rolling_upgrade", "pid": 4242, "since": time.time()})
+    host.check_output("printf '%%s' %s > %s" % (shlex_quote(holder), lock))
+    # A session of its own: flock and its sleep (which inherits the lock) end together with `kill -- -PGID`.
+    group = host.check_output("setsid flock %s sleep 60 >/dev/null 2>&1 < /dev/null & echo $!" % lock).strip()
+    time.sleep(1)
+    output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+                               "-e", "compose_app_lock_timeout=4", expect_rc=2)
+    assert "project helloagents is locked by rolling_upgrade (pid 4242" in output
+    assert "this compose_app deploy of helloagents waited 4 s (lock_timeout) and changed nothing" in output
+    assert 4 <= elapsed < 120, elapsed
+    # Once the other writer is done, the deploy goes through (and changes nothing: it was converged already).
+    host.run("kill -- -%s" % group)
+    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname())
+    assert re.search(r"helloagents\s+: ok=\d+\s+changed=0", output), output[-3000:]
 
 
 def test_unhealthy_service_fails_fast_naming_it_with_logs(host, cfg):

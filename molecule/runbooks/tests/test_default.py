@@ -3,7 +3,11 @@
 1. service-down: the backend is stopped; the runbook brings it back. The audit file shows every step in order,
    health through Nginx is green afterwards; the time from the start of the run to the first 200 is measured.
 2. planned-upgrade under load: silence, backup, upgrade 1.0 -> 2.0 with zero failed requests, verify, expire.
-3. rollback under load: back to 1.0, zero failed requests.
+3. a plain converge (playbooks/site.yml) with the inventory still at 1.0, under load: 2.0 stays (the journal's
+   release), zero failed requests, changed=0.
+4. rollback under load: back to 1.0, zero failed requests.
+5. a converge with the inventory at 2.0, under load: the web service moves by the rolling upgrade, zero failed
+   requests; the next converge changes nothing.
 The tests run in file order. Figures go to build/molecule-runbooks-figures.json.
 """
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -132,6 +137,34 @@ def silences(host) -> list[dict]:
                                         ".read().decode())\""))
 
 
+# The roles' own phases: the plays of site.yml for Docker, monitoring and backups have nothing to do here.
+SITE_TAGS = "compose_app_configure,compose_app_service,nginx_configure,nginx_service"
+
+
+def scenario_vars() -> dict:
+    molecule = yaml.safe_load((PROJECT_DIR / "molecule" / "runbooks" / "molecule.yml").read_text())
+    return molecule["provisioner"]["inventory"]["group_vars"]["all"]
+
+
+def converge_site(*extra: str) -> str:
+    """playbooks/site.yml as an operator runs it, on molecule's inventory; returns its output."""
+    argv = ["ansible-playbook", "-i", str(INVENTORY), str(PROJECT_DIR / "playbooks" / "site.yml"),
+            "--tags", SITE_TAGS, *extra]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(PROJECT_DIR), timeout=900, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, "site.yml exited %d:\n%s" % (proc.returncode, output[-5000:])
+    return output
+
+
+def flat(output: str) -> str:
+    """The output with YAML's line folding and quote doubling undone, for messages that span lines."""
+    return re.sub(r"\s+", " ", output).replace("''", "'").replace('\\"', '"')
+
+
+def changed_in_recap(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", output, re.M)]
+
+
 # --------------------------------------------------------------------------------------------------------
 # The tests, in order
 # --------------------------------------------------------------------------------------------------------
@@ -192,6 +225,24 @@ def test_planned_upgrade_runbook_under_load(host, address, tmp_path):
     assert re.search(r"\d{8}T\d{6}Z", backups), backups
 
 
+def test_a_converge_after_the_upgrade_keeps_the_journals_release_without_a_failed_request(host, address):
+    assert served_version(address) == "2.0"
+    compose_before = host.file("/opt/demo/compose.yaml").content_string
+    assert scenario_vars()["compose_app_services"]["backend"]["tag"] == "1.0"  # the inventory was not updated
+    with HttpLoad(address) as load:
+        output = converge_site()
+    record("converge_after_upgrade", {"requests": load.total, "failed": load.failed, "errors": load.errors[:5],
+                                      "longest_gap_s": round(load.longest_gap, 2), "changed": changed_in_recap(output)})
+    assert load.failed == 0, load.errors[:10]
+    assert load.total > 20
+    assert served_version(address) == "2.0"
+    assert changed_in_recap(output) == [0], output[-4000:]
+    said = flat(output)
+    assert "the inventory says registry:5000/demo-backend:1.0, the journal's current release" in said, said[-4000:]
+    assert "runs registry:5000/demo-backend:2.0. Going back needs compose_app_allow_downgrade: true" in said
+    assert host.file("/opt/demo/compose.yaml").content_string == compose_before
+
+
 def test_rollback_runbook_under_load(host, address, tmp_path):
     with HttpLoad(address) as load:
         _run, records, elapsed = run_runbook(tmp_path, "rollback", {
@@ -205,3 +256,23 @@ def test_rollback_runbook_under_load(host, address, tmp_path):
     assert {r["step"]: r for r in records}["roll-back"]["changed"] is True
     live = [s for s in silences(host) if s["comment"].startswith("rollback of demo") and s["status"]["state"] == "active"]
     assert live == []
+
+
+def test_a_converge_with_a_new_tag_moves_the_web_service_without_a_failed_request(host, address):
+    assert served_version(address) == "1.0"
+    services = json.loads(json.dumps(scenario_vars()["compose_app_services"]))
+    services["backend"]["tag"] = "2.0"
+    extravars = json.dumps({"compose_app_services": services, "compose_app_rolling_upgrade": {
+        "bake_s": 4, "bake_paths": ["/api/version"], "drain_timeout": 10}})
+    redis_before = host.check_output("docker inspect --format '{{.Id}}' demo-redis-1")
+    with HttpLoad(address) as load:
+        output = converge_site("-e", extravars)
+    record("converge_upgrade", {"requests": load.total, "failed": load.failed, "errors": load.errors[:5],
+                                "longest_gap_s": round(load.longest_gap, 2), "seen": load.seen})
+    assert load.failed == 0, load.errors[:10]
+    assert served_version(address) == "2.0"
+    assert "Move the running web services to their new image without downtime" in output
+    assert host.check_output("docker inspect --format '{{.Id}}' demo-redis-1") == redis_before
+    assert "image: registry:5000/demo-backend:2.0" in host.file("/opt/demo/compose.yaml").content_string
+    again = converge_site("-e", extravars)
+    assert changed_in_recap(again) == [0], again[-4000:]

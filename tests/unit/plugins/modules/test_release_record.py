@@ -14,6 +14,11 @@ import os
 
 import pytest
 
+from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import (
+    TOKEN_ENV,
+    hold_detached,
+    release_detached,
+)
 from ansible_collections.opsbook.stack.plugins.modules import release_record
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
@@ -124,3 +129,25 @@ def test_docker_host_falls_back_to_the_environment(tmp_path, compose_file, capsy
     result = run_module(release_record, args(tmp_path, compose_file), capsys)
     assert result["failed"] is True and "cannot read the containers of project demo" in result["msg"]
     assert "no-engine.sock" in result["msg"]
+
+
+def test_waits_for_the_project_lock_and_names_its_holder_having_written_nothing(
+    tmp_path, compose_file, capsys, monkeypatch
+):
+    monkeypatch.setattr(release_record, "DockerClient", FakeClient)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    root = str(tmp_path / "j")
+    token, holder, _ = hold_detached("demo", "rolling_upgrade", root, wait_s=1, hold_max_s=60)
+    try:
+        result = run_module(release_record, args(tmp_path, compose_file, lock_timeout=0.3), capsys)
+        assert result["failed"] is True
+        assert "locked by rolling_upgrade (pid %d" % holder["pid"] in result["msg"]
+        assert result["holder"]["operation"] == "rolling_upgrade"
+        assert not os.path.exists(os.path.join(root, "demo", "releases"))
+
+        # Inside the lock its own play holds (opsbook.stack.project_lock's environment), it goes on.
+        monkeypatch.setenv(TOKEN_ENV, token)
+        inside = run_module(release_record, args(tmp_path, compose_file, lock_timeout=0), capsys)
+        assert inside["changed"] is True and os.path.exists(inside["path"])
+    finally:
+        release_detached("demo", token, root)
