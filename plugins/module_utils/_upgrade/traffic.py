@@ -73,11 +73,9 @@ def gate_block_serves(content: str | None, gate_port: int, host: str, service_po
     gate_port and proxies to host:service_port: then opening the gate needs no reload."""
     listen = _GATE_LISTEN_RE.search(content or "")
     target = _GATE_TARGET_RE.search(content or "")
-    return bool(listen and target) and (int(listen.group(1)), target.group(1), int(target.group(2))) == (
-        gate_port,
-        host,
-        service_port,
-    )
+    if listen is None or target is None:
+        return False
+    return (int(listen.group(1)), target.group(1), int(target.group(2))) == (gate_port, host, service_port)
 
 
 def upstream_addresses(content: str | None) -> list[str]:

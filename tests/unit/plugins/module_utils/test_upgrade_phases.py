@@ -26,6 +26,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import (
     rolling_upgrade,
     rollout,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain import DrainReport
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import UpstreamError
 from ansible_collections.opsbook.stack.tests.unit.plugins.module_utils.upgrade_world import COMPOSE, Killed, World
 
@@ -40,7 +41,7 @@ class _Answer:
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setattr(rollout, "check_http", lambda probe: _Answer())
-    monkeypatch.setattr(rollout, "drain", lambda ports, workers, timeout: "no connection left")
+    monkeypatch.setattr(rollout, "drain", lambda *_args: DrainReport())
     monkeypatch.setattr(rollout, "RECREATE_SETTLE_S", 0.05)
     w = World(tmp_path)
     journal = Journal(w.s.journal_root, "demo")
