@@ -143,10 +143,14 @@ def _detach_stdio(keep: int) -> None:
     os.closerange(keep + 1, 4096)
 
 
+def _exit_on_signal(signum: int, frame: t.Any) -> None:
+    raise SystemExit(0)  # leaves the flock block, which closes the descriptor and so lets go of the lock
+
+
 def _serve_lock(path: str, operation: str, token: str, wait_s: float, hold_max_s: float, report_fd: int) -> None:
     """In the detached process: take the lock, report to the module, hold it until released or the lease ends."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         with flock(path, operation, wait_s=wait_s) as held:
             now = time.time()

@@ -137,7 +137,7 @@ def test_waits_for_the_project_lock_and_names_its_holder_having_written_nothing(
     monkeypatch.setattr(release_record, "DockerClient", FakeClient)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     root = str(tmp_path / "j")
-    token, holder, _ = hold_detached("demo", "rolling_upgrade", root, wait_s=1, hold_max_s=60)
+    token, holder, _waited = hold_detached("demo", "rolling_upgrade", root, wait_s=1, hold_max_s=60)
     try:
         result = run_module(release_record, args(tmp_path, compose_file, lock_timeout=0.3), capsys)
         assert result["failed"] is True

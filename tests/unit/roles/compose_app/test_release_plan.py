@@ -151,15 +151,15 @@ def test_a_newer_inventory_tag_is_an_upgrade_through_the_rolling_upgrade_not_a_r
 
 def test_going_forward_again_after_a_rollback_is_an_upgrade(tmp_path):
     journal = [release("r1", "1.0"), release("r2", "2.0"), release("r3", "1.0")]
-    rc, plan, _ = run_plan(tmp_path, facts("2.0", journal, "1.0"))
+    rc, plan, _output = run_plan(tmp_path, facts("2.0", journal, "1.0"))
     assert rc == 0 and plan["targets"]["backend"] == REPO + ":2.0" and plan["drift"] == []
 
 
 def test_a_non_version_tag_an_earlier_release_ran_counts_as_going_back(tmp_path):
     journal = [release("r1", "sha-aaa"), release("r2", "sha-bbb")]
-    rc, plan, _ = run_plan(tmp_path, facts("sha-aaa", journal, "sha-bbb"))
+    rc, plan, _output = run_plan(tmp_path, facts("sha-aaa", journal, "sha-bbb"))
     assert rc == 0 and plan["targets"]["backend"] == REPO + ":sha-bbb" and len(plan["drift"]) == 1
-    rc, plan, _ = run_plan(tmp_path, facts("sha-ccc", journal, "sha-bbb"))
+    rc, plan, _output = run_plan(tmp_path, facts("sha-ccc", journal, "sha-bbb"))
     assert rc == 0 and plan["targets"]["backend"] == REPO + ":sha-ccc" and plan["drift"] == []
 
 
