@@ -42,7 +42,12 @@ from ansible_collections.opsbook.stack.plugins.module_utils._files import (
     restore_file,
     write_atomic,
 )
-from ansible_collections.opsbook.stack.plugins.module_utils._process import CommandResult, Runner, run_command
+from ansible_collections.opsbook.stack.plugins.module_utils._process import (
+    CommandResult,
+    Runner,
+    pid_alive,
+    run_command,
+)
 
 DEFAULT_NGINX_BINARY = "nginx"
 DEFAULT_NGINX_UNIT = "nginx"
@@ -140,15 +145,7 @@ class NginxControl:
                 pid = int(handle.read().strip() or "0")
         except (OSError, ValueError):
             return False
-        if pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     def reload_argv(self) -> list[str]:
         if self.reload_command:

@@ -15,6 +15,7 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import os
 import subprocess
 import typing as t
 from dataclasses import dataclass
@@ -61,4 +62,17 @@ def run_command(
     return CommandResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "")
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RC_NOT_FOUND", "RC_TIMEOUT", "CommandResult", "Runner", "run_command"]
+def pid_alive(pid: t.Any) -> bool:
+    """Whether a process with this id exists (signal 0; another user's process counts as alive)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "RC_NOT_FOUND", "RC_TIMEOUT", "CommandResult", "Runner", "pid_alive", "run_command"]

@@ -41,6 +41,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._files import (
     flock,
     read_holder,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._process import pid_alive
 
 DEFAULT_ROOT = "/var/lib/opsbook"
 # The task environment variable that says "this module runs inside the lock my play holds".
@@ -62,18 +63,6 @@ def lock_path(project: str, root: str = DEFAULT_ROOT) -> str:
     return os.path.join(root, project, ".lock")
 
 
-def _pid_alive(pid: t.Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def holder_message(project: str, holder: dict[str, t.Any], operation: str, wait_s: float) -> str:
     text = (
         "project %s is locked by %s; this %s waited %g s (lock_timeout) and changed nothing. "
@@ -93,7 +82,7 @@ def held_by_my_play(path: str) -> bool:
     """True when the lock at path is held by the detached holder whose token this process was given."""
     token = os.environ.get(TOKEN_ENV, "")
     holder = read_holder(path)
-    return bool(token) and holder.get("token") == token and _pid_alive(holder.get("pid"))
+    return bool(token) and holder.get("token") == token and pid_alive(holder.get("pid"))
 
 
 @contextlib.contextmanager
@@ -209,7 +198,7 @@ def hold_detached(
 
 
 def _still_held_by(path: str, token: str, pid: int) -> bool:
-    if read_holder(path).get("token") != token or not _pid_alive(pid):
+    if read_holder(path).get("token") != token or not pid_alive(pid):
         return False
     try:
         with flock(path, "released by its play", wait_s=0.0):
@@ -223,7 +212,7 @@ def release_detached(project: str, token: str, root: str = DEFAULT_ROOT) -> bool
     path = lock_path(project, root)
     holder = read_holder(path)
     pid = holder.get("pid")
-    if not token or holder.get("token") != token or not isinstance(pid, int) or not _pid_alive(pid):
+    if not token or holder.get("token") != token or not isinstance(pid, int) or not pid_alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + RELEASE_WAIT_S
