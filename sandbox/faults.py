@@ -46,6 +46,10 @@ JOURNAL_ROOT = "/var/lib/opsbook"
 DOCKER_SOCKET = "/var/run/docker.sock"
 BROKEN_NGINX = "/etc/nginx/conf.d/zz-fault-matrix-broken.conf"
 SERVER_RE = re.compile(r"^\s*server\s+(\S+?)(?:\s[^;]*)?;", re.M)
+# The resolver's hosts files (docs/routing.md): `# port N`, then one `<ip> <name>.opsbook.internal` line a server.
+HOSTS_DIR = os.path.join(UPSTREAM_DIR, "hosts.d")
+HOSTS_PORT_RE = re.compile(r"^# port ([0-9]+)$", re.M)
+HOSTS_LINE_RE = re.compile(r"^([0-9.]+)\s+\S+", re.M)
 POLL_S = 0.1
 # Without a recorded phase: new containers healthy this long and no gate file seen counts as "gate passed".
 GATE_UNSEEN_S = 1.5
@@ -104,6 +108,9 @@ def containers(project: str) -> list[dict[str, t.Any]]:
     for summary in listed:
         labels = summary.get("Labels") or {}
         ports = sorted({int(p["PublicPort"]) for p in summary.get("Ports") or [] if p.get("PublicPort")})
+        private = sorted({int(p["PrivatePort"]) for p in summary.get("Ports") or [] if p.get("PrivatePort")})
+        networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+        ips = sorted({n["IPAddress"] for n in networks.values() if isinstance(n, dict) and n.get("IPAddress")})
         out.append(
             {
                 "id": summary["Id"][:12],
@@ -113,6 +120,9 @@ def containers(project: str) -> list[dict[str, t.Any]]:
                 "state": summary.get("State", ""),
                 "health": health_of(summary.get("Status", "")),
                 "ports": ports,
+                # Where Nginx can reach it: its published ports (upstream files) and its own addresses on the
+                # container ports (the resolver's hosts files).
+                "endpoints": ["127.0.0.1:%d" % p for p in ports] + ["%s:%d" % (ip, p) for ip in ips for p in private],
             }
         )
     return sorted(out, key=lambda c: (c["service"], c["name"]))
@@ -132,6 +142,15 @@ def compose_services(project_dir: str) -> dict[str, dict[str, t.Any]]:
 
 
 def upstream_servers(project: str, service: str) -> list[str]:
+    """`address:port` of each server Nginx is given for the service: the resolver's hosts file, else the upstream
+    file of older releases."""
+    try:
+        with open(os.path.join(HOSTS_DIR, "%s_%s" % (project, service)), encoding="utf-8") as handle:
+            content = handle.read()
+        port = HOSTS_PORT_RE.search(content)
+        return sorted("%s:%s" % (ip, port.group(1)) for ip in HOSTS_LINE_RE.findall(content)) if port else []
+    except OSError:
+        pass
     try:
         with open(os.path.join(UPSTREAM_DIR, "%s_%s.conf" % (project, service)), encoding="utf-8") as handle:
             return sorted(SERVER_RE.findall(handle.read()))
@@ -140,7 +159,16 @@ def upstream_servers(project: str, service: str) -> list[str]:
 
 
 def gate_files() -> list[str]:
-    return sorted(glob.glob(os.path.join(UPSTREAM_DIR, "*_gate.conf")))
+    """Open gates: an upstream file of the gate, or a gate hosts file that lists a server (a closed gate's is empty)."""
+    open_gates = glob.glob(os.path.join(UPSTREAM_DIR, "*_gate.conf"))
+    for path in glob.glob(os.path.join(HOSTS_DIR, "*_gate")):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                if HOSTS_LINE_RE.search(handle.read()):
+                    open_gates.append(path)
+        except OSError:
+            continue
+    return sorted(open_gates)
 
 
 def journal(project: str) -> list[dict[str, t.Any]]:
@@ -272,7 +300,7 @@ class Fallback:
     def phase(self, record: dict[str, t.Any] | None, service: list[dict[str, t.Any]], servers: list[str]) -> str:
         new = [c for c in service if c["id"] not in self.old_ids]
         old_running = [c for c in service if c["id"] in self.old_ids and c["state"] == "running"]
-        new_ports = {"127.0.0.1:%d" % p for c in new for p in c["ports"]}
+        new_ports = {e for c in new for e in c.get("endpoints", ["127.0.0.1:%d" % p for p in c["ports"]])}
         self.gate_seen = self.gate_seen or bool(gate_files())
         if new_ports and servers and set(servers) <= new_ports:
             now = time.monotonic()

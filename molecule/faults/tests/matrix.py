@@ -271,8 +271,15 @@ def consistency(state: dict) -> list[str]:
         if len(running) != svc["replicas"]:
             problems.append("%s: %d containers running, compose.yaml wants %d" % (name, len(running), svc["replicas"]))
     for name, servers in state["upstreams"].items():
-        healthy = sorted("127.0.0.1:%d" % p for c in by_service.get(name, [])
-                         if c["state"] == "running" and c["health"] in ("healthy", None) for p in c["ports"])
+        # Compared in the form the servers are listed in: published ports (upstream files) or the containers' own
+        # addresses (the resolver's hosts files, docs/routing.md).
+        loopback = all(sv.startswith("127.0.0.1:") for sv in servers) if servers else False
+        healthy = sorted(e for c in by_service.get(name, [])
+                         if c["state"] == "running" and c["health"] in ("healthy", None)
+                         for e in c["endpoints"] if e.startswith("127.0.0.1:") == loopback)
+        if not servers:
+            healthy = [c["name"] for c in by_service.get(name, [])
+                       if c["state"] == "running" and c["health"] in ("healthy", None)]
         if sorted(servers) != healthy:
             problems.append("upstream %s lists %s, the healthy containers are %s" % (name, servers, healthy))
     if state["gate_files"]:

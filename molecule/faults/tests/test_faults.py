@@ -198,7 +198,10 @@ def note_left(row: Row, mid: dict) -> None:
 
 def check_nginx_fault(row: Row, before: dict, mid: dict) -> None:
     """While the broken file is there, Nginx must still route to the old containers (nothing untested went live)."""
-    old_ports = sorted("127.0.0.1:%d" % p for c in before["containers"] if c["service"] == SERVICE for p in c["ports"])
+    listed = mid["upstreams"][SERVICE]
+    loopback = all(sv.startswith("127.0.0.1:") for sv in listed) if listed else True
+    old_ports = sorted(e for c in before["containers"] if c["service"] == SERVICE
+                       for e in c["endpoints"] if e.startswith("127.0.0.1:") == loopback)
     if mid["upstreams"][SERVICE] != old_ports:
         row.fail("state", "after nginx -t failed, the upstream lists %s, not the old containers %s"
                             % (mid["upstreams"][SERVICE], old_ports))
