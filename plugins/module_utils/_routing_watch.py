@@ -146,7 +146,8 @@ def _try_shared(path: str) -> bool:
 
 def _log(message: str) -> None:
     # journald adds the time; one line per decision.
-    print(message, flush=True)
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 @dataclass
@@ -275,4 +276,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

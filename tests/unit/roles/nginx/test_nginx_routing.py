@@ -66,7 +66,7 @@ def role_variables(overrides: dict) -> dict:
     env.filters["relpath"] = os.path.relpath
     env.tests["match"] = lambda value, pattern: re.match(pattern, value) is not None
     context = {"ansible_facts": {"distribution": "Debian"}, "ansible_managed": "test", **raw}
-    for _ in range(4):
+    for _attempt in range(4):
         for key, value in raw.items():
             if isinstance(value, str) and ("{{" in value or "{%" in value):
                 try:
@@ -298,7 +298,9 @@ def test_switches_under_keep_alive_load_lose_no_request_and_reload_nothing(stack
     workers = stack.workers()
     assert len(workers) == 2
     stop, lock, tally = threading.Event(), threading.Lock(), {}
-    clients = [threading.Thread(target=keep_alive_client, args=(stack.http_port, stop, tally, lock)) for _ in range(4)]
+    clients = [
+        threading.Thread(target=keep_alive_client, args=(stack.http_port, stop, tally, lock)) for _client in range(4)
+    ]
     for client in clients:
         client.start()
     try:
