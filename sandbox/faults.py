@@ -160,7 +160,11 @@ def upstream_servers(project: str, service: str) -> list[str]:
 
 def gate_files() -> list[str]:
     """Open gates: an upstream file of the gate, or a gate hosts file that lists a server (a closed gate's is empty)."""
-    open_gates = glob.glob(os.path.join(UPSTREAM_DIR, "*_gate.conf"))
+    if not os.path.isdir(HOSTS_DIR):  # older releases: the gate's upstream file exists only while it is open
+        return sorted(glob.glob(os.path.join(UPSTREAM_DIR, "*_gate.conf")))
+    # The gate's server block stays (the nginx role renders it ahead); the gate is open when its hosts file lists
+    # a server.
+    open_gates = []
     for path in glob.glob(os.path.join(HOSTS_DIR, "*_gate")):
         try:
             with open(path, encoding="utf-8") as handle:
