@@ -38,13 +38,6 @@ def record(name: str, value) -> None:
     print("FIGURE %s = %s" % (name, json.dumps(value)))
 
 
-@pytest.fixture(scope="module")
-def address(host) -> str:
-    device = host.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
-    out = host.check_output("ip -4 -o addr show dev %s scope global" % device)
-    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Running the modules and the playbooks
 # --------------------------------------------------------------------------------------------------------

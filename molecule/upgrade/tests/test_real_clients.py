@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -44,13 +43,6 @@ def record(name: str, value) -> None:
     data[name] = value
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print("FIGURE %s = %s" % (name, json.dumps(value)))
-
-
-@pytest.fixture(scope="module")
-def address(host) -> str:
-    device = host.check_output("ip -4 -o route show default").split(" dev ")[1].split()[0]
-    out = host.check_output("ip -4 -o addr show dev %s scope global" % device)
-    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
 
 
 def module(name: str, args: dict) -> dict:
