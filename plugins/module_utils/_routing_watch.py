@@ -14,8 +14,10 @@ unit runs it from the collection's own module_utils copied there; standard libra
 It listens to Docker's container events (through the one Engine client, ``_docker``). When a container of a
 routed web service starts, changes health, dies or is destroyed, it re-reads the service's healthy containers
 with the one upstream function (``_upstream.sync_upstream``) and rewrites the service's hosts file when it
-changed; the resolver serves the new addresses at once, and Nginx uses them within its resolver validity. Nothing
-is reloaded and no Nginx configuration is written, so no untested configuration can become live.
+changed (without any address once no container of the service runs, so Nginx answers 502 at once instead of
+waiting on dead addresses); the resolver serves the new addresses at once, and Nginx uses them within its
+resolver validity. Nothing is reloaded and no Nginx configuration is written, so no untested configuration can
+become live.
 
 While the project's lock (``_project_lock``) is held by an upgrade, a rollback or a restore, that run decides
 the routing: the watcher only notes the service and reconciles it as soon as the lock is free. It reads the lock
@@ -205,7 +207,12 @@ class Watcher:
         """Rewrite the route's hosts file from Docker's state; True when it changed."""
         try:
             done = sync_upstream(
-                route.project, route.service, port=route.port, directory=self.config.upstream_dir, docker=self.client
+                route.project,
+                route.service,
+                port=route.port,
+                directory=self.config.upstream_dir,
+                docker=self.client,
+                empty_when_none_runs=True,
             )
         except NoHealthyServers as exc:
             self.log("%s: kept as it is: %s" % (route.name, exc))
@@ -214,7 +221,9 @@ class Watcher:
             self.log("%s: not updated, will retry: %s" % (route.name, exc))
             self.pending[route] = self.clock() + RECONNECT_S
             return False
-        if done.changed:
+        if done.changed and not done.servers:
+            self.log("%s: emptied: %s" % (route.name, done.note))
+        elif done.changed:
             self.log("%s: now %s" % (route.name, ", ".join("%s (%s)" % (s.address, s.comment) for s in done.servers)))
         return done.changed
 

@@ -515,6 +515,7 @@ def sync_upstream(
     reload: bool = True,
     lock_path: str | None = DEFAULT_LOCK_PATH,
     lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
+    empty_when_none_runs: bool = False,
 ) -> SyncResult:
     """Point the upstream of a Compose service at its healthy containers (or at explicit servers).
 
@@ -522,7 +523,10 @@ def sync_upstream(
     changes; the resolver serves it to Nginx within a second, without a reload. Without `servers` the servers
     are the service's healthy containers as Docker reports them. With only a name and `servers` (the app hosts
     behind an edge Nginx): an upstream block, activated with nginx -t and a reload. No server at all raises
-    NoHealthyServers and leaves the existing file alone.
+    NoHealthyServers and leaves the existing file alone, except with `empty_when_none_runs` (the watcher) when
+    no container of the service runs at all: the addresses on file are dead then (Nginx would wait out its
+    connect timeout on each), so the name is emptied and Nginx answers 502 at once. Running but unhealthy
+    containers keep their addresses: they may still answer, and a failing health check is not proof.
     """
     if name is None:
         if not (project and service):
@@ -548,6 +552,12 @@ def sync_upstream(
         chosen, skipped = found.servers, found.skipped
     else:
         chosen = list(servers)
+    if not chosen and empty_when_none_runs and servers is None and all(s.state != "running" for s in skipped):
+        content = render_hosts(name, [], allow_empty=True)
+        changed, previous = write_hosts(path, content, check_mode)
+        why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
+        note = "no container of the service runs (%s): the name has no address, Nginx answers 502 at once" % why
+        return SyncResult(name, path, changed, content, previous, [], skipped, note=note)
     if not chosen:
         why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
         raise NoHealthyServers(

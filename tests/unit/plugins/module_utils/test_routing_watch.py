@@ -92,20 +92,45 @@ def test_a_container_restarted_elsewhere_is_followed_and_a_dead_one_dropped(tmp_
     assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.9:8000"]
 
 
-def test_no_healthy_container_keeps_the_last_addresses(tmp_path):
-    """A crash loop of every replica: the file stays (docs/contracts.md: no upstream without servers)."""
+def test_running_but_unhealthy_containers_keep_the_last_addresses(tmp_path):
+    """A failing health check of every replica is not proof they cannot answer: the addresses stay."""
     engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
     clock, logs = Clock(), []
     watcher = make_watcher(tmp_path, engine, clock, logs)
     watcher.resync()
     watcher.tick()
     before = hosts(tmp_path)
-    engine.inspects["c1"]["State"].update(Status="restarting", Running=False)
-    watcher.on_event(event("die"))
+    engine.inspects["c1"]["State"]["Health"]["Status"] = "unhealthy"
+    watcher.on_event(event("health_status: unhealthy"))
     clock.now += 1
     watcher.tick()
     assert hosts(tmp_path) == before
     assert any("kept as it is" in line for line in logs)
+
+
+@pytest.mark.parametrize("status", ["exited", "restarting"])
+def test_no_running_container_empties_the_name_so_nginx_answers_502_at_once(tmp_path, status):
+    """Stopped, or a crash loop of every replica: the addresses on file are dead, and Nginx would wait out
+    its connect timeout on each of them; a name without addresses gives the client a 502 at once."""
+    engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
+    clock, logs = Clock(), []
+    watcher = make_watcher(tmp_path, engine, clock, logs)
+    watcher.resync()
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000"]
+    engine.inspects["c1"]["State"].update(Status=status, Running=False)
+    watcher.on_event(event("die"))
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == []
+    assert "demo_backend.opsbook.internal" not in hosts(tmp_path)
+    assert any("emptied" in line and "no container of the service runs" in line for line in logs)
+    # Back up: the address comes back on the next event.
+    engine.inspects["c1"]["State"].update(Status="running", Running=True)
+    watcher.on_event(event("start"))
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000"]
 
 
 def test_events_of_other_services_and_actions_are_ignored(tmp_path):
