@@ -72,6 +72,13 @@ current:
   description: Id of the newest succeeded release whose images are what the project's containers run now, or null.
   returned: always
   type: str
+current_content:
+  description:
+    - What RV(current) runs, by image id (V(service=sha256:...), sorted by service), the key RV(rollback_candidates)
+      use; null when RV(current) is.
+    - playbooks/rollback.yml matches hosts on it, so a host that already runs the common target stays where it is.
+  returned: always
+  type: str
 latest:
   description: The newest succeeded release, or null.
   returned: always
@@ -112,16 +119,16 @@ from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
 
 def check_images(
     client: DockerClient, project: str, records: list[Release], out: list[dict]
-) -> tuple[str | None, list[dict]]:
-    """Add `intact` to every record; return the id of the newest succeeded release that runs now, and the
-    rollback candidates."""
+) -> tuple[Release | None, list[dict]]:
+    """Add `intact` to every record; return the newest succeeded release that runs now, and the rollback
+    candidates."""
     present = image_present(client)
     running = project_images(client, project)
     for index, record in enumerate(records):
         out[index]["intact"] = intact(record, present)
     current = current_release(records, running)
     candidates = [{"id": r.id, "content": content_of(r)} for r in rollback_candidates(records, running, present)]
-    return (current.id if current else None), candidates
+    return current, candidates
 
 
 def main() -> None:
@@ -140,7 +147,7 @@ def main() -> None:
     out = [r.to_dict() for r in records]
     for warning in journal.skipped:
         module.warn(warning)
-    current: str | None = None
+    current: Release | None = None
     candidates: list[dict] = []
     if module.params["check_images"] and records:
         try:
@@ -154,7 +161,8 @@ def main() -> None:
         changed=False,
         releases=out,
         latest=latest.to_dict() if latest else None,
-        current=current,
+        current=current.id if current else None,
+        current_content=content_of(current) if current else None,
         rollback_candidates=candidates,
         broken=journal.broken(),
     )
