@@ -10,6 +10,8 @@ import yaml
 
 PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 SCENARIO_DIR = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.dirname(os.path.dirname(__file__)))
+# compose_app alone (docker_engine is converged once by converge.yml and checked by molecule's idempotence step).
+DEPLOY = os.path.join(SCENARIO_DIR, "deploy.yml")
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 # Instance names carry OPSBOOK_MOLECULE_PREFIX (molecule.yml), so parallel checkouts do not collide.
 HOST = os.environ.get("OPSBOOK_MOLECULE_PREFIX", "opsbook") + "-ca-"
@@ -98,7 +100,7 @@ def test_release_journal_names_images_by_digest(host, cfg):
 def test_second_converge_changes_nothing_and_prints_no_secret(host):
     if host.backend.get_hostname() != HOST + "agentchat":
         pytest.skip("one run covers every host")
-    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), "all", "-vvv")
+    output, _ = playbook(DEPLOY, "all", "-vvv")
     recap = re.findall(r"^(%s\S+)\s+: ok=\d+\s+changed=(\d+)" % re.escape(HOST), output, re.M)
     assert sorted(recap) == sorted((h, "0") for h in PROFILES), recap
     for profile in PROFILES.values():
@@ -111,7 +113,7 @@ def test_weak_secret_is_refused_and_changes_nothing(host, cfg):
         pytest.skip("run once")
     before = host.file("/opt/helloagents/.env").content_string
     name = next(iter(cfg["compose_app_secrets"]))
-    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+    output, _ = playbook(DEPLOY, host.backend.get_hostname(),
                          "-e", json.dumps({"compose_app_secrets": {name: "changeme"}}), expect_rc=2)
     assert f"compose_app_secrets {name}: empty, shorter than" in output
     assert host.file("/opt/helloagents/.env").content_string == before
@@ -125,7 +127,7 @@ def test_a_tag_the_registry_does_not_have_fails_on_the_pull_and_changes_nothing(
                                 "--format '{{.Names}} {{.Image}} {{.ID}}' | sort")
     services = json.loads(json.dumps(cfg["compose_app_services"]))
     services["backend"]["tag"] = "9.9"
-    output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+    output, elapsed = playbook(DEPLOY, host.backend.get_hostname(),
                                "-e", json.dumps({"compose_app_services": services}), expect_rc=2)
     assert "cannot pull registry:5000/demo-backend:9.9 for backend:" in output
     assert re.search(r"manifest (for \S+ )?(unknown|not found)", output), output[-3000:]
@@ -146,7 +148,7 @@ def test_the_deploy_waits_for_the_project_lock_and_names_its_holder(host, cfg):
     held = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_DIR, timeout=300, check=True).stdout
     token = re.search(r'"token": "([0-9a-f]+)"', held).group(1)
     pid = re.search(r'"pid": (\d+)', held).group(1)
-    output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+    output, elapsed = playbook(DEPLOY, host.backend.get_hostname(),
                                "-e", "compose_app_lock_timeout=4", expect_rc=2)
     assert "project helloagents is locked by rolling_upgrade (pid %s" % pid in output
     assert "this compose_app deploy of helloagents waited 4 s (lock_timeout) and changed nothing" in output
@@ -155,7 +157,7 @@ def test_the_deploy_waits_for_the_project_lock_and_names_its_holder(host, cfg):
     release = ["ansible", "-i", INVENTORY, host.backend.get_hostname(), "-m", "opsbook.stack.project_lock",
                "-a", "project=helloagents state=released token=%s" % token, "-o"]
     subprocess.run(release, capture_output=True, text=True, cwd=PROJECT_DIR, timeout=300, check=True)
-    output, _ = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname())
+    output, _ = playbook(DEPLOY, host.backend.get_hostname())
     assert re.search(r"helloagents\s+: ok=\d+\s+changed=0", output), output[-3000:]
 
 
@@ -169,7 +171,7 @@ def test_unhealthy_service_fails_fast_naming_it_with_logs(host, cfg):
         "compose_app_services": {"api": {"image": "registry:5000/demo-backend", "tag": "3.0", "preset": "web"}},
     }
     try:
-        output, elapsed = playbook(os.path.join(SCENARIO_DIR, "converge.yml"), host.backend.get_hostname(),
+        output, elapsed = playbook(DEPLOY, host.backend.get_hostname(),
                                    "-e", json.dumps(broken), expect_rc=2)
         assert "brokenapp: not healthy within 90 s" in output
         assert "unhealthy: api" in output
