@@ -142,7 +142,7 @@ def test_the_deploy_waits_for_the_project_lock_and_names_its_holder(host, cfg):
     if host.backend.get_hostname() != HOST + "helloagents":
         pytest.skip("run once")
     # Another writer holds the project lock, the way a role or a runbook step holds it (opsbook.stack.project_lock).
-    # Its lease (hold_max) outlasts the converge's docker_engine tasks on a loaded machine; the test releases it.
+    # Its lease (hold_max) outlasts the deploy's first tasks on a loaded machine; the test releases it.
     argv = ["ansible", "-i", INVENTORY, host.backend.get_hostname(), "-m", "opsbook.stack.project_lock",
             "-a", "project=helloagents operation=rolling_upgrade hold_max=900", "-o"]
     held = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_DIR, timeout=300, check=True).stdout
