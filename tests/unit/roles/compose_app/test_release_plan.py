@@ -20,10 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
 from ansible_collections.opsbook.stack import plugins
+from ansible_collections.opsbook.stack.plugins.module_utils._upstream import hosts_file_for, upstream_name
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "compose_app"
 # The directory that holds ansible_collections/opsbook/stack (tests/unit/conftest.py makes it).
@@ -172,3 +174,16 @@ def test_no_rolling_upgrade_where_no_traffic_runs(tmp_path, case):
     rc, plan, output = run_plan(tmp_path, facts("2.0", journal, running, routed=case != "not routed by Nginx"))
     assert rc == 0, output[-3000:]
     assert plan["targets"]["backend"] == REPO + ":2.0" and plan["rollouts"] == {}
+
+
+def test_the_route_compose_app_looks_for_is_the_hosts_file_the_nginx_role_writes():
+    """The plan moves a running web service by rolling upgrade only when release.yml finds its route. It looked for
+    the upstream block file of earlier releases (<project>_<service>.conf) after routing moved to the resolver's
+    hosts files, found none, and recreated the routed backend stop-first: 263-538 HTTP 502 under load in the
+    molecule runbooks scenario. The path must be the one the one upstream function writes."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "release.yml").read_text())
+    stat = next(t for t in tasks if t.get("register") == "__compose_app_upstreams")["ansible.builtin.stat"]
+    path = jinja2.Template(stat["path"]).render(
+        compose_app_upstream_dir="/etc/nginx/upstreams.d", compose_app_project="demo", item="backend"
+    )
+    assert path == hosts_file_for(upstream_name("demo", "backend"), "/etc/nginx/upstreams.d")
