@@ -552,14 +552,13 @@ def sync_upstream(
         chosen, skipped = found.servers, found.skipped
     else:
         chosen = list(servers)
-    if not chosen and empty_when_none_runs and servers is None and all(s.state != "running" for s in skipped):
-        content = render_hosts(name, [], allow_empty=True)
-        changed, previous = write_hosts(path, content, check_mode)
-        why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
-        note = "no container of the service runs (%s): the name has no address, Nginx answers 502 at once" % why
-        return SyncResult(name, path, changed, content, previous, [], skipped, note=note)
     if not chosen:
         why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
+        if empty_when_none_runs and servers is None and all(s.state != "running" for s in skipped):
+            content = render_hosts(name, [], allow_empty=True)
+            changed, previous = write_hosts(path, content, check_mode)
+            note = "no container of the service runs (%s): the name has no address, Nginx answers 502 at once" % why
+            return SyncResult(name, path, changed, content, previous, [], skipped, note=note)
         raise NoHealthyServers(
             "no healthy container for upstream %s (%s); %s was left as it is, Nginx keeps the servers it has. "
             "Check `docker compose ps` for the service." % (name, why, path),
