@@ -325,11 +325,11 @@ def test_killed_in_the_bake_a_rerun_never_records_it_unbaked(host, address):
         while time.monotonic() < deadline and not switched_to_new(host):
             time.sleep(0.2)
         assert switched_to_new(host), "the upgrade did not reach its bake"
-        processes = host.check_output("ps -eo pid=,args=").splitlines()
-        pids = [line.split()[0] for line in processes
-                if "python" in line.split()[1] and "AnsiballZ_rolling_upgrade" in line]
-        assert pids, "the module process was not found"
-        host.run("kill -9 %s" % " ".join(pids))
+        # The module's own pid, from its in-progress journal record ("upgrade in progress (pid N)"): with
+        # pipelining the module runs from stdin, and no AnsiballZ_ file name shows in `ps`.
+        found = re.search(r"in progress \(pid (\d+)\)", releases(host)[-1].get("detail", ""))
+        assert found, "the module's pid is not in its journal record: %s" % releases(host)[-1]
+        host.run("kill -9 %s" % found.group(1))
         proc.communicate(timeout=60)
         interrupted = releases(host)[-1]
         # The phase is written right after the switch, before the bake starts.
