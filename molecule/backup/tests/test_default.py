@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shlex
+import shlex
 import subprocess
 import time
 
@@ -95,15 +96,30 @@ def test_seed_and_fingerprint(host):
     SEEDED.update(before)  # the tests below run after this one and compare against it
 
 
+# Each file of a zip with the sha256 of its content, a line each (run on the host).
+ZIP_SUMS = """
+import hashlib, sys, zipfile
+archive = zipfile.ZipFile(sys.argv[1])
+for name in archive.namelist():
+    if not name.endswith("/"):
+        print(name, hashlib.sha256(archive.read(name)).hexdigest())
+"""
+
+
 def test_role_installed_the_collection_library_and_private_configs(host):
     here = os.path.join(PROJECT_DIR, "plugins", "module_utils")
     with open(os.path.join(PROJECT_DIR, "roles", "backup", "vars", "main.yml"), encoding="utf-8") as handle:
         names = yaml.safe_load(handle)["__backup_lib_files"]
-    lib = "/usr/local/lib/opsbook/ansible_collections/opsbook/stack/plugins/module_utils/"
-    for name in names:
-        local = hashlib.sha256(open(os.path.join(here, name), "rb").read()).hexdigest()
-        assert host.file(lib + name).sha256sum == local, name
-    assert not host.file("/usr/local/lib/opsbook/_backup.py").exists  # the single-file library of before
+    # One zip of exactly the listed files, as the collection has them (opsbook.stack.library_bundle).
+    bundle = host.file("/usr/local/lib/opsbook/opsbook-backup.zip")
+    assert bundle.mode == 0o644 and bundle.user == "root"
+    listing = host.check_output("python3 -c %s %s" % (shlex.quote(ZIP_SUMS), bundle.path))
+    prefix = "ansible_collections/opsbook/stack/plugins/module_utils/"
+    on_host = dict(line.split(" ") for line in listing.splitlines())
+    here_sums = {prefix + n: hashlib.sha256(open(os.path.join(here, n), "rb").read()).hexdigest() for n in names}
+    assert on_host == here_sums
+    for before in ("_backup.py", "ansible_collections"):  # the libraries of earlier releases
+        assert not host.file("/usr/local/lib/opsbook/" + before).exists, before
     assert host.run("/usr/local/bin/opsbook-backup --help").rc == 0
     assert host.file("/usr/local/bin/opsbook-backup").mode == 0o755
     for job in ("mysql", "postgres", "redis"):

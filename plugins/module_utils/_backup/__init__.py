@@ -8,9 +8,10 @@ Private to this collection: not a public API, it may change in any release.
 
 One implementation serves the ``backup``/``restore`` modules and the cron job. It uses the standard library
 only, so the ``backup`` role copies this package and the module_utils it imports (the list is the role's
-``__backup_lib_files``) to the host, keeping the collection's layout, and cron runs it::
+``__backup_lib_files``) to the host in one zip (``_bundle``), keeping the collection's layout, and cron runs it::
 
-    PYTHONPATH=/usr/local/lib/opsbook python3 -S -m ansible_collections.opsbook.stack.plugins.module_utils._backup \
+    PYTHONPATH=/usr/local/lib/opsbook/opsbook-backup.zip \
+        python3 -S -m ansible_collections.opsbook.stack.plugins.module_utils._backup \
         --config /etc/opsbook/backup/mariadb.json backup mariadb
 
 The package, by seam: ``errors`` (exit codes), ``spec`` (component and settings), ``registry`` (type -> engine),

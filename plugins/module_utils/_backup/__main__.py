@@ -6,8 +6,8 @@
 
 Private to this collection: not a public API, it may change in any release.
 
-The role copies the package with the files it needs under its library directory and runs this with that
-directory on PYTHONPATH (standard library only, no Ansible on the host).
+The role copies the package with the files it needs to the host in one zip and runs this with that zip on
+PYTHONPATH (standard library only, no Ansible on the host).
 """
 
 from __future__ import absolute_import, annotations, division, print_function

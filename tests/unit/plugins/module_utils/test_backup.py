@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
+from ansible_collections.opsbook.stack.plugins.module_utils import _bundle
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
 
 SOCKET = "/var/run/docker.sock"
@@ -196,12 +197,10 @@ def _lib_files() -> list:
 
 
 def _host_copy(lib) -> tuple:
-    """Copy exactly the role's list as the role does; returns the argv prefix and environment cron uses."""
-    root = lib / "ansible_collections" / "opsbook" / "stack" / "plugins" / "module_utils"
-    for name in _lib_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(os.path.join(REPO, "plugins", "module_utils", name), root / name)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(lib)}
+    """Bundle exactly the role's list as the role does (one zip); returns the argv prefix and environment cron uses."""
+    bundle = lib / "opsbook-backup.zip"
+    bundle.write_bytes(_bundle.build(_lib_files()))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(bundle)}
     return ["python3", "-S", "-m", HOST_MAIN], env
 
 
