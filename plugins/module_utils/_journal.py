@@ -408,15 +408,39 @@ def current_release(releases: list[Release], running: dict[str, ServiceImage]) -
     return None
 
 
+def unfinished_rollback_target(releases: list[Release]) -> Release | None:
+    """Where the newest record was going when it is a rollback that did not finish (in progress, or killed and
+    put in order by a later run as `interrupted`), if that target still succeeded; else None."""
+    newest = releases[-1] if releases else None
+    if newest is None or newest.kind != "rollback":
+        return None
+    if not (newest.status == "in_progress" or newest.phase == "interrupted"):
+        return None
+    target = next((r for r in releases if r.id == str(newest.extra.get("rollback_of") or "")), None)
+    return target if target is not None and target.status == "succeeded" and target.services else None
+
+
 def rollback_candidates(
     releases: list[Release], running: dict[str, ServiceImage], present: t.Callable[[str], bool]
 ) -> list[Release]:
     """Where a rollback without a named release may go, best first (docs/state-machine.md, "Rollback target").
 
-    Right after a rollback (what runs is the outcome of a succeeded rollback) the only candidate is what runs: a
-    second rollback changes nothing. Otherwise: succeeded releases (a release rolled back from is `rolled_back`,
-    never a candidate), not what runs now, intact on this host, newest first, one per content.
+    A rerun after a rollback that did not finish goes where that one was going: its target first, whatever runs
+    now (half of it may). Right after a rollback (what runs is the outcome of a succeeded rollback) the only
+    candidate is what runs: a second rollback changes nothing. Otherwise: succeeded releases (a release rolled
+    back from is `rolled_back`, never a candidate), not what runs now, intact on this host, newest first, one per
+    content.
     """
+    unfinished = unfinished_rollback_target(releases)
+    if unfinished is not None and intact(unfinished, present):
+        rest = _candidates(releases, running, present)
+        return [unfinished] + [r for r in rest if content_of(r) != content_of(unfinished)]
+    return _candidates(releases, running, present)
+
+
+def _candidates(
+    releases: list[Release], running: dict[str, ServiceImage], present: t.Callable[[str], bool]
+) -> list[Release]:
     current = current_release(releases, running)
     if current is not None and current.kind == "rollback":
         by_id = {r.id: r for r in releases}
@@ -460,4 +484,5 @@ __all__ = [
     "releases_dir",
     "rollback_candidates",
     "runs_now",
+    "unfinished_rollback_target",
 ]

@@ -159,7 +159,7 @@ def upgrade_cell(host, address: str, row: Row, phase: str, kill: str, fault: str
         first = finish_playbook(proc, killed=kill == "ansible" and bool(seen.get("reached")))
         mid = observe(host)
         if fault == "break-nginx":
-            check_nginx_fault(row, before, mid)
+            check_nginx_fault(row, before, mid, first, target)
             host.run("%s repair-nginx" % HELPER)  # the operator removes the broken file, then reruns
         load.window("rerun")
         rerun = run_playbook("upgrade.yml", extra)
@@ -196,18 +196,20 @@ def note_left(row: Row, mid: dict) -> None:
                                                   "; in_progress: %s" % [r["id"] for r in records] if records else ""))
 
 
-def check_nginx_fault(row: Row, before: dict, mid: dict) -> None:
-    """While the broken file is there, Nginx must still route to the old containers (nothing untested went live)."""
-    listed = mid["upstreams"][SERVICE]
-    loopback = all(sv.startswith("127.0.0.1:") for sv in listed) if listed else True
-    old_ports = sorted(e for c in before["containers"] if c["service"] == SERVICE
-                       for e in c["endpoints"] if e.startswith("127.0.0.1:") == loopback)
-    if mid["upstreams"][SERVICE] != old_ports:
-        row.fail("state", "after nginx -t failed, the upstream lists %s, not the old containers %s"
-                            % (mid["upstreams"][SERVICE], old_ports))
-    ahead = [r for r in new_records(before, mid) if r["status"] == "succeeded"]
-    if ahead:
-        row.fail("journal", "an upgrade whose switch failed nginx -t is recorded succeeded")
+def check_nginx_fault(row: Row, before: dict, mid: dict, first, target: str) -> None:
+    """A broken file of someone else's in conf.d while the upgrade runs. The switch is a write of the service's
+    hosts file, not an Nginx activation (docs/routing.md), so the upgrade needs no reload and must finish: baked,
+    recorded, the traffic on the new containers. It leaves the broken file alone (it is not the collection's)."""
+    if first.rc != 0:
+        row.fail("rerun", "the upgrade failed although it needs no Nginx reload: %s" % first.summary())
+    if running_version(mid) != target:
+        row.fail("state", "%s runs %s with the broken file there, the upgrade asked for %s"
+                          % (SERVICE, running_version(mid), target))
+    if mid["nginx_test"] == 0:
+        row.fail("state", "the broken Nginx file is gone or fixed: the upgrade touched a file that is not its own")
+    done = [r for r in new_records(before, mid) if r["status"] == "succeeded" and r["phase"] == "done"]
+    if not done:
+        row.fail("journal", "the upgrade is not recorded succeeded (done): %s" % new_records(before, mid))
 
 
 ANSIBLE_PHASES = ("planned", "gated", "switched", "baking", "draining")
@@ -228,9 +230,9 @@ def test_upgrade_docker_daemon_restart(host, address):
     upgrade_cell(host, address, cell("upgrade", "dockerd restart at starting"), "starting", "", "restart-docker")
 
 
-def test_upgrade_nginx_test_fails_at_the_switch(host, address):
-    # No gate: the first Nginx activation after the broken file lands is the switch itself.
-    upgrade_cell(host, address, cell("upgrade", "nginx -t fails at the switch"), "starting", "", "break-nginx",
+def test_upgrade_with_a_broken_nginx_file(host, address):
+    # No gate, so that nothing but the switch could touch Nginx; the switch needs no reload (docs/routing.md).
+    upgrade_cell(host, address, cell("upgrade", "broken Nginx file from starting on"), "starting", "", "break-nginx",
                  gate_requests=0)
 
 

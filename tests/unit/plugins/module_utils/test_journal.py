@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from ansible_collections.opsbook.stack.plugins.module_utils import _journal
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     MIN_KEEP,
     Journal,
@@ -180,3 +181,64 @@ def test_a_record_left_in_a_working_phase_is_unsettled_whatever_its_status(tmp_p
         bad = release(3)
         bad.phase = "nonsense"
         journal.record(bad)
+
+
+def versioned(n, version, kind="deploy", status="succeeded", **extra):
+    """Release n of web:version (image id by version), as the journal has it."""
+    image = ServiceImage(image="reg/web:%s" % version, image_id="sha256:%s" % version, digest="")
+    return Release(
+        id="r%02d" % n,
+        project="demo",
+        kind=kind,
+        status=status,
+        created="",
+        created_ts=1000.0 + n,
+        services={"web": image},
+        extra=extra,
+    )
+
+
+def runs(version):
+    return {"web": ServiceImage(image="reg/web:%s" % version, image_id="sha256:%s" % version, digest="")}
+
+
+@pytest.mark.parametrize(
+    "status, phase, running",
+    [
+        ("in_progress", "switched", "v1"),  # killed at the switch, not yet put in order: half of it runs
+        ("in_progress", "switched", "v2"),
+        ("failed", "interrupted", "v1"),  # a later run undid it: the old release runs again
+    ],
+)
+def test_a_rerun_after_an_unfinished_rollback_goes_where_it_was_going(status, phase, running):
+    """Fault matrix, "rollback: SIGKILL of the module at switched": the rerun chose the release the killed
+    rollback was leaving (what ran before it) and would have undone the operator's rollback."""
+    releases = [versioned(1, "v2"), versioned(2, "v1")]
+    killed = versioned(3, "v2", kind="rollback", status=status, rollback_of="r01")
+    killed.phase = phase
+    releases.append(killed)
+    candidates = _journal.rollback_candidates(releases, runs(running), lambda image_id: True)
+    assert [r.id for r in candidates][:1] == ["r01"]
+    assert "r03" not in [r.id for r in candidates]
+
+
+def test_an_unfinished_rollback_whose_target_is_gone_leaves_the_usual_rule():
+    releases = [versioned(1, "v2"), versioned(2, "v1"), versioned(3, "v3")]
+    killed = versioned(4, "v2", kind="rollback", status="in_progress", rollback_of="r01")
+    killed.phase = "switched"
+    releases.append(killed)
+    candidates = _journal.rollback_candidates(releases, runs("v3"), lambda image_id: image_id != "sha256:v2")
+    assert [r.id for r in candidates] == ["r02"]
+
+
+def test_after_a_finished_rollback_or_an_upgrade_the_unfinished_rule_does_not_apply():
+    releases = [versioned(1, "v2"), versioned(2, "v1")]
+    done = versioned(3, "v2", kind="rollback", rollback_of="r01")
+    assert [r.id for r in _journal.rollback_candidates(releases + [done], runs("v2"), bool)] == ["r01"]
+    killed = versioned(3, "v2", kind="rollback", status="failed", rollback_of="r01")
+    killed.phase = "interrupted"
+    upgrade = versioned(4, "v3", kind="upgrade")
+    assert [r.id for r in _journal.rollback_candidates(releases + [killed, upgrade], runs("v3"), bool)] == [
+        "r02",
+        "r01",
+    ]
