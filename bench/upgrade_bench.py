@@ -78,6 +78,8 @@ def ansible_env() -> dict:
     compose = next(iter(sorted((REPO / ".venv" / "lib").glob("python3*/site-packages/compose/docker-compose"))), None)
     env.setdefault("OPSBOOK_COMPOSE_BINARY", str(compose or ""))
     env["ANSIBLE_STDOUT_CALLBACK"] = "json"
+    # As docs/performance.md advises operators: one connection round trip per module instead of four.
+    env.setdefault("ANSIBLE_PIPELINING", "True")
     return env
 
 
@@ -359,6 +361,7 @@ def main() -> None:
                 "outcome": "failed: %s" % done.get("msg", "")[:80] if done.get("failed") else "succeeded",
                 "decision_to_old_serving_s": own.first_version_after(start, "1.0"),
                 "module_switch_s": (done.get("timings") or {}).get("backend_switched"),
+                "steps": done.get("steps"),
                 "drain": ((done.get("evidence") or {}).get("drain") or {}).get("backend"),
             }
 
