@@ -61,6 +61,12 @@ def cell(operation: str, fault: str) -> Row:
     return row
 
 
+def watch_log(host, row: Row) -> None:
+    """The routing watcher's own account (its last lines), beside a stale upstream: the evidence of why."""
+    lines = host.run("journalctl -u opsbook-routing-watch -n 12 --no-pager -o short-precise").stdout.splitlines()
+    row.notes.append("routing watcher: " + " | ".join(line.split(": ", 1)[-1][:160] for line in lines))
+
+
 def conclude(row: Row, started: float) -> None:
     row.seconds = time.monotonic() - started
     row.conclude()
@@ -100,6 +106,8 @@ def heal(host, row: Row) -> dict:
     if not problems:
         return state
     row.notes.append("healed before the cell: " + "; ".join(problems)[:300])
+    if any("upstream" in problem for problem in problems):
+        watch_log(host, row)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and any(state["module_pids"].values()):
         time.sleep(1)
@@ -252,11 +260,23 @@ def rolled_back_from(before: dict, after: dict, version: str) -> list[str]:
     return []
 
 
+def upgrade_away(host, row: Row, before: dict) -> dict:
+    """Upgrade to the other version first, so that the cell's rollback has an earlier release to return to.
+    Right after a rollback (the cell before), a rollback changes nothing by design (docs/state-machine.md,
+    "Rollback target"), and neither a fault nor a rerun would be tested."""
+    away = VERSIONS[1] if running_version(before) == VERSIONS[0] else VERSIONS[0]
+    done = run_playbook("upgrade.yml", {"upgrade_services": {SERVICE: away}, "upgrade_options": UPGRADE_OPTIONS})
+    if done.rc != 0:
+        row.fail("state", "the upgrade before the rollback failed: %s" % done.summary())
+    row.notes.append("upgraded to %s first: %s" % (away, done.summary()))
+    return observe(host)
+
+
 @pytest.mark.parametrize("phase", ("switched", "draining"))
 def test_rollback_sigkill_of_the_module_on_the_host(host, address, phase):
     row = cell("rollback", "SIGKILL module at %s" % phase)
     started = time.monotonic()
-    before = heal(host, row)
+    before = upgrade_away(host, row, heal(host, row))
     current = running_version(before)
     target = VERSIONS[1] if current == VERSIONS[0] else VERSIONS[0]
     extra = {"upgrade_options": UPGRADE_OPTIONS}
@@ -288,7 +308,7 @@ def test_rollback_sigkill_of_the_module_on_the_host(host, address, phase):
 def test_rollback_rerun_right_after_a_rollback_changes_nothing(host, address):
     row = cell("rollback", "rerun after a finished rollback")
     started = time.monotonic()
-    before = heal(host, row)
+    before = upgrade_away(host, row, heal(host, row))
     current = running_version(before)
     extra = {"upgrade_options": UPGRADE_OPTIONS}
     with KeepAliveLoad(address) as load:
@@ -470,7 +490,10 @@ def test_restore_sigkill_during_the_restore(host, address, kill):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(observe(host)["module_pids"].values()):
         time.sleep(1)
-    row.fail("state", *consistency(observe(host)))
+    left = consistency(observe(host))
+    row.fail("state", *left)
+    if any("upstream" in problem for problem in left):
+        watch_log(host, row)
     # The playbook stops the writers while it restores (by design): requests fail during the rerun. After it, none.
     row.failed_rerun += " (writers stopped); after: %d/%d" % (counts["after"]["failed"], counts["after"]["requests"])
     if counts["after"]["failed"]:

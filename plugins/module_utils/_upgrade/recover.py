@@ -142,6 +142,11 @@ def _recover_rolling(
     bakes the release it returns to again rather than putting the one it left back in front of users."""
     running_new = [c for c in new if c.state == "running"]
     if phase == "draining":
+        if plan.port is not None and running_new:
+            # While the run lay killed, the project's lock was free: the routing watcher may have listed the old
+            # containers again beside the new ones (all of them healthy). Only the new ones from here on, then
+            # the drain, then the stop: no request is sent to a container being stopped.
+            rollout.traffic.switch(plan.service, servers_of(running_new))
         rollout.finish(plan, old, running_new)
         return True, [], "the bake had passed: drained and removed the old containers"
     switched = phase in ("switched", "baking")

@@ -127,6 +127,29 @@ def test_killed_in_each_phase_a_rerun_ends_on_one_consistent_baked_release(world
         assert any("switched back to the old containers" in r for r in rerun["reconciled"])
 
 
+def test_killed_in_the_drain_the_rerun_routes_to_the_new_containers_only_before_it_stops_the_old(world, monkeypatch):
+    """Fault matrix, "rollback: SIGKILL of the module at draining": with the lock free while the run lay killed,
+    the routing watcher listed every healthy container again, old and new; the rerun stopped the old ones while
+    Nginx still sent to them (an HTTP 502 under load)."""
+    phases_written(monkeypatch, kill_at=("web", "draining"))
+    with pytest.raises(Killed):
+        upgrade(world)
+    world.sync_from_docker("web", 8000)  # what the watcher does once the killed run's lock is gone
+    new = [world.address(c) for c in world.items.values() if c["image"] == "reg/web:2"]
+    assert len(world.serving("web")) == 4
+    seen_at_stop: list[list[str]] = []
+    stop = world.stop_and_remove
+
+    def stop_and_remove(container, grace_s=None):
+        seen_at_stop.append(world.serving("web"))
+        stop(container, grace_s)
+
+    monkeypatch.setattr(world, "stop_and_remove", stop_and_remove)
+    upgrade(world)
+    assert seen_at_stop and all(sorted(seen) == sorted(new) for seen in seen_at_stop), seen_at_stop
+    assert world.consistent() and world.running_images("web") == ["reg/web:2", "reg/web:2"]
+
+
 def test_killed_in_the_bake_with_the_old_containers_gone_the_new_ones_are_baked_again(world, monkeypatch):
     written = phases_written(monkeypatch, kill_at=("web", "baking"))
     with pytest.raises(Killed):
