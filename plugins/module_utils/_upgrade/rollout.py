@@ -50,6 +50,8 @@ STEP_ERRORS = (UpgradeError, UpstreamError, DockerError, OSError)
 DEFAULT_HEALTH_INTERVAL_NS = 30_000_000_000
 # How long a stop-first recreate watches its containers after they passed, so a crash loop is seen.
 RECREATE_SETTLE_S = 3.0
+# Between the gate's first requests while a worker may still hold the closed gate's empty answer.
+GATE_RETRY_S = 0.05
 
 
 def _no_phase(plan: ServicePlan, phase: str, old: list[Container], new: list[Container]) -> None:
@@ -153,22 +155,29 @@ class Rollout:
                 time.sleep(WATCH_INTERVAL_S)
 
     def through_gate(self, service: str, new: list[Container]) -> None:
+        """gate_requests synthetic requests through Nginx to the new containers, each answered 200. Until the
+        gate has settled (a worker may still hold the closed gate's empty answer) a 502 is retried, not counted."""
         if self.s.gate_requests <= 0:
             return
-        self.traffic.open_gate(service, [Server(address=c.address, comment=c.name) for c in new])
+        settled_at = self.traffic.open_gate(service, [Server(address=c.address, comment=c.name) for c in new])
         try:
-            for index in range(self.s.gate_requests):
+            passed = 0
+            while passed < self.s.gate_requests:
                 probe = HttpProbe(
-                    name="gate:%s#%d" % (service, index + 1),
+                    name="gate:%s#%d" % (service, passed + 1),
                     url="http://127.0.0.1:%d%s" % (self.s.gate_port, self.s.readiness_path),
                     timeout=5.0,
                     use_proxy=False,
                 )
                 result = check_http(probe)
-                if not result.ok:
+                if result.ok:
+                    passed += 1
+                elif result.status == 502 and time.monotonic() < (settled_at or 0.0):
+                    time.sleep(GATE_RETRY_S)
+                else:
                     raise UpgradeError(
                         "synthetic request %d of %d through Nginx to the new %s containers failed: %s"
-                        % (index + 1, self.s.gate_requests, service, result.error),
+                        % (passed + 1, self.s.gate_requests, service, result.error),
                         {"failing_probe": result.to_dict(), "evidence": [self.docker.evidence(c) for c in new]},
                     )
         finally:

@@ -148,7 +148,9 @@ class Traffic:
         """The gate's server block (one per project: the gate port is the project's)."""
         return upstream_file_for(self.s.project + "_gate", self.s.upstream_dir)
 
-    def open_gate(self, service: str, servers: list[Server]) -> None:
+    def open_gate(self, service: str, servers: list[Server]) -> float:
+        """List the new containers under the gate's name; returns the time.monotonic() after which no Nginx
+        worker can still hold the closed gate's empty answer (until then a synthetic request may get a 502)."""
         name = self.gate_name(service)
         hosts = hosts_file_for(name, self.s.upstream_dir)
         write_hosts(hosts, render_hosts(name, servers))
@@ -162,9 +164,11 @@ class Traffic:
             read_text(self.gate_file(service)), self.s.gate_port, route_host(name), _port_of(servers)
         ):
             activate(self.gate_file(service), block, nginx=self.nginx)
+        written = time.monotonic()
         self._wait_gate_listener()
-        # A worker may hold the closed gate's empty answer for up to the resolver's validity.
-        time.sleep(self.resolver_valid_s + RESOLVER_MARGIN_S)
+        # A worker may hold the closed gate's empty answer for up to the resolver's validity: the gate's caller
+        # retries a 502 until then instead of sleeping the whole validity away.
+        return written + self.resolver_valid_s + RESOLVER_MARGIN_S
 
     def _wait_gate_listener(self) -> None:
         # `systemctl reload` returns once the signal is sent; the master opens the new listener a moment later.

@@ -11,13 +11,17 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import socket
+import threading
 import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade import traffic as tr
-from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import Settings
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import Run, Settings, UpgradeError
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import Rollout
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, hosts_addresses
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import QuietHandler
 
 
 @pytest.fixture
@@ -76,3 +80,71 @@ def test_the_gate_block_is_written_once_and_the_gate_name_emptied_when_closed(tr
     assert gate_hosts.exists()  # emptied, never removed: dnsmasq keeps the names of a removed file
     traffic.open_gate("backend", NEW[:1])
     assert len(traffic.activations) == 1  # the same block: the next gate writes only its hosts file
+
+
+class _Gate:
+    """A loopback HTTP server in the gate's place: 502 (what Nginx answers for a name without an address) for
+    the first `bad` requests, then 200."""
+
+    def __init__(self, bad: int):
+        self.bad, self.seen = bad, 0
+        gate = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                gate.seen += 1
+                self._send(502 if gate.seen <= gate.bad else 200, b"ok")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class _Host:
+    def __init__(self, port: int, settles_in: float):
+        self.s = Settings(project="demo", project_dir="/nonexistent", gate_requests=5, readiness_path="/health")
+        self.s.gate_port = port
+        self.docker = self
+        self.traffic = self
+        self.settles_in = settles_in
+        self.closed = 0
+
+    def open_gate(self, service, servers):
+        return time.monotonic() + self.settles_in
+
+    def close_gate(self, service):
+        self.closed += 1
+
+    def evidence(self, container):
+        return {"container": container.name}
+
+
+def _rollout(host):
+    return Rollout(host, Run())
+
+
+def test_the_gate_retries_a_502_while_a_worker_may_hold_the_closed_gates_answer():
+    gate = _Gate(bad=3)
+    host = _Host(gate.port, settles_in=1.25)
+    started = time.monotonic()
+    _rollout(host).through_gate("backend", [])
+    assert gate.seen == 3 + 5 and host.closed == 1
+    assert time.monotonic() - started < 1.0  # not the whole resolver validity slept away
+    gate.server.shutdown()
+
+
+def test_a_502_once_the_gate_has_settled_fails_it_and_closes_it():
+    gate = _Gate(bad=1)
+    host = _Host(gate.port, settles_in=0.0)
+    with pytest.raises(UpgradeError, match="synthetic request 1 of 5 through Nginx to the new backend"):
+        _rollout(host).through_gate("backend", [])
+    assert gate.seen == 1 and host.closed == 1
+    gate.server.shutdown()
+
+
+def test_open_gate_returns_when_no_worker_can_hold_the_closed_answer_without_sleeping(traffic):
+    started = time.monotonic()
+    settled_at = traffic.open_gate("backend", NEW)
+    assert time.monotonic() - started < 0.5
+    assert settled_at >= started + traffic.resolver_valid_s

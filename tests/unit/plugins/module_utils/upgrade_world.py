@@ -233,8 +233,8 @@ class World:
         self.upstream[service] = healthy
         return changed
 
-    def open_gate(self, service: str, servers: t.Any) -> None:
-        pass
+    def open_gate(self, service: str, servers: t.Any) -> float:
+        return 0.0  # settled at once: no worker holds an older answer here
 
     def close_gate(self, service: str) -> None:
         if self.faults.get("close_gate_fails"):
