@@ -28,14 +28,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.opsbook.stack.plugins import action as action_plugins
 from ansible_collections.opsbook.stack.plugins.action import library_bundle as action
 from ansible_collections.opsbook.stack.plugins.module_utils import _bundle
 from ansible_collections.opsbook.stack.plugins.modules import library_bundle as doc_module
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
 
 REPO = Path(__file__).resolve().parents[4]
 MODULE_UTILS = REPO / "plugins" / "module_utils"
-COLLECTIONS_ROOT = Path(action_plugins.__path__[0]).parents[3]
 PREFIX = "ansible_collections.opsbook.stack.plugins.module_utils."
 # The roles' lists and the module each program runs.
 PROGRAMS = {
@@ -178,55 +177,16 @@ def test_the_documented_options_are_the_actions_spec():
 
 
 def run_task(tmp_path: Path, args: dict, *extra: str) -> tuple[int, dict, str]:
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "hosts": "localhost",
-                    "connection": "local",
-                    "gather_facts": False,
-                    "tasks": [
-                        {
-                            "name": "Bundle",
-                            "opsbook.stack.library_bundle": args,
-                            "register": "out",
-                            "ignore_errors": True,
-                        },
-                        {
-                            "name": "Keep",
-                            "check_mode": False,
-                            "ansible.builtin.copy": {
-                                "content": "{{ out | to_json }}",
-                                "dest": str(tmp_path / "out.json"),
-                            },
-                        },
-                    ],
-                }
-            ]
-        )
-    )
-    (tmp_path / "out.json").unlink(missing_ok=True)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_LOCALHOST_WARNING="false")
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            "localhost,",
-            "-e",
-            "ansible_python_interpreter=%s" % sys.executable,
-            str(playbook),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    out = json.loads((tmp_path / "out.json").read_text()) if (tmp_path / "out.json").exists() else {}
-    return proc.returncode, out, proc.stdout + proc.stderr
+    """The action in a play on localhost; its registered result (kept even in check mode and on failure)."""
+    out = tmp_path / "out.json"
+    out.unlink(missing_ok=True)
+    keep = {"content": "{{ out | to_json }}", "dest": str(out)}
+    tasks = [
+        {"name": "Bundle", "opsbook.stack.library_bundle": args, "register": "out", "ignore_errors": True},
+        {"name": "Keep", "check_mode": False, "ansible.builtin.copy": keep},
+    ]
+    proc = run_plays(tmp_path, [{"gather_facts": False, "tasks": tasks}], None, *extra)
+    return proc.returncode, json.loads(out.read_text()) if out.exists() else {}, proc.stdout + proc.stderr
 
 
 def test_the_action_copies_once_then_changes_nothing(tmp_path):

@@ -8,46 +8,25 @@ cron run later. Also the cron line: warnings and results are not thrown away."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jinja2
-import yaml
+
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
 
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "backup"
 
 
 def _preflight(tmp_path: Path, components: dict) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "preflight.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "hosts": "localhost",
-                    "gather_facts": True,
-                    "gather_subset": ["!all", "min"],
-                    "vars_files": [str(ROLE / "defaults" / "main.yml")],
-                    "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
-                }
-            ]
-        )
-    )
-    extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps({"backup_components": components}))  # exact types, as an inventory gives them
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    return subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook), "-e", "@%s" % extra]
-        + ["-e", "ansible_python_interpreter=%s" % sys.executable],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        env=env,
-    )
+    play = {
+        "gather_facts": True,
+        "gather_subset": ["!all", "min"],
+        "vars_files": [str(ROLE / "defaults" / "main.yml")],
+        "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
+    }
+    return run_plays(tmp_path, [play], {"backup_components": components})
 
 
 def test_well_typed_jobs_pass(tmp_path):

@@ -15,21 +15,16 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jinja2
 import pytest
 import yaml
 
-from ansible_collections.opsbook.stack import plugins
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import hosts_file_for, upstream_name
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "compose_app"
-# The directory that holds ansible_collections/opsbook/stack (tests/unit/conftest.py makes it).
-COLLECTIONS_ROOT = Path(plugins.__path__[0]).parents[3]
 REPO = "registry:5000/demo-backend"
 
 
@@ -75,43 +70,12 @@ def facts(inventory_tag: str, journal: list[dict], running_tag: str | None, rout
 
 def run_plan(tmp_path, given: dict) -> tuple[int, dict, str]:
     out = tmp_path / "plan.json"
-    playbook = tmp_path / "plan.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "hosts": "localhost",
-                    "connection": "local",
-                    "gather_facts": False,
-                    "tasks": [
-                        {"name": "The plan", "ansible.builtin.import_tasks": str(ROLE / "tasks" / "plan.yml")},
-                        {
-                            "name": "Keep it",
-                            "ansible.builtin.copy": {"content": "{{ __compose_app_plan | to_json }}", "dest": str(out)},
-                        },
-                    ],
-                }
-            ]
-        )
-    )
-    (tmp_path / "vars.json").write_text(json.dumps(dict(given, ansible_python_interpreter=sys.executable)))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_LOCALHOST_WARNING="false")
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            "localhost,",
-            "-e",
-            "@%s" % (tmp_path / "vars.json"),
-            str(playbook),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    keep = {"content": "{{ __compose_app_plan | to_json }}", "dest": str(out)}
+    tasks = [
+        {"name": "The plan", "ansible.builtin.import_tasks": str(ROLE / "tasks" / "plan.yml")},
+        {"name": "Keep it", "ansible.builtin.copy": keep},
+    ]
+    proc = run_plays(tmp_path, [{"gather_facts": False, "tasks": tasks}], given)
     plan = json.loads(out.read_text()) if out.exists() else {}
     return proc.returncode, plan, proc.stdout + proc.stderr
 
