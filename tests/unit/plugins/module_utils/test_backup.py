@@ -198,6 +198,7 @@ def _lib_files() -> list:
 
 def _host_copy(lib) -> tuple:
     """Bundle exactly the role's list as the role does (one zip); returns the argv prefix and environment cron uses."""
+    lib.mkdir(parents=True, exist_ok=True)
     bundle = lib / "opsbook-backup.zip"
     bundle.write_bytes(_bundle.build(_lib_files()))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(bundle)}
