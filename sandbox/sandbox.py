@@ -380,6 +380,8 @@ def build_image(spec: ImageSpec, base_id: str, context: Path | None = None) -> b
     argv = [
         "docker",
         "build",
+        # The classic builder keeps the container of a failed step otherwise (one per failed build, never removed).
+        "--force-rm",
         "--build-arg",
         f"BASE={BASE_IMAGE}",
         "--label",

@@ -89,7 +89,8 @@ def test_failed_build_names_the_image_and_keeps_the_previous_tag(tmp_path, monke
         assert sandbox.build_image(spec_, "base") is True
         good = sandbox.out(["docker", "image", "inspect", "--format", "{{.Id}}", spec_.local_ref])
         assert sandbox.build_image(spec_, "base") is False  # unchanged context: no rebuild
-        (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN exit 3\n")
+        marker = "opsbook-unit-failed-step-" + tmp_path.name
+        (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN exit 3 || %s\n" % marker)
         with pytest.raises(
             sandbox.SandboxError,
             match=r"building image opsbook/opsbook-unit-build:1 failed "
@@ -97,5 +98,8 @@ def test_failed_build_names_the_image_and_keeps_the_previous_tag(tmp_path, monke
         ):
             sandbox.build_image(spec_, "base")
         assert sandbox.out(["docker", "image", "inspect", "--format", "{{.Id}}", spec_.local_ref]) == good
+        # The failed step's container is gone too (a leftover per run piled up before --force-rm).
+        commands = sandbox.out(["docker", "ps", "-a", "--no-trunc", "--format", "{{.Command}}"])
+        assert marker not in commands
     finally:
         sandbox.run(["docker", "rmi", "-f", spec_.local_ref], check=False)
