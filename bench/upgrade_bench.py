@@ -57,7 +57,9 @@ VARS = {
     "compose_app_wait_timeout": 120,
     "nginx_compose_project": "demo",
     "nginx_upstreams": [{"service": "backend", "port": 8000}],
-    "nginx_routes": [{"path": "/", "upstream": "backend"}],
+    # The WebSocket echo (/ws/echo) needs its route marked, as molecule/upgrade has it: without it every
+    # handshake is answered 400.
+    "nginx_routes": [{"path": "/ws/", "upstream": "backend", "websocket": True}, {"path": "/", "upstream": "backend"}],
     "nginx_streaming_paths": ["/sse"],
     "nginx_streaming_upstream": "backend",
     "docker_engine_source": "distro",
