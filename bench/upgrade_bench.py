@@ -328,9 +328,9 @@ def main() -> None:
         lost = sum(c["failed"] for c in row["clients"].values())
         if lost:
             why_not.append(
-                "docker-rollout: ran as published, but it needs a proxy that follows Docker by itself (nginx-proxy, "
-                "Traefik, a resolver); with an upstream that Docker's events do not update, Nginx kept sending to "
-                "the removed containers (%d failed requests) until the upstream was re-rendered" % lost
+                "docker-rollout: ran as published; the routing watcher follows its containers, but it removes the "
+                "old ones without draining them: %d failed requests, and the streams still open on them are cut"
+                % lost
             )
         back_to_1()
 
