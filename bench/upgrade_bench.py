@@ -329,8 +329,7 @@ def main() -> None:
         if lost:
             why_not.append(
                 "docker-rollout: ran as published; the routing watcher follows its containers, but it removes the "
-                "old ones without draining them: %d failed requests, and the streams still open on them are cut"
-                % lost
+                "old ones without draining them: %d failed requests, and the streams still open on them are cut" % lost
             )
         back_to_1()
 
