@@ -35,6 +35,8 @@ TEST = re.compile(r"^(?P<secs>\d+\.\d+)s (?P<when>setup|call|teardown)\s+(?P<nam
 # timer: "Playbook run took 0 days, 0 hours, 1 minutes, 2 seconds"; pytest: "===== 7 passed in 11.68s ====="
 PLAYBOOK = re.compile(r"Playbook run took (\d+) days, (\d+) hours, (\d+) minutes, (\d+) seconds")
 PYTEST_END = re.compile(r"^=+ .*\b(?:passed|failed|error)\b.* in (\d+\.\d+)s")
+# pytest's short summary: "FAILED tests/test_x.py::test_y[param] - AssertionError: ..." (and ERROR for set-up).
+FAILED_TEST = re.compile(r"^(?:FAILED|ERROR) \S+::\S+")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,15 @@ def parse_unit_log(text: str) -> list[Item]:
     return items
 
 
+def failed_tests(text: str) -> list[str]:
+    """The FAILED and ERROR lines of pytest's short summaries in a log, in their order, each once."""
+    seen: dict[str, None] = {}
+    for line in text.splitlines():
+        if FAILED_TEST.match(line):
+            seen.setdefault(line.rstrip(), None)
+    return list(seen)
+
+
 def phase_seconds(phase: str) -> int:
     """'lint          220s' -> 220; 0 when the line has no seconds."""
     words = phase.split()
@@ -123,7 +134,9 @@ def summary(
     build: Path, top: int, budget_min: float, scenarios: list[str], phases: list[str], wall: int | None = None
 ) -> tuple[str, bool]:
     logs = build / "molecule"
-    items = parse_unit_log(read(build / "unit.log"))
+    unit_log = read(build / "unit.log")
+    items = parse_unit_log(unit_log)
+    failures = [f"  unit: {line}" for line in failed_tests(unit_log)]
     times: dict[str, int] = {}
     problems: list[str] = []
     names = scenarios or sorted(p.stem for p in logs.glob("*.log"))
@@ -131,6 +144,7 @@ def summary(
     for s in names:
         text = read(logs / f"{s}.log")
         items += parse_molecule_log(s, text)
+        failures += [f"  {s}: {line}" for line in failed_tests(text)]
         steps = step_seconds(text)
         if steps:
             per_step.append(f"  {s:14} " + "  ".join(f"{k} {v:.0f}s" for k, v in steps.items()))
@@ -157,6 +171,10 @@ def summary(
         f"budget: total {total}s ({total / 60:.1f} min) of {budget_min:.0f} min; "
         f"slowest scenario {slowest[0]} {slowest[1]}s" + ("  OVER BUDGET" if total > budget_min * 60 else "")
     )
+    if failures:
+        # CI shows the end of the output only: the names of the failed tests are what it must keep.
+        out.append("failed tests:")
+        out += failures
     out += [f"PROBLEM: {p}" for p in problems]
     return "\n".join(out) + "\n", not problems
 

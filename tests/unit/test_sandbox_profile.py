@@ -66,6 +66,24 @@ def test_summary_lists_the_slowest_and_fails_on_a_scenario_that_did_not_run(tmp_
     assert "PROBLEM: scenario docker_engine failed (exit 2" in profile.summary(tmp_path, 2, 60, [], [])[0]
 
 
+def test_summary_names_the_failed_tests_of_unit_and_of_each_scenario(tmp_path):
+    logs = tmp_path / "molecule"
+    logs.mkdir()
+    failed = "FAILED tests/test_default.py::test_reload[ansible://h1] - AssertionError: 502"
+    short = f"=== short test summary info ===\n{failed}\n"
+    (logs / "nginx.log").write_text(LOG + short + short + "FAILED - RETRYING: [localhost]: Wait for instance(s)\n")
+    (logs / "nginx.rc").write_text("1\n")
+    (tmp_path / "unit.log").write_text("ERROR tests/unit/test_x.py::test_y - ImportError\n")
+    text, ok = profile.summary(tmp_path, 2, 60, ["nginx"], [])
+    assert not ok
+    tail = text.split("failed tests:\n", 1)[1].splitlines()
+    assert tail[:2] == [
+        "  unit: ERROR tests/unit/test_x.py::test_y - ImportError",
+        f"  nginx: {failed}",
+    ]
+    assert tail[2].startswith("PROBLEM: scenario nginx failed")
+
+
 def test_scenario_hosts_follow_the_prefix_and_the_image(monkeypatch):
     monkeypatch.setenv("OPSBOOK_MOLECULE_PREFIX", "px")
     shared = ROOT / ".config/molecule/config.yml"
