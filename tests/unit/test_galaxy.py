@@ -46,7 +46,8 @@ def test_every_collection_used_is_declared_and_every_declared_one_is_used():
     assert not set(used) - declared, "used but not in galaxy.yml dependencies: %s" % {
         name: used[name] for name in set(used) - declared
     }
-    assert not declared - set(used), "declared in galaxy.yml but nothing shipped uses: %s" % sorted(declared - set(used))
+    unused = sorted(declared - set(used))
+    assert not unused, "declared in galaxy.yml but nothing shipped uses: %s" % unused
 
 
 def test_the_project_links_are_set():
