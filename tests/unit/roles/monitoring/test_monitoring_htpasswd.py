@@ -38,7 +38,7 @@ def test_the_hash_is_sha512_crypt_and_stable(password):
     argv = hash_argv(salt)
     runs = [
         subprocess.run(argv, input=password, capture_output=True, text=True, check=True).stdout.strip()
-        for _ in range(2)
+        for _run in range(2)
     ]
     assert runs[0] == runs[1]
     assert runs[0].startswith("$6$%s$" % salt) and len(runs[0].split("$")[3]) == 86
