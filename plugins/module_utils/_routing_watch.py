@@ -58,6 +58,9 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
 # Container actions that can change which containers serve a service ("health_status: healthy" and friends
 # arrive with a suffix). "start" also covers a restart by Docker's restart policy on a new port or address.
 ROUTING_ACTIONS = ("start", "die", "destroy", "stop", "kill", "pause", "unpause", "health_status")
+# Signals that end a container (TERM, INT, QUIT: the stop signals in use; KILL: the end of a stop's timeout), as
+# Docker's "kill" event gives them. Other signals (HUP for a reload) leave it routed.
+STOP_SIGNALS = ("2", "3", "9", "15")
 # Events of one moment (die, then destroy) are handled together.
 DEBOUNCE_S = 0.2
 TICK_S = 0.2
@@ -161,6 +164,11 @@ class Watcher:
     # Route -> when to reconcile it (clock time).
     pending: dict[Route, float] = field(default_factory=dict)
     deferred: set[Route] = field(default_factory=set)
+    # Container id -> why it is leaving: Docker sent it a stop signal (`docker stop` sends the stop signal, then
+    # SIGKILL; the container keeps running and may keep passing its health check through its shutdown grace,
+    # but it accepts no new connection). Until it starts again or is destroyed, it is not routed to. This is
+    # what a killed upgrade leaves: the lock frees while an old container is half-way through its stop.
+    leaving: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.client is None:
@@ -178,8 +186,18 @@ class Watcher:
 
     def on_event(self, event: dict[str, t.Any]) -> None:
         route = self.route_of(event)
-        if route is not None:
-            self.pending.setdefault(route, self.clock() + DEBOUNCE_S)
+        if route is None:
+            return
+        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+        actor = event.get("Actor") or {}
+        cid = str(actor.get("ID") or event.get("id") or "")
+        if cid:
+            signal = str((actor.get("Attributes") or {}).get("signal") or "")
+            if action == "kill" and signal in STOP_SIGNALS:
+                self.leaving[cid] = "being stopped (Docker sent it signal %s)" % signal
+            elif action in ("start", "destroy"):
+                self.leaving.pop(cid, None)
+        self.pending.setdefault(route, self.clock() + DEBOUNCE_S)
 
     def resync(self) -> None:
         """Every route, now: at start, after a lost event stream, and every resync_s."""
@@ -213,6 +231,7 @@ class Watcher:
                 directory=self.config.upstream_dir,
                 docker=self.client,
                 empty_when_none_runs=True,
+                leaving=self.leaving,
             )
         except NoHealthyServers as exc:
             self.log("%s: kept as it is: %s" % (route.name, exc))

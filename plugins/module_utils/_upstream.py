@@ -347,8 +347,13 @@ def discover_servers(
     port: int | None = None,
     host_ip: str = DEFAULT_HOST_IP,
     weights: dict[str, int] | None = None,
+    leaving: t.Mapping[str, str] | None = None,
 ) -> Discovery:
     """The servers of a Compose service: its running and healthy containers as `<bridge ip>:<container port>`.
+
+    `leaving` maps container ids to why they are on their way out (the watcher's record of a stop signal Docker
+    sent): such a container still runs and may still pass its health check, but it no longer accepts
+    connections, so it is skipped.
 
     A container without a healthcheck counts as healthy while it runs. `weights` maps container names to a
     weight (kept on the Server; the resolver cannot express it, see render_hosts). The servers come back sorted
@@ -368,6 +373,8 @@ def discover_servers(
         address = ""
         if verdict.ok:
             address, reason = container_address(info, port)
+        if not reason and (leaving or {}).get(str(info.get("Id") or item["Id"])):
+            reason = (leaving or {})[str(info.get("Id") or item["Id"])]
         if reason or not address:
             found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason))
             continue
@@ -516,6 +523,7 @@ def sync_upstream(
     lock_path: str | None = DEFAULT_LOCK_PATH,
     lock_wait_s: float | None = DEFAULT_LOCK_WAIT_S,
     empty_when_none_runs: bool = False,
+    leaving: t.Mapping[str, str] | None = None,
 ) -> SyncResult:
     """Point the upstream of a Compose service at its healthy containers (or at explicit servers).
 
@@ -526,7 +534,8 @@ def sync_upstream(
     NoHealthyServers and leaves the existing file alone, except with `empty_when_none_runs` (the watcher) when
     no container of the service runs at all: the addresses on file are dead then (Nginx would wait out its
     connect timeout on each), so the name is emptied and Nginx answers 502 at once. Running but unhealthy
-    containers keep their addresses: they may still answer, and a failing health check is not proof.
+    containers keep their addresses: they may still answer, and a failing health check is not proof. Containers
+    in `leaving` (id -> why) are left out (see discover_servers).
     """
     if name is None:
         if not (project and service):
@@ -543,7 +552,9 @@ def sync_upstream(
     skipped: list[SkippedContainer] = []
     if servers is None:
         try:
-            found = discover_servers(docker or DockerClient(docker_host), project, service, port, host_ip, weights)
+            found = discover_servers(
+                docker or DockerClient(docker_host), project, service, port, host_ip, weights, leaving
+            )
         except DockerError as exc:
             raise UpstreamError(
                 "cannot ask Docker for the containers of %s/%s: %s" % (project, service, exc),

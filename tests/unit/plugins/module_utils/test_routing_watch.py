@@ -92,6 +92,49 @@ def test_a_container_restarted_elsewhere_is_followed_and_a_dead_one_dropped(tmp_
     assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.9:8000"]
 
 
+def test_a_container_being_stopped_is_dropped_while_it_still_runs_healthy(tmp_path):
+    """`docker stop` signals the container, which then runs on, healthy, through its shutdown grace, and accepts
+    no new connection. An upgrade killed in its drain frees the lock right then: the watcher must not route to
+    the container being stopped (the fault matrix's "upgrade / SIGKILL module at draining" saw a 502 from it).
+    A HUP (a reload) changes nothing; the container's next start routes it again."""
+    engine = FakeEngine(
+        container("c1", "demo-backend-1", 1, ports=published(49153)),
+        container("c2", "demo-backend-2", 2, ports=published(49160)),
+    )
+    clock, logs = Clock(), []
+    watcher = make_watcher(tmp_path, engine, clock, logs)
+    watcher.resync()
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000", "172.18.0.3:8000"]
+
+    def signalled(action: str, cid: str, signal: str = "") -> dict:
+        sent = event(action)
+        sent["Actor"]["ID"] = cid
+        if signal:
+            sent["Actor"]["Attributes"]["signal"] = signal
+        return sent
+
+    watcher.on_event(signalled("kill", "c2", "1"))  # SIGHUP: a reload, not a stop
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000", "172.18.0.3:8000"]
+    watcher.on_event(signalled("kill", "c2", "15"))  # still running and healthy in the engine's answers
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000"]
+    watcher.on_event(signalled("start", "c2"))
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000", "172.18.0.3:8000"]
+    # Every replica being stopped: the name keeps its addresses (no healthy one is left to route to instead).
+    watcher.on_event(signalled("kill", "c1", "15"))
+    watcher.on_event(signalled("kill", "c2", "3"))
+    clock.now += 1
+    watcher.tick()
+    assert hosts_addresses(hosts(tmp_path)) == ["172.18.0.2:8000", "172.18.0.3:8000"]
+    assert any("being stopped (Docker sent it signal 15)" in line for line in logs), logs
+
+
 def test_running_but_unhealthy_containers_keep_the_last_addresses(tmp_path):
     """A failing health check of every replica is not proof they cannot answer: the addresses stay."""
     engine = FakeEngine(container("c1", "demo-backend-1", 1, ports=published(49153)))
