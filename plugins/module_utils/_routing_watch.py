@@ -155,6 +155,11 @@ def _log(message: str) -> None:
     sys.stdout.flush()
 
 
+def _action(event: dict[str, t.Any]) -> str:
+    """A container event's action without its detail ("health_status: healthy" -> "health_status")."""
+    return str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+
+
 @dataclass
 class Watcher:
     config: WatchConfig
@@ -178,7 +183,7 @@ class Watcher:
     def route_of(self, event: dict[str, t.Any]) -> Route | None:
         if event.get("Type") != "container":
             return None
-        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+        action = _action(event)
         if action not in ROUTING_ACTIONS:
             return None
         labels = (event.get("Actor") or {}).get("Attributes") or {}
@@ -188,7 +193,7 @@ class Watcher:
         route = self.route_of(event)
         if route is None:
             return
-        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+        action = _action(event)
         actor = event.get("Actor") or {}
         cid = str(actor.get("ID") or event.get("id") or "")
         if cid:

@@ -373,8 +373,7 @@ def discover_servers(
         address = ""
         if verdict.ok:
             address, reason = container_address(info, port)
-        if not reason and (leaving or {}).get(str(info.get("Id") or item["Id"])):
-            reason = (leaving or {})[str(info.get("Id") or item["Id"])]
+        reason = reason or (leaving or {}).get(str(info.get("Id") or item["Id"]), "")
         if reason or not address:
             found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason))
             continue
