@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
-from ansible_collections.opsbook.stack.tests.unit.roles.nginx.test_nginx_routing import render, role_variables
+from ansible_collections.opsbook.stack.tests.unit.roles.nginx.test_nginx_routing import render_tree, role_variables
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "nginx"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -43,10 +43,9 @@ VARIANTS = {
 
 
 def write_tree(conf: Path, overrides: dict) -> Path:
-    """The role's files as it lays them out under /etc/nginx, rendered into conf; returns nginx.conf."""
-    for sub in ("conf.d", "modules-enabled", "sites-enabled", "upstreams.d/hosts.d", "tls"):
-        (conf / sub).mkdir(parents=True, exist_ok=True)
+    """The role's files rendered into conf (with a self-signed certificate for TLS); returns nginx.conf."""
     if overrides.get("nginx_tls_enabled"):
+        (conf / "tls").mkdir(parents=True)
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
              "-keyout", str(conf / "tls" / "site.key"), "-out", str(conf / "tls" / "site.crt")],
@@ -57,21 +56,17 @@ def write_tree(conf: Path, overrides: dict) -> Path:
             "nginx_tls_certificate": str(conf / "tls" / "site.crt"),
             "nginx_tls_certificate_key": str(conf / "tls" / "site.key"),
         }
-    context = role_variables(
+    render_tree(
+        conf,
         {
-            "__nginx_conf_dir": str(conf),
-            "nginx_upstream_dir": str(conf / "upstreams.d"),
             "nginx_compose_project": "demo",
             "nginx_pid_file": str(conf / "nginx.pid"),
             "nginx_error_log": str(conf / "error.log"),
             "nginx_access_log": str(conf / "access.log"),
             **overrides,
-        }
+        },
+        18081,
     )
-    shutil.copy("/etc/nginx/mime.types", conf / "mime.types")
-    (conf / "nginx.conf").write_text(render("nginx.conf.j2", context))
-    (conf / "conf.d" / "opsbook-site.conf").write_text(render("site.conf.j2", context))
-    (conf / context["__nginx_gate_dest"]).write_text(render("gate.conf.j2", {**context, "nginx_gate_port": 18081}))
     return conf / "nginx.conf"
 
 

@@ -91,6 +91,21 @@ def render(template: str, context: dict) -> str:
     return env.get_template(template).render(**context)
 
 
+def render_tree(conf: Path, overrides: dict, gate_port: int) -> dict:
+    """The role's files as it lays them out under /etc/nginx, rendered into conf (nginx.conf, the site, the
+    project's gate); returns the template context."""
+    context = role_variables(
+        {"__nginx_conf_dir": str(conf), "nginx_upstream_dir": str(conf / "upstreams.d"), **overrides}
+    )
+    for sub in ("conf.d", "modules-enabled", "sites-enabled", "upstreams.d/hosts.d"):
+        (conf / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/etc/nginx/mime.types", conf / "mime.types")
+    (conf / "nginx.conf").write_text(render("nginx.conf.j2", context))
+    (conf / "conf.d" / "opsbook-site.conf").write_text(render("site.conf.j2", context))
+    (conf / context["__nginx_gate_dest"]).write_text(render("gate.conf.j2", {**context, "nginx_gate_port": gate_port}))
+    return context
+
+
 # --------------------------------------------------------------------------------------------------------
 # A backend with a WebSocket echo, on a loopback address
 # --------------------------------------------------------------------------------------------------------
@@ -156,10 +171,10 @@ class Stack:
         self.resolver_port = free_port()
         self.conf = tmp / "conf"
         self.upstreams = self.conf / "upstreams.d"
-        context = role_variables(
+        self.gate_port = free_port()
+        context = render_tree(
+            self.conf,
             {
-                "__nginx_conf_dir": str(self.conf),
-                "nginx_upstream_dir": str(self.upstreams),
                 "nginx_user": "root",
                 "nginx_worker_processes": 2,
                 "nginx_pid_file": str(tmp / "nginx.pid"),
@@ -175,18 +190,12 @@ class Stack:
                     {"path": "/ws/", "upstream": "backend", "websocket": True},
                     {"path": "/", "upstream": "backend"},
                 ],
-            }
+            },
+            self.gate_port,
         )
-        for sub in ("conf.d", "modules-enabled", "sites-enabled", "upstreams.d/hosts.d"):
-            (self.conf / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy("/etc/nginx/mime.types", self.conf / "mime.types")
-        (self.conf / "nginx.conf").write_text(render("nginx.conf.j2", context))
-        self.site = render("site.conf.j2", context)
-        (self.conf / "conf.d" / "opsbook-site.conf").write_text(self.site)
-        self.gate_port = free_port()
+        self.site = (self.conf / "conf.d" / "opsbook-site.conf").read_text()
         assert context["__nginx_gate_dest"] == "upstreams.d/demo_gate.conf"
-        self.gate = render("gate.conf.j2", {**context, "nginx_gate_port": self.gate_port})
-        (self.conf / context["__nginx_gate_dest"]).write_text(self.gate)
+        self.gate = (self.conf / context["__nginx_gate_dest"]).read_text()
         self.backends = [serve("127.0.0.2", self.port), serve("127.0.0.3", self.port)]
         self.switch("127.0.0.2")
         # As the role's opsbook-resolver.service starts it (its ExecStart, without the unit file's paths).
