@@ -23,6 +23,7 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import base64
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -35,6 +36,24 @@ import pytest
 
 USER, PASSWORD = "ops", "s3cret pass"
 SCALAR_ANSWER = {"status": "success", "data": {"resultType": "scalar", "result": [0, "42"]}}
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """count distinct TCP ports free on host: every socket stays bound until all are chosen (one at a time, the
+    kernel may hand out the same port twice: nginx and dnsmasq of one test were once given the same one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One free TCP port on host (free_ports when a test needs several at once)."""
+    return free_ports(1, host)[0]
 
 
 @dataclass

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -36,6 +35,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._nginx import (
     error_location,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._process import CommandResult, run_command
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="no nginx binary here (apt-get install nginx-light)")
@@ -55,12 +55,6 @@ MAIN_CONF = textwrap.dedent("""\
         include conf.d/*.conf;
     }
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def site(port: int, body: str) -> str:

@@ -31,6 +31,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.drain impor
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model import Container, Run, Settings
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.rollout import Rollout
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -172,12 +173,6 @@ def real_nginx(tmp_path):
     wait_for(lambda: len(nginx_workers(pid_file)) == 2)
     yield argv, pid_file, port
     subprocess.run([*argv, "-s", "stop"], capture_output=True, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 10.0) -> None:

@@ -30,6 +30,7 @@ import yaml
 
 from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.traffic import gate_block_serves
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, sync_upstream
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port, free_ports
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "nginx"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -40,12 +41,6 @@ pytestmark = pytest.mark.skipif(
     not (os.path.exists(NGINX) and os.path.exists(DNSMASQ) and os.geteuid() == 0),
     reason="needs root, nginx and dnsmasq (apt-get install nginx dnsmasq-base)",
 )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -167,11 +162,9 @@ class Stack:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.port = free_port("127.0.0.2")
-        self.http_port = free_port()
-        self.resolver_port = free_port()
+        self.http_port, self.resolver_port, self.gate_port, stub_status_port = free_ports(4)
         self.conf = tmp / "conf"
         self.upstreams = self.conf / "upstreams.d"
-        self.gate_port = free_port()
         context = render_tree(
             self.conf,
             {
@@ -182,7 +175,7 @@ class Stack:
                 "nginx_access_log": str(tmp / "access.log"),
                 "nginx_http_port": self.http_port,
                 "nginx_listen_ipv6": False,
-                "nginx_stub_status_listen": "127.0.0.1:%d" % free_port(),
+                "nginx_stub_status_listen": "127.0.0.1:%d" % stub_status_port,
                 "nginx_resolver_port": self.resolver_port,
                 "nginx_compose_project": "demo",
                 "nginx_upstreams": [{"service": "backend", "port": self.port}],
