@@ -10,7 +10,6 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import socket
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -25,20 +24,11 @@ from ansible_collections.opsbook.stack.tests.unit.http_fixtures import QuietHand
 
 
 @pytest.fixture
-def gate_listener():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    yield sock.getsockname()[1]
-    sock.close()
-
-
-@pytest.fixture
-def traffic(tmp_path, monkeypatch, gate_listener):
+def traffic(tmp_path, monkeypatch, tcp_listener):
     activations = []
     monkeypatch.setattr(tr, "activate", lambda path, content, nginx=None: activations.append((path, content)))
     settings = Settings(project="demo", project_dir=str(tmp_path), upstream_dir=str(tmp_path / "upstreams.d"))
-    settings.gate_port = gate_listener
+    settings.gate_port = tcp_listener
     running = tr.Traffic(settings, client=None)
     running.activations = activations
     return running
