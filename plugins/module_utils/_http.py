@@ -36,6 +36,24 @@ from ansible.module_utils.urls import HTTPRedirectHandler, basic_auth_header, ma
 DEFAULT_TIMEOUT = 10.0
 
 
+# A request header whose name holds one of these words carries a credential (Authorization, X-Api-Key,
+# X-Auth-Token, Cookie, ...): its value is kept out of every module result, the invocation included.
+SECRET_HEADER_WORDS = ("auth", "token", "secret", "password", "cookie", "key")
+
+
+def secret_header_values(headers: dict[str, t.Any] | None) -> set[str]:
+    """The values of the credential headers in headers, for ``AnsibleModule.no_log_values``.
+
+    ``headers`` options are not ``no_log`` as a whole: that would mask every other header's value (a ``Host``
+    such as ``localhost``) wherever it appears in the result.
+    """
+    return {
+        str(value)
+        for name, value in (headers or {}).items()
+        if value not in (None, "") and any(word in str(name).lower() for word in SECRET_HEADER_WORDS)
+    }
+
+
 class HttpConfigError(ValueError):
     """The client settings cannot be used (an unreadable CA bundle or client certificate)."""
 
@@ -192,11 +210,13 @@ TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib.error.URLError)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "SECRET_HEADER_WORDS",
     "TRANSPORT_ERRORS",
     "HttpConfigError",
     "HttpSettings",
     "describe_error",
     "open_http",
     "response_socket",
+    "secret_header_values",
     "tls_context",
 ]

@@ -165,7 +165,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opsbook.stack.plugins.module_utils._argspec import http_argument_spec
-from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings
+from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings, secret_header_values
 from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
     ApiError,
     Matcher,
@@ -197,6 +197,7 @@ def main() -> None:
         required_if=[("state", "present", ["matchers"])],
         supports_check_mode=True,
     )
+    module.no_log_values.update(secret_header_values(module.params["headers"]))
     p = module.params
     settings = HttpSettings.from_params(p)
     matchers = [

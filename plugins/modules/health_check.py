@@ -106,6 +106,8 @@ options:
       headers:
         description:
           - C(http) probes. Request headers, for example C(Host) to go through a name-based Nginx virtual host.
+          - The value of a header whose name contains C(auth), C(token), C(secret), C(password), C(cookie) or
+            C(key) (case-insensitive), such as C(Authorization), is masked wherever it would appear in the result.
         type: dict
       validate_certs:
         description:
@@ -327,6 +329,7 @@ probes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opsbook.stack.plugins.module_utils._argspec import docker_argument_spec
+from ansible_collections.opsbook.stack.plugins.module_utils._http import secret_header_values
 from ansible_collections.opsbook.stack.plugins.module_utils._probes import (
     DEFAULT_DELAY,
     DEFAULT_RETRIES,
@@ -373,6 +376,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
+    for probe in params["probes"]:
+        module.no_log_values.update(secret_header_values(probe.get("headers")))
     try:
         report = check(params["probes"], docker_host=params["docker_host"], max_workers=params["max_workers"])
     except ProbeConfigError as exc:

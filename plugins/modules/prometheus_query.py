@@ -216,7 +216,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opsbook.stack.plugins.module_utils._argspec import http_argument_spec
-from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings
+from ansible_collections.opsbook.stack.plugins.module_utils._http import HttpSettings, secret_header_values
 from ansible_collections.opsbook.stack.plugins.module_utils._prometheus import (
     ALERT_STATES,
     COMPARISONS,
@@ -250,6 +250,7 @@ def main() -> None:
         required_together=[("compare", "threshold")],
         supports_check_mode=True,
     )
+    module.no_log_values.update(secret_header_values(module.params["headers"]))
     p = module.params
     if bool(p["query"]) == bool(p["alerts"]):
         module.fail_json(msg="give exactly one of query (an expression to evaluate) and alerts=true (list alerts)")
