@@ -2,7 +2,8 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""The sandbox inventory works in a plain shell, as the README's follow-up commands use it (issue 20, item 13)."""
+"""The inventories as operators use them: the sandbox one in a plain shell, as the README's follow-up commands do
+(issue 20, item 13), and the platform profiles without a secret on a health check's command line (item 3)."""
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -10,11 +11,13 @@ __metaclass__ = type  # pylint: disable=invalid-name
 
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.opsbook.stack.tests.unit.local_play import COLLECTIONS_ROOT
 
@@ -48,3 +51,26 @@ def test_the_compose_binary_is_found_without_the_variable_that_dev_exports():
     assert os.path.samefile(found, VENV_COMPOSE[-1]), found
     # What ./dev exports still wins.
     assert compose_binary_src(dict(env, OPSBOOK_COMPOSE_BINARY="/usr/bin/true")) == "/usr/bin/true"
+
+
+def test_no_profile_health_check_puts_a_secret_on_a_command_line():
+    """A health check runs every few seconds; its arguments are visible in `ps` to every user of the host. A
+    secret environment variable may reach a check only as a variable assignment (REDISCLI_AUTH=..., MYSQL_PWD=...),
+    never as an argument such as redis-cli -a (issue 20, item 3)."""
+    checked = 0
+    for path in sorted((ROOT / "inventories").glob("*/group_vars/all/compose_app.yml")):
+        services = (yaml.safe_load(path.read_text()) or {}).get("compose_app_services") or {}
+        for name, service in services.items():
+            secrets = {s.split("=")[0] for s in service.get("secret_env") or []}
+            test = " ".join(str(x) for x in ((service.get("healthcheck") or {}).get("test") or []))
+            for found in re.finditer(r"\$\$\{?(\w+)\}?", test):
+                if found.group(1) in secrets:
+                    checked += 1
+                    before = test[: found.start()].rstrip('"')
+                    assert re.search(r"(^|\s)\w+=$", before), "%s: %s passes %s as an argument: %s" % (
+                        path.relative_to(ROOT),
+                        name,
+                        found.group(1),
+                        test,
+                    )
+    assert checked >= 1  # the HeartRule Redis check uses its password
