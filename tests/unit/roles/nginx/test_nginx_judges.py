@@ -91,7 +91,7 @@ def test_nginx_t_accepts_it(rendered):
     assert done.returncode == 0, done.stderr
 
 
-def preflight(tmp_path: Path, ciphers: list) -> subprocess.CompletedProcess:
+def preflight(tmp_path: Path, ciphers: list, **overrides) -> subprocess.CompletedProcess:
     play = {
         "gather_facts": True,
         "gather_subset": ["!all", "min"],
@@ -105,6 +105,7 @@ def preflight(tmp_path: Path, ciphers: list) -> subprocess.CompletedProcess:
         "nginx_tls_ciphers": ciphers,
         "nginx_compose_project": "demo",
         "nginx_upstreams": [{"service": "backend", "port": 8000}],
+        **overrides,
     }
     return run_plays(tmp_path, [play], given)
 
@@ -123,3 +124,56 @@ def test_the_default_cipher_string_passes_the_check(tmp_path):
     defaults = role_variables({})
     done = preflight(tmp_path, defaults["nginx_tls_ciphers"])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Issue 20, item 4: each variable that reaches a template, with a value that ends its directive, opens a block,
+# starts a comment or reads a variable; all in one run (the check names every bad value at once).
+HOSTILE = {
+    "nginx_routes": [
+        # The injection of the review: a route path that closes its location and opens another; it passed nginx -t.
+        {"path": "/api/ { return 200 'x'; } location /x", "upstream": "backend"},
+        {"path": "/api/\nreturn 444", "upstream": "backend"},
+        {"path": "/admin/", "upstream": "backend", "allow": ["10.0.0.0/8; allow all"]},
+    ],
+    "nginx_streaming_upstream": "backend",
+    "nginx_streaming_paths": ["/sse/ { }"],
+    "nginx_server_name": "example.com; return 301 https://evil",
+    "nginx_health_path": "/h { }",
+    "nginx_security_headers": {"X-A always; add_header X-B": "1", "X-Q": 'v" always; return 200 "x',
+                               "X-V": "$http_cookie"},
+    "nginx_upstreams": [{"service": "backend", "port": 8000},
+                        {"name": "edge", "servers": [{"address": "a:1; server b:2"}]}],
+    "nginx_proxy_read_timeout": "60s; proxy_pass http://evil",
+    "nginx_access_log": "/var/log/a.log # x",
+    "nginx_logrotate_paths": ["/var/log/nginx/*.log\n/etc/passwd {"],
+}  # fmt: skip
+NAMED = [
+    "nginx_routes[0].path", "nginx_routes[1].path", "nginx_routes[2].allow[0]", "nginx_streaming_paths[0]",
+    "nginx_server_name", "nginx_health_path", "nginx_security_headers key", "nginx_security_headers.X-Q",
+    "nginx_security_headers.X-V", "nginx_upstreams[1].servers[0].address", "nginx_proxy_read_timeout",
+    "nginx_access_log", "nginx_logrotate_paths[0]",
+]  # fmt: skip
+
+
+def test_a_value_that_would_leave_its_directive_is_refused_naming_it(tmp_path):
+    """The check fails before anything changes, naming each variable with its bad value."""
+    done = preflight(tmp_path, role_variables({})["nginx_tls_ciphers"], **HOSTILE)
+    assert done.returncode != 0, done.stdout[-2000:]
+    message = next((line for line in done.stdout.splitlines() if "Nothing was changed" in line), "")
+    assert [name for name in NAMED if name + " " not in message] == [], done.stdout[-3000:]
+    assert "nginx_security_headers.X-A " not in message  # a plain value of a bad header name is not bad itself
+
+
+def test_ordinary_values_pass_the_check(tmp_path):
+    """What operators write: a CSP header with ; and ', several server names, allow lists, the routes of the
+    scenarios."""
+    done = preflight(
+        tmp_path,
+        role_variables({})["nginx_tls_ciphers"],
+        nginx_server_name="example.com www.example.com *.example.org",
+        nginx_security_headers={"Content-Security-Policy": "default-src 'self'; img-src * data:", "X-Frame": "DENY"},
+        nginx_routes=[{"path": "/admin/", "upstream": "backend", "allow": ["10.0.0.0/8", "::1"],
+                       "extra": "proxy_set_header X-Admin \"1\";"}, {"path": "/", "upstream": "backend"}],
+        nginx_extra_config="location = /robots.txt { return 200 \"User-agent: *\\nDisallow: /\\n\"; }",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
