@@ -61,7 +61,7 @@ options:
     description:
       - Extra request headers, for example C(Authorization) for a server behind an authenticating proxy.
       - The value of a header whose name contains C(auth), C(token), C(secret), C(password), C(cookie) or C(key)
-        (case-insensitive) is a credential: it is masked wherever it would appear in the result, the invocation
+        (case-insensitive) is a credential, masked wherever it would appear in the result, the invocation
         included. Other headers stay readable.
     type: dict
     default: {}
