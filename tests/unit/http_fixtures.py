@@ -41,7 +41,7 @@ SCALAR_ANSWER = {"status": "success", "data": {"resultType": "scalar", "result":
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """count distinct TCP ports free on host: every socket stays bound until all are chosen (one at a time, the
     kernel may hand out the same port twice: nginx and dnsmasq of one test were once given the same one)."""
-    sockets = [socket.socket() for _ in range(count)]
+    sockets = [socket.socket() for _unused in range(count)]
     try:
         for sock in sockets:
             sock.bind((host, 0))
