@@ -122,3 +122,10 @@ def test_seeded_engine_has_the_stack_images_and_pulls_nothing_new(host):
     out = host.check_output(f"docker pull {IMAGE}")
     assert "Image is up to date" in out, out
     assert host.check_output("docker image ls -q registry:5000/mariadb:10.11")
+
+
+def test_the_deploy_user_is_in_the_docker_group_and_reaches_the_engine(host):
+    """docker_engine_users: the converge's own post-task already ran `docker version` as deployer in the same
+    play (after the role's reset_connection); here, from a fresh login too."""
+    assert "docker" in host.user("deployer").groups
+    assert host.run("su -s /bin/sh deployer -c 'docker version --format {{.Server.Version}}'").rc == 0

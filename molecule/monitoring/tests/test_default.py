@@ -139,6 +139,27 @@ def test_uis_through_nginx_need_basic_auth(host):
     assert htpasswd.mode == 0o640 and users["oncall"] not in htpasswd.content_string
 
 
+def test_no_login_through_nginx_stops_prometheus_or_deletes_series(host):
+    # Issue 20, item 2: the lifecycle and admin endpoints answer 403 through Nginx, even with a good login, and
+    # Prometheus is still up after the attempts; the published servers listen on loopback only.
+    good = "oncall:%s" % SCENARIO["monitoring_nginx_users"]["oncall"]
+    ports = DEFAULTS["monitoring_nginx_ports"]
+    for port, path in (
+        (ports["prometheus"], "/-/quit"),
+        (ports["prometheus"], "/api/v1/admin/tsdb/snapshot"),
+        (ports["prometheus"], "/api/v1/admin/tsdb/delete_series?match[]=up"),
+        (ports["alertmanager"], "/-/quit"),
+        (ports["alertmanager"], "/-/reload"),
+    ):
+        url = f"http://127.0.0.1:{port}{path}"
+        assert host.run("curl -s -o /dev/null -w '%%{http_code}' -X POST -u %s %s", good, url).stdout == "403", url
+    assert host.run("curl -s -o /dev/null -w '%%{http_code}' %s/-/ready", PROMETHEUS).stdout == "200"
+    listening = host.check_output("ss -ltnH")
+    for port in (ports["prometheus"], ports["alertmanager"]):
+        local = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(":%d" % port)]
+        assert local == ["127.0.0.1:%d" % port], (port, local)
+
+
 def test_exporter_secrets_only_in_the_env_file(host):
     env = host.file("/opt/monitoring/.env")
     assert env.mode == 0o600 and env.user == "root"
