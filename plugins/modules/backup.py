@@ -13,7 +13,9 @@ module: backup
 short_description: Take a checksummed, committed backup of a database container or a Docker volume
 version_added: 0.1.0
 description:
-  - Dumps MariaDB/MySQL (C(mariadb-dump) or C(mysqldump) with C(--single-transaction --routines --events --triggers)),
+  - Dumps MariaDB/MySQL (C(mariadb-dump) or C(mysqldump) with C(--single-transaction --routines --events --triggers),
+    and on MariaDB the users, grants and roles with C(mariadb-dump --system=users) into C(accounts.sql.zst);
+    MySQL's C(mysqldump) cannot, which the manifest's C(accounts_skipped) says),
     PostgreSQL (C(pg_dump -Fc) per database plus C(pg_dumpall -g)), Redis (C(BGSAVE), then the RDB file), Prometheus
     (a TSDB snapshot through the admin API, archived and then removed) or a named Docker volume (tar through the
     archive API, for example Grafana's with Grafana stopped) through Docker exec, streams it through C(zstd) into

@@ -22,7 +22,9 @@ description:
     leaves the previous data serving (docs/backup-states.md). PostgreSQL databases load into a new database that
     is renamed into place in one transaction. MariaDB/MySQL dumps load into a scratch schema whose tables move
     in by one C(RENAME TABLE) (a database with views, routines, triggers or events is reloaded from the proven
-    dump instead). Redis gets the RDB file beside its own, is stopped, the file is renamed over the old one, and
+    dump instead); then the accounts of C(accounts.sql.zst) the server lacks are created with their passwords and
+    every grant is given (a grant on a table this server does not have is skipped); accounts it has keep their
+    passwords, root's among them, and none is dropped. Redis gets the RDB file beside its own, is stopped, the file is renamed over the old one, and
     it is started. Prometheus's snapshot and a volume's archive are extracted beside the live content, then the
     users are stopped and the content swapped (files created after the backup do not survive).
   - Every restore writes its phase to C(<dest>/<component>/restore.run.json); a run after a killed one cleans
@@ -30,7 +32,7 @@ description:
     Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
-    C(CHECKSUM TABLE) for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE) for Redis),
+    C(CHECKSUM TABLE) and the accounts for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE) for Redis),
     removes it and records the drill's duration in the metrics.
   - O(state=verified) only verifies the checksums.
   - Takes the component's lock, so a restore never runs beside a backup of the same component.
@@ -63,7 +65,7 @@ options:
     choices: [restored, drilled, verified]
     default: restored
   databases:
-    description: Restore only these databases (the PostgreSQL globals are always applied).
+    description: Restore only these databases (the PostgreSQL globals and the MariaDB accounts are always applied).
     type: list
     elements: str
     default: []

@@ -170,6 +170,23 @@ def test_exporter_secrets_only_in_the_env_file(host):
     assert am.mode == 0o640
 
 
+def test_alertmanager_secrets_readable_by_alertmanager_only(host):
+    # Issue 20, item 3: alertmanager.yml (receivers' secrets) is 0640 root:opsbook-monitoring, a group only the
+    # Alertmanager container holds; a process running as nobody on the host (nogroup, the group before) cannot
+    # read it, and Alertmanager still loaded it.
+    group = DEFAULTS["monitoring_secrets_group"]
+    for path in ("/opt/monitoring/alertmanager/alertmanager.yml", "/opt/monitoring/staging/alertmanager/alertmanager.yml"):
+        am = host.file(path)
+        assert (am.mode, am.user, am.group) == (0o640, "root", group), path
+    assert host.file("/opt/monitoring/alertmanager").group == group
+    denied = host.run("setpriv --reuid=65534 --regid=65534 --clear-groups cat /opt/monitoring/alertmanager/alertmanager.yml")
+    assert denied.rc != 0 and "Permission denied" in denied.stderr, denied
+    gid = host.group(group).gid
+    status = host.check_output("docker exec monitoring-alertmanager-1 cat /proc/1/status")
+    assert str(gid) in next(line for line in status.splitlines() if line.startswith("Groups:")).split()
+    assert host.run("curl -sf %s/api/v2/status", ALERTMANAGER).rc == 0
+
+
 def test_every_dashboard_expression_runs(host):
     queries = [(path.name, panel["title"], target["expr"]) for path in DASHBOARDS
                for panel in json.loads(path.read_text())["panels"] for target in panel["targets"]]

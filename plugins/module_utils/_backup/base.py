@@ -50,7 +50,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 def plausibility(kind: str, head: bytes, tail: bytes) -> str:
     """Why this output is not a complete dump of its kind ("" when it looks complete)."""
-    if kind == "sql" and b"-- Dump completed" not in tail:
+    if kind in ("sql", "mysql_accounts") and b"-- Dump completed" not in tail:
         return "the SQL dump has no '-- Dump completed' trailer (cut off)"
     if kind == "pg_custom" and not head.startswith(b"PGDMP"):
         return "not a pg_dump custom-format archive (no PGDMP header)"

@@ -24,11 +24,17 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import os
+import re
 import time
 import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import container_env, first_set
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_DUMP, EXIT_RESTORE, BackupError
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import (
+    EXIT_DRILL,
+    EXIT_DUMP,
+    EXIT_RESTORE,
+    BackupError,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.pipeline import decompressor
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.sql import SqlEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Artifact, Manifest
@@ -57,13 +63,9 @@ def old_name(db: str) -> str:
 DATABASE_LINES = (b"/*!40000 DROP DATABASE IF EXISTS ", b"CREATE DATABASE ", b"USE ")
 
 
-def renaming(source: t.Callable[[], bytes], db: str, scratch: str) -> t.Callable[[], bytes]:
-    """A reader of source whose DROP DATABASE, CREATE DATABASE and USE lines name scratch instead of db."""
-    old, new = ident(db).encode(), ident(scratch).encode()
+def by_line(source: t.Callable[[], bytes], fix: t.Callable[[bytes], bytes]) -> t.Callable[[], bytes]:
+    """A reader of source that passes every whole line through fix (a dump's lines, never cut in two)."""
     carry = [b""]
-
-    def fix(line: bytes) -> bytes:
-        return line.replace(old, new, 1) if line.startswith(DATABASE_LINES) and old in line else line
 
     def read() -> bytes:
         while True:
@@ -80,6 +82,31 @@ def renaming(source: t.Callable[[], bytes], db: str, scratch: str) -> t.Callable
             return b"\n".join(fix(line) for line in data[:cut].split(b"\n")) + b"\n"
 
     return read
+
+
+def renaming(source: t.Callable[[], bytes], db: str, scratch: str) -> t.Callable[[], bytes]:
+    """A reader of source whose DROP DATABASE, CREATE DATABASE and USE lines name scratch instead of db."""
+    old, new = ident(db).encode(), ident(scratch).encode()
+    return by_line(
+        source, lambda line: line.replace(old, new, 1) if line.startswith(DATABASE_LINES) and old in line else line
+    )
+
+
+# The accounts artifact: `mariadb-dump --system=users --insert-ignore` (CREATE USER IF NOT EXISTS, GRANT, roles).
+ACCOUNTS = "accounts.sql.zst"
+# Accounts every server has of its own: listed as the source's, never compared or re-created by a restore's intent.
+SERVER_ACCOUNTS = ("root", "mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "")
+# A GRANT line of the accounts dump that also sets a password: loaded as is, it would give an account that exists
+# on the target (root, whose password the restore itself logs in with) the source's password.
+GRANT_PASSWORD = re.compile(
+    rb" IDENTIFIED (BY PASSWORD '[^']*'|(VIA|WITH) [^ ;]+( (USING|AS) '[^']*')?( OR [^ ;]+( (USING|AS) '[^']*')?)*)"
+)
+
+
+def grants_without_passwords(source: t.Callable[[], bytes]) -> t.Callable[[], bytes]:
+    """A reader of an accounts dump whose GRANT lines set no password: accounts the target lacks are created with
+    the source's password (their CREATE USER IF NOT EXISTS line); those it has keep theirs, and get the grants."""
+    return by_line(source, lambda line: GRANT_PASSWORD.sub(b"", line) if line.startswith(b"GRANT ") else line)
 
 
 # How mysqldump starts the definition of a trigger, view, event or routine (at the start of a line).
@@ -199,25 +226,56 @@ class MariaDBEngine(SqlEngine):
                 db,
             ]
             artifacts.append(self.dump_exec(directory, Artifact("%s.sql.zst" % db, "sql", database=db), c, argv, env))
+        if tool == "mariadb-dump":
+            # Last (a table's grant needs its table): users, their grants and roles. Without them a restore onto a
+            # new server has the tables and no account the application can log in with. MySQL's mysqldump has no
+            # --system (noted in the facts).
+            facts["accounts"] = self.accounts(c, env, user)
+            argv = [tool, "-u", user, "--system=users", "--insert-ignore"]
+            artifacts.append(self.dump_exec(directory, Artifact(ACCOUNTS, "mysql_accounts"), c, argv, env))
+        else:
+            facts["accounts_skipped"] = (
+                "%s has no --system=users (MySQL): accounts and grants are not in the backup" % tool
+            )
         return artifacts, facts
+
+    def accounts(self, container: str, env: dict[str, str], user: str, code: int = EXIT_DUMP) -> list[str]:
+        """The server's own accounts (users, not roles) other than those every server has: 'user'@'host'."""
+        rows = self.sql(
+            container, "SELECT user, host FROM mysql.user WHERE is_role = 'N' ORDER BY 1, 2", "", env, user, code
+        )
+        return ["'%s'@'%s'" % (r[0], r[1]) for r in rows if r[0] not in SERVER_ACCOUNTS]
 
     def restore_artifact(
         self, directory: str, art: Artifact, container: str, env: dict[str, str], user: str, code: int = EXIT_RESTORE
     ) -> None:
-        if art.kind != "sql":
+        if art.kind not in ("sql", "mysql_accounts"):
             raise BackupError(code, "artifact kind %s is not a MariaDB/MySQL dump" % art.kind)
         argv = [self.client_tool(container), "-u", user, "--binary-mode"]
-        self.feed(container, os.path.join(directory, art.name), argv, env, code, art.encrypted)
+        path = os.path.join(directory, art.name)
+        if art.kind == "sql":
+            self.feed(container, path, argv, env, code, art.encrypted)
+            return
+        # Every statement is tried (--force); only a grant on a table this server does not have (a database not
+        # restored here) may fail, anything else fails the restore.
+        try:
+            self.feed(container, path, argv + ["--force"], env, code, art.encrypted, grants_without_passwords)
+        except BackupError as exc:
+            failed = set(re.findall(r"ERROR (\d+)", str(exc.evidence.get("stderr", ""))))
+            if not failed or failed - {"1146"}:
+                raise
 
     def restore(self, directory: str, manifest: Manifest, databases: list[str] | None = None) -> list[str]:
         user, env = self.credentials()
         c = self.spec.container
-        selected = [a for a in manifest.artifacts if not databases or a.database in databases]
+        selected = [a for a in manifest.artifacts if not a.database or not databases or a.database in databases]
         self.progress("copying")
         loaded: list[Artifact] = []
         in_place: list[Artifact] = []
         try:
             for art in selected:
+                if art.kind == "mysql_accounts":
+                    continue  # after the tables are in (a table's grant needs its table)
                 self.settle(c, art.database, env, user)
                 if has_objects(os.path.join(directory, art.name), self.settings, art.encrypted):
                     in_place.append(art)
@@ -225,11 +283,17 @@ class MariaDBEngine(SqlEngine):
                 self.load_beside(directory, art, c, env, user)
                 loaded.append(art)
         except BaseException:
-            for art in selected:  # the loaded ones and the one that failed: the live databases are untouched
+            for art in (a for a in selected if a.database):  # the loaded ones and the one that failed: the live
+                # databases are untouched
                 self.q(c, "DROP DATABASE IF EXISTS %s" % ident(scratch_name(art.database)), env, user)
             raise
         self.progress("swapping")
         for art in selected:
+            if art.kind == "mysql_accounts":
+                # Accounts the server lacks are added and grants given (GRANT adds); nothing is dropped.
+                self.restore_artifact(directory, art, c, env, user)
+                self.progress("swapping", done=art.name)
+                continue
             if art in in_place:
                 self.restore_artifact(directory, art, c, env, user)
             else:
@@ -293,11 +357,27 @@ class MariaDBEngine(SqlEngine):
 
     def restore_steps(self, manifest: Manifest) -> list[str]:
         return [
-            "load %s into a scratch schema %s, then (all loaded) swap its tables into %s by RENAME TABLE "
+            "add the accounts of %s the server lacks and their grants (no account dropped, no password changed)"
+            % a.name
+            if a.kind == "mysql_accounts"
+            else "load %s into a scratch schema %s, then (all loaded) swap its tables into %s by RENAME TABLE "
             "(a dump or database with views, routines, triggers or events: reload %s from the decoded dump)"
             % (a.name, scratch_name(a.database), a.database, a.database)
             for a in manifest.artifacts
         ]
+
+    def drill_checks(self, cid: str, directory: str, manifest: Manifest) -> dict[str, t.Any]:
+        result = super().drill_checks(cid, directory, manifest)
+        expected = manifest.facts.get("accounts")
+        if expected is not None:
+            user, denv = self.credentials(self.spec.container)
+            present = self.accounts(self.spec.container, denv, user, EXIT_DRILL)
+            missing = sorted(set(expected) - set(present))
+            result["accounts"] = len(expected) - len(missing)
+            if missing:
+                result["matches_source"] = False
+                result["mismatches"] = sorted(result["mismatches"] + ["account %s" % a for a in missing])
+        return result
 
     def ready_argv(self, container: str, user: str) -> list[str]:
         tool = self.tool(container, ("mariadb-admin", "mysqladmin"))

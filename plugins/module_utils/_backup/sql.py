@@ -88,7 +88,7 @@ class SqlEngine(Engine):
         user, env = self.credentials()
         restored = []
         for art in manifest.artifacts:
-            if databases and art.kind != "pg_globals" and art.database not in databases:
+            if databases and art.database and art.database not in databases:  # server-wide ones always
                 continue
             self.restore_artifact(directory, art, self.spec.container, env, user)
             restored.append(art.name)

@@ -55,7 +55,7 @@ def write_json_atomic(path: str, data: t.Any) -> None:
 @dataclass
 class Artifact:
     name: str
-    kind: str  # sql | pg_custom | pg_globals | rdb | tar
+    kind: str  # sql | mysql_accounts | pg_custom | pg_globals | rdb | tar
     bytes: int = 0
     sha256: str = ""
     raw_bytes: int = 0

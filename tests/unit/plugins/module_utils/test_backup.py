@@ -388,10 +388,8 @@ def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
     spec = bk.ComponentSpec(name="mariadb", type="mariadb", container=dbs["mariadb"], source_checksums=True)
     result = bk.run_backup(spec, settings)
     assert result.size > 0 and result.raw_size > 500 * 16
-    assert os.listdir(result.path) == sorted(["app.sql.zst", "manifest.json"]) or sorted(os.listdir(result.path)) == [
-        "app.sql.zst",
-        "manifest.json",
-    ]
+    # The accounts (users, grants, roles) are an artifact of their own since issue 16 (item 4).
+    assert sorted(os.listdir(result.path)) == ["accounts.sql.zst", "app.sql.zst", "manifest.json"]
     metrics = open(result.metrics_file, encoding="utf-8").read()
     assert 'opsbook_backup_last_exit_code{component="mariadb",type="mariadb"} 0' in metrics
 
@@ -401,7 +399,7 @@ def test_mariadb_backup_modify_restore_drill(dbs, tmp_path):
         "CREATE TABLE app.later (x INT)",
     )
     restored = bk.run_restore(spec, settings)
-    assert restored["restored"] == ["app.sql.zst"]
+    assert restored["restored"] == ["app.sql.zst", "accounts.sql.zst"]
     assert _maria(dbs, "CHECKSUM TABLE app.items, app.empty") == before
     assert _maria(dbs, "SHOW TABLES FROM app").split() == ["empty", "items"]
     assert "app__opsbook" not in _maria(dbs, "SHOW DATABASES")  # the scratch and old schemas are gone
@@ -469,6 +467,76 @@ def test_postgres_wrong_identity_or_a_failed_load_leaves_the_database_serving(db
     monkeypatch.undo()
     bk.run_restore(spec, _settings(tmp_path, age_identity=identity))
     assert _pg(dbs, "SELECT count(*) FROM k", db="keep").strip() == "50"
+
+
+@pytest.mark.docker
+def test_mariadb_accounts_and_grants_restore_onto_a_new_server(dbs, tmp_path):
+    """Issue 16, item 4: a restore onto a server that never had them gives back the application's accounts, their
+    passwords, grants and roles; the new server's root keeps its own password (the restore logs in with it); the
+    drill counts the accounts."""
+    _maria(
+        dbs,
+        "CREATE DATABASE IF NOT EXISTS shop; CREATE TABLE IF NOT EXISTS shop.orders (id INT PRIMARY KEY);"
+        "INSERT IGNORE INTO shop.orders SELECT seq FROM seq_1_to_20;"
+        "CREATE USER IF NOT EXISTS 'shop'@'%' IDENTIFIED BY 'shop-pass-1';"
+        "GRANT SELECT, INSERT ON shop.* TO 'shop'@'%';"
+        "CREATE ROLE IF NOT EXISTS auditor; GRANT SELECT ON shop.orders TO auditor;"
+        "CREATE USER IF NOT EXISTS 'audit'@'localhost' IDENTIFIED BY 'audit-pass-1';"
+        "GRANT auditor TO 'audit'@'localhost';"
+        "SET DEFAULT ROLE auditor FOR 'audit'@'localhost'",
+    )
+    settings = _settings(tmp_path)
+    spec = bk.ComponentSpec(name="shop", type="mariadb", container=dbs["mariadb"], databases=["shop"])
+    result = bk.run_backup(spec, settings)
+    assert [a["name"] for a in result.artifacts] == ["shop.sql.zst", "accounts.sql.zst"]
+
+    client = DockerClient()
+    fresh = "%sfresh-%s" % (PREFIX, secrets.token_hex(3))
+    client.request_json(
+        "POST",
+        "/containers/create",
+        query={"name": fresh},
+        body={
+            "Image": IMAGES["mariadb"],
+            "Env": ["MARIADB_ROOT_PASSWORD=fresh-root-1"],
+            "HostConfig": {"NetworkMode": "none"},
+        },
+    )
+    try:
+        client.request("POST", "/containers/%s/start" % fresh)
+        on_fresh = bk.ComponentSpec(name="shop", type="mariadb", container=fresh, databases=["shop"])
+        bk.engine_for(on_fresh, settings, client).wait_ready(fresh, 90, 1)
+        restored = bk.run_restore(on_fresh, settings)
+        assert restored["restored"] == ["shop.sql.zst", "accounts.sql.zst"]
+
+        def login(user, password, sql):
+            return subprocess.run(
+                ["docker", "exec", "-e", "MYSQL_PWD=" + password, fresh, "mariadb", "-u", user, "-N", "-B", "-h",
+                 "127.0.0.1", "--protocol=tcp", "-e", sql],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+
+        done = login("shop", "shop-pass-1", "SELECT COUNT(*) FROM shop.orders")
+        assert done.returncode == 0 and done.stdout.strip() == "20", done.stderr
+        assert login("shop", "shop-pass-1", "DELETE FROM shop.orders").returncode != 0  # only what was granted
+        done = login("audit", "audit-pass-1", "SELECT COUNT(*) FROM shop.orders")
+        assert done.returncode != 0 or done.stdout.strip() == "20"  # 'audit'@'localhost': not over TCP
+        done = subprocess.run(
+            ["docker", "exec", "-e", "MYSQL_PWD=audit-pass-1", fresh, "mariadb", "-u", "audit", "-N", "-B", "-e",
+             "SELECT CURRENT_ROLE(), COUNT(*) FROM shop.orders"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 and done.stdout.split() == ["auditor", "20"], done.stderr
+        assert login("root", "fresh-root-1", "SELECT 1").returncode == 0, "the new server's root lost its password"
+    finally:
+        client.remove_container(fresh, force=True, volumes=True)
+
+    accounts = json.loads(open(os.path.join(result.path, "manifest.json"), encoding="utf-8").read())["facts"][
+        "accounts"
+    ]
+    assert "'shop'@'%'" in accounts and "'audit'@'localhost'" in accounts and not [a for a in accounts if "root" in a]
+    drill = bk.run_drill(spec, settings)
+    assert drill["matches_source"] is True and drill["accounts"] == len(accounts), drill
 
 
 @pytest.mark.docker
