@@ -24,15 +24,16 @@ description:
     in by one C(RENAME TABLE) (a database with views, routines, triggers or events is reloaded from the proven
     dump instead); then the accounts of C(accounts.sql.zst) the server lacks are created with their passwords and
     every grant is given (a grant on a table this server does not have is skipped); accounts it has keep their
-    passwords, root's among them, and none is dropped. Redis gets the RDB file beside its own, is stopped, the file is renamed over the old one, and
-    it is started. Prometheus's snapshot and a volume's archive are extracted beside the live content, then the
+    passwords, root's among them, and none is dropped. Redis gets the RDB file beside its own, is stopped, the
+    file is renamed over the old one, and it is started. Prometheus's snapshot and a volume's archive are extracted beside the live content, then the
     users are stopped and the content swapped (files created after the backup do not survive).
   - Every restore writes its phase to C(<dest>/<component>/restore.run.json); a run after a killed one cleans
     up what that one left and restores from the start, and returns C(resumed).
     Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
-    C(CHECKSUM TABLE) and the accounts for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE) for Redis),
+    C(CHECKSUM TABLE) and the accounts for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE)
+    for Redis),
     removes it and records the drill's duration in the metrics.
   - O(state=verified) only verifies the checksums.
   - Takes the component's lock, so a restore never runs beside a backup of the same component.
