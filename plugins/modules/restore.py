@@ -25,8 +25,9 @@ description:
     dump instead); then the accounts of C(accounts.sql.zst) the server lacks are created with their passwords and
     every grant is given (a grant on a table this server does not have is skipped); accounts it has keep their
     passwords, root's among them, and none is dropped. Redis gets the RDB file beside its own, is stopped, the
-    file is renamed over the old one, and it is started. Prometheus's snapshot and a volume's archive are extracted beside the live content, then the
-    users are stopped and the content swapped (files created after the backup do not survive).
+    file is renamed over the old one, and it is started. Prometheus's snapshot and a volume's archive are extracted
+    beside the live content, then the users are stopped and the content swapped (files created after the backup do
+    not survive).
   - Every restore writes its phase to C(<dest>/<component>/restore.run.json); a run after a killed one cleans
     up what that one left and restores from the start, and returns C(resumed).
     Stopping the application's writers and checking its health afterwards is the
