@@ -18,7 +18,8 @@ and never skips a check:
   containers and the new ones are drained and removed; when no old container runs any more, or the run was a
   rollback (the old containers are the release it left), the new ones are baked again (the full bake) and kept
   only when it passes.
-- ``draining``: the bake had passed: the old containers are drained and removed, the upgrade is complete.
+- ``draining``: the bake had passed: the old containers are drained and removed (an old one the killed run had
+  stopped but not removed too), the upgrade is complete.
 
 Only a record in a working phase triggers any of this. Without one, replicas beyond the service's count are
 reported, never removed (they may be someone's deliberate scale-out).
@@ -84,9 +85,10 @@ def _plan_from(progress: dict[str, t.Any], svc: ComposeService) -> ServicePlan:
 
 def _split(
     host: Host, plan: ServicePlan, progress: dict[str, t.Any], record: Release
-) -> tuple[list[Container], list[Container]]:
-    """(old containers still running, every other container of the service). Without recorded ids (a record of
-    before phases), the containers created before the run are the old ones."""
+) -> tuple[list[Container], list[Container], list[Container]]:
+    """(old containers still running, every container that is not old, old ones the killed run had stopped but
+    not removed). Without recorded ids (a record of before phases), the containers created before the run are the
+    old ones."""
     containers = host.docker.containers(plan.service, plan.port)
     if "old" in progress:
         old_ids = set(progress.get("old") or [])
@@ -94,7 +96,8 @@ def _split(
         old_ids = {c.id for c in containers if c.created < record.created_ts}
     old = [c for c in containers if c.id in old_ids and c.state == "running"]
     new = [c for c in containers if c.id not in old_ids]
-    return old, new
+    stopped = [c for c in containers if c.id in old_ids and c.state != "running"]
+    return old, new, stopped
 
 
 def _recover_stateful(rollout: Rollout, host: Host, plan: ServicePlan) -> tuple[bool, list[str], str]:
@@ -240,8 +243,14 @@ def _recover_one(
     if plan.role == "stateful":
         moved, failures, outcome = _recover_stateful(rollout, host, plan)
     else:
-        old, new = _split(host, plan, progress, record)
+        old, new, stopped = _split(host, plan, progress, record)
         moved, failures, outcome = _recover_rolling(rollout, host, plan, phase, old, new, record.kind == "rollback")
+        if moved and stopped:
+            # Killed between stopping an old container and removing it: nothing routes to it, and left behind it
+            # would count as a replica for the next `docker compose up --scale`.
+            for container in stopped:
+                host.docker.stop_and_remove(container)
+            outcome += "; removed %s, which the killed run had stopped" % ", ".join(c.name for c in stopped)
     run.reconciled.append("%s: %s (%s stopped in phase %s)" % (service, outcome, record.id, phase))
     if failures:
         raise UndoIncomplete(
