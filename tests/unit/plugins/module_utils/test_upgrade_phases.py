@@ -160,7 +160,10 @@ def test_killed_between_stopping_an_old_container_and_removing_it_the_rerun_remo
         upgrade(world)
     phases_written(monkeypatch, kill_at=("web", "draining"))
     with pytest.raises(Killed):
-        upgrade(world) if kind == "upgrade" else rollback(world.s, host=world)
+        if kind == "upgrade":
+            upgrade(world)
+        else:
+            rollback(world.s, host=world)
     leaving = "reg/web:1" if kind == "upgrade" else "reg/web:2"
     old = sorted((c for c in world.items.values() if c["image"] == leaving), key=lambda c: c["created"])
     old[0]["state"] = "exited"  # stopped by the killed run, not yet removed
