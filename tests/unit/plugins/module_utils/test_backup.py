@@ -301,6 +301,11 @@ def _docker_ready() -> str:
     return ""
 
 
+def _create(client: DockerClient, name: str, **body) -> None:
+    """Create (not start) a container named name; body is the Engine API's create body (Image, Env, ...)."""
+    client.request_json("POST", "/containers/create", query={"name": name}, body=body)
+
+
 @pytest.fixture(scope="module")
 def dbs():
     reason = _docker_ready()
@@ -316,12 +321,7 @@ def dbs():
     }
     try:
         for kind, image in IMAGES.items():
-            client.request_json(
-                "POST",
-                "/containers/create",
-                query={"name": names[kind]},
-                body={"Image": image, "Env": env[kind], "HostConfig": {"NetworkMode": "none"}},
-            )
+            _create(client, names[kind], Image=image, Env=env[kind], HostConfig={"NetworkMode": "none"})
             client.request("POST", "/containers/%s/start" % names[kind])
         settings = bk.Settings(dest="/nonexistent")
         specs = {kind: bk.ComponentSpec(name=kind, type=kind, container=names[kind]) for kind in IMAGES}
@@ -492,15 +492,12 @@ def test_mariadb_accounts_and_grants_restore_onto_a_new_server(dbs, tmp_path):
 
     client = DockerClient()
     fresh = "%sfresh-%s" % (PREFIX, secrets.token_hex(3))
-    client.request_json(
-        "POST",
-        "/containers/create",
-        query={"name": fresh},
-        body={
-            "Image": IMAGES["mariadb"],
-            "Env": ["MARIADB_ROOT_PASSWORD=fresh-root-1"],
-            "HostConfig": {"NetworkMode": "none"},
-        },
+    _create(
+        client,
+        fresh,
+        Image=IMAGES["mariadb"],
+        Env=["MARIADB_ROOT_PASSWORD=fresh-root-1"],
+        HostConfig={"NetworkMode": "none"},
     )
     try:
         client.request("POST", "/containers/%s/start" % fresh)
@@ -795,18 +792,15 @@ def test_prometheus_snapshot_backup_and_restore(tmp_path):
     except DockerError as exc:
         pytest.skip("sandbox image %s missing: %s" % (image, exc))
     name = "%sprom-%s" % (PREFIX, secrets.token_hex(3))
-    client.request_json(
-        "POST",
-        "/containers/create",
-        query={"name": name},
-        body={
-            "Image": image,
-            "Cmd": [
-                "--config.file=/etc/prometheus/prometheus.yml",
-                "--storage.tsdb.path=/prometheus",
-                "--web.enable-admin-api",
-            ],
-        },
+    _create(
+        client,
+        name,
+        Image=image,
+        Cmd=[
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            "--web.enable-admin-api",
+        ],
     )
     try:
         client.request("POST", "/containers/%s/start" % name)
