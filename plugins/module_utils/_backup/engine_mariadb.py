@@ -269,13 +269,12 @@ class MariaDBEngine(SqlEngine):
         user, env = self.credentials()
         c = self.spec.container
         selected = [a for a in manifest.artifacts if not a.database or not databases or a.database in databases]
+        dumps = [a for a in selected if a.kind == "sql"]
         self.progress("copying")
         loaded: list[Artifact] = []
         in_place: list[Artifact] = []
         try:
-            for art in selected:
-                if art.kind == "mysql_accounts":
-                    continue  # after the tables are in (a table's grant needs its table)
+            for art in dumps:
                 self.settle(c, art.database, env, user)
                 if has_objects(os.path.join(directory, art.name), self.settings, art.encrypted):
                     in_place.append(art)
@@ -283,22 +282,22 @@ class MariaDBEngine(SqlEngine):
                 self.load_beside(directory, art, c, env, user)
                 loaded.append(art)
         except BaseException:
-            for art in (a for a in selected if a.database):  # the loaded ones and the one that failed: the live
-                # databases are untouched
+            for art in dumps:  # the loaded ones and the one that failed: the live databases are untouched
                 self.q(c, "DROP DATABASE IF EXISTS %s" % ident(scratch_name(art.database)), env, user)
             raise
         self.progress("swapping")
-        for art in selected:
-            if art.kind == "mysql_accounts":
-                # Accounts the server lacks are added and grants given (GRANT adds); nothing is dropped.
-                self.restore_artifact(directory, art, c, env, user)
-                self.progress("swapping", done=art.name)
-                continue
+        for art in dumps:
             if art in in_place:
                 self.restore_artifact(directory, art, c, env, user)
             else:
                 self.swap(directory, art, c, env, user)
             self.progress("swapping", done=art.name)
+        # The accounts after the tables (a table's grant needs its table): those the server lacks are added and
+        # grants given (GRANT adds); nothing is dropped.
+        for art in selected:
+            if art not in dumps:
+                self.restore_artifact(directory, art, c, env, user)
+                self.progress("swapping", done=art.name)
         return [a.name for a in selected]
 
     def q(self, c: str, query: str, env: dict[str, str], user: str) -> list[list[str]]:

@@ -34,6 +34,7 @@ from ansible_collections.opsbook.stack.tests.unit.roles.nginx.test_nginx_routing
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 GIXY = Path(sys.executable).with_name("gixy")
 USER, PASSWORD = "oncall", "a-long-test-password"
+AUTH = {"Authorization": "Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()}
 ADMIN_PATHS = [
     ("POST", "/-/quit"),
     ("PUT", "/-/quit"),
@@ -127,9 +128,8 @@ class Published:
 
     def request(self, method: str, path: str, port: int, auth: bool = True, host: str = "127.0.0.1") -> tuple:
         conn = http.client.HTTPConnection(host, port, timeout=5)
-        headers = {"Authorization": "Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()}
         try:
-            conn.request(method, path, body=b"" if method != "GET" else None, headers=headers if auth else {})
+            conn.request(method, path, body=b"" if method != "GET" else None, headers=AUTH if auth else {})
             answer = conn.getresponse()
             return answer.status, answer.read()
         except OSError as exc:
@@ -200,8 +200,7 @@ def test_tls_on_another_address_serves_https_and_no_plain_http(tmp_path):
         context = ssl.create_default_context(cafile=str(tls.ca))
         context.check_hostname = False
         conn = http.client.HTTPSConnection("127.0.0.2", port, timeout=5, context=context)
-        auth = "Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
-        conn.request("POST", "/-/quit", body=b"", headers={"Authorization": auth})
+        conn.request("POST", "/-/quit", body=b"", headers=AUTH)
         assert conn.getresponse().status == 403
         conn.close()
         status, body = running.request("GET", "/", port, host="127.0.0.2")
