@@ -78,9 +78,17 @@ def site_variables(conf: Path, ports: list[int], upstream_port: int, **overrides
     }
 
 
-def write_tree(conf: Path, site: dict) -> Path:
-    """The nginx role's tree (its own site on free ports) plus the monitoring site in conf.d; returns nginx.conf."""
-    http_port, stub_port = free_ports(2)
+def tree_ports() -> tuple[list[int], list[int]]:
+    """Six distinct free ports from one call: three for the monitoring site, three for the nginx role's own site,
+    stub_status and gate. Separate calls may hand out the same port twice, and two servers on one socket are a
+    different config (gixy's default_server_flag, nginx's "no ssl_certificate" for the role's site)."""
+    ports = free_ports(6)
+    return ports[:3], ports[3:]
+
+
+def write_tree(conf: Path, site: dict, role_ports: list[int]) -> Path:
+    """The nginx role's tree (its own site on role_ports) plus the monitoring site in conf.d; returns nginx.conf."""
+    http_port, stub_port, gate_port = role_ports
     render_tree(
         conf,
         {
@@ -94,7 +102,7 @@ def write_tree(conf: Path, site: dict) -> Path:
             "nginx_listen_ipv6": False,
             "nginx_stub_status_listen": "127.0.0.1:%d" % stub_port,
         },
-        free_ports(1)[0],
+        gate_port,
     )
     (conf / "conf.d" / "opsbook-monitoring.conf").write_text(render("nginx-monitoring.conf.j2", site))
     line = subprocess.run(
@@ -113,9 +121,9 @@ class Published:
         self.upstream.daemon_threads = True
         self.upstream.seen = []  # type: ignore[attr-defined]
         threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
-        self.ports = free_ports(3)
+        self.ports, role_ports = tree_ports()
         self.site = site_variables(self.conf, self.ports, self.upstream.server_address[1], **overrides)
-        nginx_conf = write_tree(self.conf, self.site)
+        nginx_conf = write_tree(self.conf, self.site, role_ports)
         test = subprocess.run([NGINX, "-t", "-c", str(nginx_conf)], capture_output=True, text=True, check=False)
         assert test.returncode == 0, test.stderr
         self.nginx = subprocess.Popen([NGINX, "-c", str(nginx_conf), "-g", "daemon off;"])
@@ -222,7 +230,8 @@ def test_gixy_and_nginx_t_accept_the_site(tmp_path, variant):
             "monitoring_nginx_tls_certificate": str(tls.server_cert),
             "monitoring_nginx_tls_certificate_key": str(tls.server_key),
         }
-    nginx_conf = write_tree(conf, site_variables(conf, free_ports(3), 9090, **overrides))
+    site_ports, role_ports = tree_ports()
+    nginx_conf = write_tree(conf, site_variables(conf, site_ports, 9090, **overrides), role_ports)
     done = subprocess.run([str(GIXY), str(nginx_conf)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "No issues found." in done.stdout, done.stdout + done.stderr
     done = subprocess.run([NGINX, "-t", "-c", str(nginx_conf)], capture_output=True, text=True, check=False)
