@@ -1,5 +1,6 @@
 """The monitoring stack beside the demo stack: every target up, every dashboard query runs, an endpoint-down alert
 reaches Alertmanager in time and resolves, configs reload over HTTP, and broken configs never go live."""
+
 import json
 import os
 import re
@@ -44,15 +45,18 @@ def record(**figures):
 
 def api(host, url, method="GET"):
     """A request made on the host itself (the APIs are published on its loopback only)."""
-    script = ("import sys, urllib.request as u\n"
-              "r = u.urlopen(u.Request(sys.argv[1], method=sys.argv[2]), timeout=15)\n"
-              "sys.stdout.write(r.read().decode())")
+    script = (
+        "import sys, urllib.request as u\n"
+        "r = u.urlopen(u.Request(sys.argv[1], method=sys.argv[2]), timeout=15)\n"
+        "sys.stdout.write(r.read().decode())"
+    )
     out = host.check_output("python3 -c %s %s %s", script, url, method)
     return json.loads(out) if out.strip().startswith(("{", "[")) else out
 
 
 def query(host, promql):
     from urllib.parse import quote
+
     return api(host, f"{PROMETHEUS}/api/v1/query?query={quote(promql)}")
 
 
@@ -88,8 +92,17 @@ def test_every_target_is_up(host):
         time.sleep(2)
     assert not down
     jobs = sorted({t["labels"]["job"] for t in targets})
-    assert jobs == ["alertmanager", "app", "blackbox", "blackbox-exporter", "mysqld", "nginx", "node", "prometheus",
-                    "redis"]
+    assert jobs == [
+        "alertmanager",
+        "app",
+        "blackbox",
+        "blackbox-exporter",
+        "mysqld",
+        "nginx",
+        "node",
+        "prometheus",
+        "redis",
+    ]
     assert len([t for t in targets if t["labels"]["job"] == "app"]) == 2, "both backend replicas are scraped"
     probes = {r["metric"]["probe"]: r["value"][1] for r in query(host, "probe_success")["data"]["result"]}
     assert probes == {"backend-health": "1", "frontend": "1", "nginx-health": "1"}
@@ -104,7 +117,8 @@ def test_rules_are_loaded(host):
     records = [r for g in groups for r in g["rules"] if r["type"] == "recording"]
     assert len(alerts) == 31
     assert all(r["health"] == "ok" for g in groups for r in g["rules"]), [
-        (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
+        (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"
+    ]
     record(alert_rules=len(alerts), recording_rules=len(records))
 
 
@@ -120,7 +134,10 @@ def test_uis_publish_on_loopback_only(host):
         bindings = json.loads(host.check_output("docker inspect -f '{{json .HostConfig.PortBindings}}' %s", container))
         assert [b["HostIp"] for b in bindings[port]] == ["127.0.0.1"]
     for container in ("monitoring-blackbox-1", "monitoring-mysqld-exporter-1", "monitoring-redis-exporter-1"):
-        assert host.check_output("docker inspect -f '{{json .HostConfig.PortBindings}}' %s", container) in ("{}", "null")
+        assert host.check_output("docker inspect -f '{{json .HostConfig.PortBindings}}' %s", container) in (
+            "{}",
+            "null",
+        )
     names = host.check_output("docker ps --format '{{.Names}}'").split()
     assert not [n for n in names if "grafana" in n or "cadvisor" in n], "the sandbox turns Grafana and cAdvisor off"
 
@@ -163,11 +180,32 @@ def test_no_login_through_nginx_stops_prometheus_or_deletes_series(host):
 def test_exporter_secrets_only_in_the_env_file(host):
     env = host.file("/opt/monitoring/.env")
     assert env.mode == 0o600 and env.user == "root"
-    assert "MYSQLD_EXPORTER_DSN='root:" in env.content_string
-    secret = env.content_string.split("MYSQLD_EXPORTER_DSN='root:")[1].split("@")[0]
+    assert "MYSQLD_EXPORTER_DSN='opsbook_exporter:" in env.content_string
+    secret = env.content_string.split("MYSQLD_EXPORTER_DSN='opsbook_exporter:")[1].split("@")[0]
     assert secret not in host.file("/opt/monitoring/compose.yaml").content_string
     am = host.file("/opt/monitoring/alertmanager/alertmanager.yml")
     assert am.mode == 0o640
+
+
+def test_mysqld_exporter_connects_as_its_own_least_privilege_account(host):
+    # Issue 20, item 5: the role created opsbook_exporter in the MariaDB container; the exporter connects as that
+    # account (not root) and still reads the server's status; the account cannot read the application's tables.
+    grants = host.check_output(
+        """docker exec agentchat-mysql-1 sh -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot -N -B """
+        """-e "SHOW GRANTS FOR opsbook_exporter"'"""
+    )
+    assert "GRANT PROCESS, BINLOG MONITOR, SLAVE MONITOR ON *.* TO" in grants, grants
+    assert "GRANT SELECT ON `performance_schema`.* TO" in grants, grants
+    assert len(grants.strip().splitlines()) == 2, grants
+    uptime = query(host, "mysql_global_status_uptime")["data"]["result"]
+    assert [r["value"][1] for r in query(host, "mysql_up")["data"]["result"]] == ["1"] and uptime
+    password = host.file("/opt/monitoring/.env").content_string.split("MYSQLD_EXPORTER_DSN='opsbook_exporter:")[1]
+    denied = host.run(
+        "docker exec -e MYSQL_PWD=%s agentchat-mysql-1 mariadb --protocol=TCP -h 127.0.0.1 -u opsbook_exporter -N -B "
+        "-e 'SHOW TABLES FROM agentchat'",
+        password.split("@")[0],
+    )
+    assert denied.rc != 0 and "denied" in denied.stderr, denied
 
 
 def test_alertmanager_secrets_readable_by_alertmanager_only(host):
@@ -175,11 +213,16 @@ def test_alertmanager_secrets_readable_by_alertmanager_only(host):
     # Alertmanager container holds; a process running as nobody on the host (nogroup, the group before) cannot
     # read it, and Alertmanager still loaded it.
     group = DEFAULTS["monitoring_secrets_group"]
-    for path in ("/opt/monitoring/alertmanager/alertmanager.yml", "/opt/monitoring/staging/alertmanager/alertmanager.yml"):
+    for path in (
+        "/opt/monitoring/alertmanager/alertmanager.yml",
+        "/opt/monitoring/staging/alertmanager/alertmanager.yml",
+    ):
         am = host.file(path)
         assert (am.mode, am.user, am.group) == (0o640, "root", group), path
     assert host.file("/opt/monitoring/alertmanager").group == group
-    denied = host.run("setpriv --reuid=65534 --regid=65534 --clear-groups cat /opt/monitoring/alertmanager/alertmanager.yml")
+    denied = host.run(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups cat /opt/monitoring/alertmanager/alertmanager.yml"
+    )
     assert denied.rc != 0 and "Permission denied" in denied.stderr, denied
     gid = host.group(group).gid
     status = host.check_output("docker exec monitoring-alertmanager-1 cat /proc/1/status")
@@ -188,19 +231,27 @@ def test_alertmanager_secrets_readable_by_alertmanager_only(host):
 
 
 def test_every_dashboard_expression_runs(host):
-    queries = [(path.name, panel["title"], target["expr"]) for path in DASHBOARDS
-               for panel in json.loads(path.read_text())["panels"] for target in panel["targets"]]
+    queries = [
+        (path.name, panel["title"], target["expr"])
+        for path in DASHBOARDS
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
     # One round trip into the host for all of them: each query's status (or its HTTP error) comes back.
-    script = ("import json, sys, urllib.error, urllib.parse, urllib.request as u\n"
-              "out = []\n"
-              "for expr in json.loads(sys.argv[2]):\n"
-              "    try:\n"
-              "        r = u.urlopen(sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(expr), timeout=15)\n"
-              "        out.append(json.loads(r.read())['status'])\n"
-              "    except urllib.error.HTTPError as e:\n"
-              "        out.append(e.read().decode())\n"
-              "print(json.dumps(out))")
-    results = json.loads(host.check_output("python3 -c %s %s %s", script, PROMETHEUS, json.dumps([q[2] for q in queries])))
+    script = (
+        "import json, sys, urllib.error, urllib.parse, urllib.request as u\n"
+        "out = []\n"
+        "for expr in json.loads(sys.argv[2]):\n"
+        "    try:\n"
+        "        r = u.urlopen(sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(expr), timeout=15)\n"
+        "        out.append(json.loads(r.read())['status'])\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        out.append(e.read().decode())\n"
+        "print(json.dumps(out))"
+    )
+    results = json.loads(
+        host.check_output("python3 -c %s %s %s", script, PROMETHEUS, json.dumps([q[2] for q in queries]))
+    )
     failed = [(q, r) for q, r in zip(queries, results) if r != "success"]
     assert not failed
     count = len(results)
@@ -239,8 +290,11 @@ def test_endpoint_down_reaches_alertmanager_and_resolves(host):
             resolved = time.monotonic() - started
             break
         time.sleep(0.5)
-    record(endpoint_down_to_alertmanager_s=round(fired, 1), bound_s=ENDPOINT_FOR + 2 * SCRAPE,
-           resolved_after_start_s=None if resolved is None else round(resolved, 1))
+    record(
+        endpoint_down_to_alertmanager_s=round(fired, 1),
+        bound_s=ENDPOINT_FOR + 2 * SCRAPE,
+        resolved_after_start_s=None if resolved is None else round(resolved, 1),
+    )
     assert fired <= ENDPOINT_FOR + 2 * SCRAPE, f"{fired:.1f}s > for {ENDPOINT_FOR}s + 2 x {SCRAPE}s"
     assert resolved is not None, "EndpointDown did not resolve after the backend came back"
 
@@ -259,8 +313,12 @@ def test_config_change_reloads_without_restart(host):
 def test_broken_rule_fails_the_play_and_keeps_the_running_config(host):
     before = api(host, f"{PROMETHEUS}/api/v1/status/config")["data"]["yaml"]
     live = host.file("/opt/monitoring/prometheus/rules/extra.yml").content_string
-    broken = json.dumps({"monitoring_alert_cpu_percent": 81, "monitoring_extra_rules": [
-        {"name": "broken", "rules": [{"alert": "Broken", "expr": "rate(up[5m]"}]}]})
+    broken = json.dumps(
+        {
+            "monitoring_alert_cpu_percent": 81,
+            "monitoring_extra_rules": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "rate(up[5m]"}]}],
+        }
+    )
     output = playbook("-e", broken, expect_rc=2, tags="monitoring_configure")
     assert "promtool check config rejected" in output
     assert "extra.yml" in output and "parse error" in output.lower(), output[-3000:]
@@ -273,8 +331,14 @@ def test_broken_rule_fails_the_play_and_keeps_the_running_config(host):
 
 def test_broken_alertmanager_config_fails_the_play_and_keeps_the_running_config(host):
     before = api(host, f"{ALERTMANAGER}/api/v2/status")["config"]["original"]
-    output = playbook("-e", "monitoring_alert_cpu_percent=81", "-e", "monitoring_alertmanager_group_wait=soon",
-                      expect_rc=2, tags="monitoring_configure")
+    output = playbook(
+        "-e",
+        "monitoring_alert_cpu_percent=81",
+        "-e",
+        "monitoring_alertmanager_group_wait=soon",
+        expect_rc=2,
+        tags="monitoring_configure",
+    )
     assert "amtool check-config rejected" in output
     assert "soon" in output, output[-3000:]
     assert api(host, f"{ALERTMANAGER}/api/v2/status")["config"]["original"] == before

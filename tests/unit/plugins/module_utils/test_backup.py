@@ -16,7 +16,6 @@ import secrets
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -24,14 +23,8 @@ import yaml
 from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
 from ansible_collections.opsbook.stack.plugins.module_utils import _bundle
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
+from ansible_collections.opsbook.stack.tests.unit.db_containers import IMAGES, PREFIX, _create, _maria, _pg, _sh
 
-SOCKET = "/var/run/docker.sock"
-IMAGES = {
-    "mariadb": "127.0.0.1:5000/mariadb:10.11",
-    "postgres": "127.0.0.1:5000/postgres:15",
-    "redis": "127.0.0.1:5000/redis:7.0",
-}
-PREFIX = "opsbook-bkp-test-"
 MIB = 1024 * 1024
 
 
@@ -287,77 +280,6 @@ def test_cli_log_line_and_fixed_delay(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # Real containers
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _docker_ready() -> str:
-    if not os.path.exists(SOCKET):
-        return "no Docker Engine socket at %s" % SOCKET
-    client = DockerClient()
-    try:
-        for image in IMAGES.values():
-            client.request_json("GET", "/images/%s/json" % image)
-    except DockerError as exc:
-        return "sandbox image missing or engine unusable: %s" % exc
-    return ""
-
-
-def _create(client: DockerClient, name: str, **body) -> None:
-    """Create (not start) a container named name; body is the Engine API's create body (Image, Env, ...)."""
-    client.request_json("POST", "/containers/create", query={"name": name}, body=body)
-
-
-@pytest.fixture(scope="module")
-def dbs():
-    reason = _docker_ready()
-    if reason:
-        pytest.skip(reason)
-    client = DockerClient()
-    run = secrets.token_hex(3)
-    names = {kind: "%s%s-%s" % (PREFIX, kind, run) for kind in IMAGES}
-    env = {
-        "mariadb": ["MARIADB_ROOT_PASSWORD=root-%s" % run, "MARIADB_DATABASE=app"],
-        "postgres": ["POSTGRES_PASSWORD=pg-%s" % run],
-        "redis": [],
-    }
-    try:
-        for kind, image in IMAGES.items():
-            _create(client, names[kind], Image=image, Env=env[kind], HostConfig={"NetworkMode": "none"})
-            client.request("POST", "/containers/%s/start" % names[kind])
-        settings = bk.Settings(dest="/nonexistent")
-        specs = {kind: bk.ComponentSpec(name=kind, type=kind, container=names[kind]) for kind in IMAGES}
-        with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda k: bk.engine_for(specs[k], settings, client).wait_ready(names[k], 90, 1), IMAGES))
-        yield names
-    finally:
-        for name in names.values():
-            try:
-                client.remove_container(name, force=True, volumes=True)
-            except DockerError:
-                pass
-
-
-def _sh(container, *argv, env=None):
-    cmd = ["docker", "exec"] + ["-e%s" % e for e in (env or [])] + [container] + list(argv)
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-
-
-def _maria(dbs, sql):
-    return _sh(
-        dbs["mariadb"],
-        "mariadb",
-        "-uroot",
-        "-N",
-        "-B",
-        "-D",
-        "app",
-        "-e",
-        sql,
-        env=["MYSQL_PWD=root-%s" % dbs["mariadb"][-6:]],
-    )
-
-
-def _pg(dbs, sql, db="app"):
-    return _sh(dbs["postgres"], "psql", "-U", "postgres", "-X", "-A", "-t", "-d", db, "-c", sql)
 
 
 def _redis(dbs, *args):

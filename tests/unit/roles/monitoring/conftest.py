@@ -48,7 +48,9 @@ def render(template: str, variables: dict | None = None, ansible_like: bool = Tr
     env.filters["bool"] = bool
     env.filters["to_nice_yaml"] = lambda v, indent=2: yaml.safe_dump(v, indent=indent, default_flow_style=False)
     env.tests["contains"] = _contains
-    context = {**defaults(), "inventory_hostname": "opsbook-test", **(variables or {})}
+    # The exporters' DSNs are derived in vars/main.yml (from monitoring_*_exporter_dsn or _account): none unless given.
+    derived = {"__monitoring_mysqld_dsn": "", "__monitoring_postgres_dsn": ""}
+    context = {**defaults(), **derived, "inventory_hostname": "opsbook-test", **(variables or {})}
     return env.get_template(template).render(**context)
 
 

@@ -212,8 +212,9 @@ def test_prometheus_config_passes_promtool(promtool, tmp_path):
     variables = {
         "monitoring_host_address": "172.17.0.1",
         "monitoring_app_network": "demo_default",
-        "monitoring_mysqld_exporter_dsn": "x",
-        "monitoring_postgres_exporter_dsn": "x",
+        # The DSNs the role derives (vars/main.yml) from monitoring_*_exporter_dsn or _account.
+        "__monitoring_mysqld_dsn": "x",
+        "__monitoring_postgres_dsn": "x",
         "monitoring_redis_exporter_addr": "redis://redis:6379",
         "monitoring_nginx_stub_status_url": "http://127.0.0.1:8081/stub_status",
         "monitoring_extra_scrape_configs": [
