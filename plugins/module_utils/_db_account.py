@@ -30,6 +30,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_maria
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_postgres import ident as pg_ident
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_postgres import literal as pg_literal
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import BackupError
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.sql import SqlEngine
 
 # The account names this module manages: a name an operator can also type in a DSN without quoting.
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
@@ -76,10 +77,13 @@ class Account:
         self.name = name
         self.container = container
         try:
-            self.engine = engine_for(
+            engine = engine_for(
                 ComponentSpec(name="account", type=kind, container=container),
                 Settings(docker_host=docker_host, timeout=timeout),
             )
+            if not isinstance(engine, SqlEngine):
+                raise AccountError("type %r is not a SQL server" % kind)
+            self.engine: t.Any = engine
             self.admin, self.admin_env = self.engine.credentials(container)
         except BackupError as exc:
             raise AccountError(str(exc)) from exc
