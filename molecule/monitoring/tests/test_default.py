@@ -200,12 +200,19 @@ def test_mysqld_exporter_connects_as_its_own_least_privilege_account(host):
     uptime = query(host, "mysql_global_status_uptime")["data"]["result"]
     assert [r["value"][1] for r in query(host, "mysql_up")["data"]["result"]] == ["1"] and uptime
     password = host.file("/opt/monitoring/.env").content_string.split("MYSQLD_EXPORTER_DSN='opsbook_exporter:")[1]
-    denied = host.run(
-        "docker exec -e MYSQL_PWD=%s agentchat-mysql-1 mariadb --protocol=TCP -h 127.0.0.1 -u opsbook_exporter -N -B "
-        "-e 'SHOW TABLES FROM agentchat'",
-        password.split("@")[0],
-    )
-    assert denied.rc != 0 and "denied" in denied.stderr, denied
+    password = password.split("@")[0]
+    as_root = """docker exec agentchat-mysql-1 sh -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot -e "%s"'"""
+    host.check_output(as_root % "CREATE TABLE IF NOT EXISTS agentchat.opsbook_exporter_probe (id INT)")
+    try:
+        # SHOW TABLES of a database without privileges answers an empty list, not an error: read a table.
+        denied = host.run(
+            "docker exec -e MYSQL_PWD=%s agentchat-mysql-1 mariadb --protocol=TCP -h 127.0.0.1 -u opsbook_exporter "
+            "-N -B -e 'SELECT * FROM agentchat.opsbook_exporter_probe'",
+            password,
+        )
+        assert denied.rc != 0 and "denied" in denied.stderr, denied
+    finally:
+        host.check_output(as_root % "DROP TABLE IF EXISTS agentchat.opsbook_exporter_probe")
 
 
 def test_alertmanager_secrets_readable_by_alertmanager_only(host):

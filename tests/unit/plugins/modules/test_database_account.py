@@ -21,7 +21,8 @@ from ansible_collections.opsbook.stack.plugins.modules import database_account
 from ansible_collections.opsbook.stack.tests.unit.db_containers import _maria, _pg
 from ansible_collections.opsbook.stack.tests.unit.module_args import run_module
 
-FIRST, SECOND = "exporter-pw-Canary-1", "exporter-pw-Canary-2"
+FIRST = "exporter-pw-Canary-1"
+SECOND = "exporter-pw-Canary-2"
 
 
 def account(capsys, **args) -> dict:
