@@ -112,7 +112,8 @@ class Account:
     def wanted(self) -> dict[str, t.Any]:
         raise NotImplementedError
 
-    def apply(self, password: str) -> None:
+    def apply(self, password: str, now: dict[str, t.Any]) -> None:
+        """Make the account what wanted() says; now is its state() as read before (no second read)."""
         raise NotImplementedError
 
     def drop(self) -> None:
@@ -179,7 +180,7 @@ class MySQLAccount(Account):
     def _client(self) -> list[str]:
         return [self.engine.client_tool(self.container), "-u", self.admin]
 
-    def apply(self, password: str) -> None:
+    def apply(self, password: str, now: dict[str, t.Any]) -> None:
         secret = my_literal(password)
         self.script(
             self._client(),
@@ -229,9 +230,9 @@ class PostgresAccount(Account):
     def _client(self) -> list[str]:
         return ["psql", "-U", self.admin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
 
-    def apply(self, password: str) -> None:
+    def apply(self, password: str, now: dict[str, t.Any]) -> None:
         role, name = pg_ident(self.name), pg_literal(self.name)
-        others = [r for r in self.state(password)["member_of"] if r != "pg_monitor"]
+        others = [r for r in now["member_of"] if r != "pg_monitor"]
         self.script(
             self._client(),
             [

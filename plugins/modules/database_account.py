@@ -156,7 +156,7 @@ def main() -> None:
             if p["state"] == "absent":
                 account.drop()
             else:
-                account.apply(p["password"])
+                account.apply(p["password"], now)
                 left = differences(account, p["password"])[1]
                 if left:
                     module.fail_json(
