@@ -173,6 +173,8 @@ class SkippedContainer:
     state: str
     health: str | None
     reason: str
+    # Docker has sent it a stop signal (the watcher's `leaving`): it may still run, but it is on its way out.
+    leaving: bool = False
 
 
 @dataclass
@@ -373,9 +375,10 @@ def discover_servers(
         address = ""
         if verdict.ok:
             address, reason = container_address(info, port)
-        reason = reason or (leaving or {}).get(str(info.get("Id") or item["Id"]), "")
+        why_leaving = (leaving or {}).get(str(info.get("Id") or item["Id"]), "")
+        reason = reason or why_leaving
         if reason or not address:
-            found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason))
+            found.skipped.append(SkippedContainer(name, verdict.state, verdict.health, reason, bool(why_leaving)))
             continue
         found.servers.append(Server(address=address, weight=(weights or {}).get(name), comment=name))
     found.servers.sort(key=Server.sort_key)
@@ -531,10 +534,11 @@ def sync_upstream(
     are the service's healthy containers as Docker reports them. With only a name and `servers` (the app hosts
     behind an edge Nginx): an upstream block, activated with nginx -t and a reload. No server at all raises
     NoHealthyServers and leaves the existing file alone, except with `empty_when_none_runs` (the watcher) when
-    no container of the service runs at all: the addresses on file are dead then (Nginx would wait out its
-    connect timeout on each), so the name is emptied and Nginx answers 502 at once. Running but unhealthy
-    containers keep their addresses: they may still answer, and a failing health check is not proof. Containers
-    in `leaving` (id -> why) are left out (see discover_servers).
+    no container of the service runs at all, or every one still running has been sent a stop signal (`leaving`,
+    id -> why): the addresses on file are dead or about to be (Nginx would wait out its connect timeout on each
+    once they exit), so the name is emptied and Nginx answers 502 at once. Running but unhealthy containers keep
+    their addresses: they may still answer, and a failing health check is not proof. Containers in `leaving` are
+    left out (see discover_servers).
     """
     if name is None:
         if not (project and service):
@@ -564,10 +568,13 @@ def sync_upstream(
         chosen = list(servers)
     if not chosen:
         why = "; ".join("%s: %s" % (s.name, s.reason) for s in skipped) or "no container of the service exists"
-        if empty_when_none_runs and servers is None and all(s.state != "running" for s in skipped):
+        if empty_when_none_runs and servers is None and all(s.state != "running" or s.leaving for s in skipped):
             content = render_hosts(name, [], allow_empty=True)
             changed, previous = write_hosts(path, content, check_mode)
-            note = "no container of the service runs (%s): the name has no address, Nginx answers 502 at once" % why
+            note = (
+                "no container of the service runs, or every one is being stopped (%s): the name has no address, "
+                "Nginx answers 502 at once" % why
+            )
             return SyncResult(name, path, changed, content, previous, [], skipped, note=note)
         raise NoHealthyServers(
             "no healthy container for upstream %s (%s); %s was left as it is, Nginx keeps the servers it has. "
