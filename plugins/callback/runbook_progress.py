@@ -12,8 +12,8 @@ type: notification
 short_description: Print runbook progress per step and write a JSON-lines audit record of every step
 version_added: 0.1.0
 description:
-  - For the runbook playbooks in C(playbooks/runbooks/), whose tasks are named C([<step id>] <title>), it prints
-    C([runbook step i/n] title) when a step starts, and when it ends writes one JSON line per host to an audit
+  - For the runbook playbooks C(playbooks/runbook_<id>.yml), whose tasks are named C([<step id>] <title>), it
+    prints C([runbook step i/n] title) when a step starts, and when it ends writes one JSON line per host to an audit
     file with the runbook id, step id, step number, title, host, status, start time, duration and whether it
     changed anything.
   - The steps and their number come from the play's task names, so the progress is right even when tags select

@@ -58,8 +58,8 @@ def writers_in(tasks: list[dict]) -> list[dict]:
 @pytest.mark.parametrize(
     "playbook",
     [
-        "playbooks/runbooks/service-down.yml",
-        "playbooks/runbooks/high-error-rate.yml",
+        "playbooks/runbook_service_down.yml",
+        "playbooks/runbook_high_error_rate.yml",
         "roles/nginx/tasks/configure.yml",
     ],
 )

@@ -2,7 +2,7 @@
 # Copyright (c) opsbook.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""The runbook checker: runbooks/<id>.md and playbooks/runbooks/<id>.yml agree one-to-one, and the alert rules
+"""The runbook checker: runbooks/<id>.md and playbooks/runbook_<id>.yml agree one-to-one, and the alert rules
 of the monitoring role and the runbooks point at each other.
 
 What a runbook is (runbooks/README.md): YAML front matter (id, title, alerts, steps with id, title, changes), then a
@@ -144,9 +144,18 @@ def _is_gated_block(entry: dict) -> bool:
     )
 
 
+VARIABLES_ROLE = "opsbook.stack.runbook"
+
+
+def playbook_of(root: Path, rid: str) -> Path:
+    """playbooks/runbook_<id with underscores>.yml: a name ansible-playbook, ansible-runner and EDA's run_playbook
+    resolve as opsbook.stack.runbook_<id> (a hyphen or a sub-folder does not)."""
+    return root / "playbooks" / ("runbook_%s.yml" % rid.replace("-", "_"))
+
+
 def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
     if not playbook.exists():
-        return ["%s: playbook %s is missing" % (rid, playbook.relative_to(playbook.parents[2]))]
+        return ["%s: playbook %s is missing" % (rid, playbook.relative_to(playbook.parents[1]))]
     plays = yaml.safe_load(playbook.read_text())
     if not isinstance(plays, list) or len(plays) != 1:
         return ["%s.yml: must hold exactly one play" % rid]
@@ -154,9 +163,12 @@ def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
     problems = []
     if (play.get("vars") or {}).get("runbook_id") != rid:
         problems.append("%s.yml: the play must set vars.runbook_id: %s" % (rid, rid))
-    for key in ("pre_tasks", "post_tasks", "roles", "handlers"):
+    for key in ("pre_tasks", "post_tasks", "handlers"):
         if play.get(key):
             problems.append("%s.yml: '%s' holds tasks outside the steps; put everything in tasks" % (rid, key))
+    # The one role is the runbook variables' (defaults and argument spec, no task of its own: roles/runbook).
+    if play.get("roles") != [{"role": VARIABLES_ROLE}]:
+        problems.append("%s.yml: 'roles' must be exactly [{role: %s}] (the runbook variables)" % (rid, VARIABLES_ROLE))
     tasks = play.get("tasks") or []
     steps = [s for s in meta.get("steps") or [] if isinstance(s, dict)]
     task_ids: list[str | None] = []
@@ -223,10 +235,11 @@ def check_runbooks(root: Path) -> list[str]:
     for rid, data in runbooks.items():
         problems += check_front_matter(rid, data["meta"])
         problems += check_body(rid, data["meta"], data["body"])
-        problems += check_playbook(rid, data["meta"], root / "playbooks" / "runbooks" / ("%s.yml" % rid))
-    for playbook in sorted((root / "playbooks" / "runbooks").glob("*.yml")):
-        if playbook.stem not in runbooks:
-            problems.append("playbooks/runbooks/%s has no runbook runbooks/%s.md" % (playbook.name, playbook.stem))
+        problems += check_playbook(rid, data["meta"], playbook_of(root, rid))
+    for playbook in sorted((root / "playbooks").glob("runbook_*.yml")):
+        rid = playbook.stem[len("runbook_") :].replace("_", "-")
+        if rid not in runbooks:
+            problems.append("playbooks/%s has no runbook runbooks/%s.md" % (playbook.name, rid))
     return problems
 
 
@@ -320,14 +333,17 @@ def test_alert_rules_and_runbooks_point_at_each_other():
 @pytest.fixture
 def tree(tmp_path):
     """A copy of the runbooks, their playbooks and the monitoring role's rules and defaults."""
-    for part in ("runbooks", "playbooks/runbooks", "roles/monitoring/templates/rules", "roles/monitoring/defaults"):
+    for part in ("runbooks", "roles/monitoring/templates/rules", "roles/monitoring/defaults"):
         if (REPO / part).exists():
             shutil.copytree(REPO / part, tmp_path / part)
+    (tmp_path / "playbooks").mkdir()
+    for playbook in (REPO / "playbooks").glob("runbook_*.yml"):
+        shutil.copy(playbook, tmp_path / "playbooks" / playbook.name)
     return tmp_path
 
 
 def _edit_playbook(tree: Path, rid: str, change) -> None:
-    path = tree / "playbooks" / "runbooks" / ("%s.yml" % rid)
+    path = playbook_of(tree, rid)
     plays = yaml.safe_load(path.read_text())
     change(plays[0]["tasks"])
     path.write_text(yaml.safe_dump(plays, sort_keys=False))
@@ -427,12 +443,20 @@ def test_a_missing_runbook_fails(tree):
     (tree / "runbooks" / "redis-problems.md").unlink()
     problems = check_runbooks(tree)
     assert "runbooks/redis-problems.md is missing (a contract runbook id)" in problems
-    assert "playbooks/runbooks/redis-problems.yml has no runbook runbooks/redis-problems.md" in problems
+    assert "playbooks/runbook_redis_problems.yml has no runbook runbooks/redis-problems.md" in problems
 
 
 def test_a_missing_playbook_fails(tree):
-    (tree / "playbooks" / "runbooks" / "rollback.yml").unlink()
-    assert any(p.startswith("rollback: playbook") and "missing" in p for p in check_runbooks(tree))
+    playbook_of(tree, "rollback").unlink()
+    assert "rollback: playbook playbooks/runbook_rollback.yml is missing" in check_runbooks(tree)
+
+
+def test_a_play_without_the_variables_role_fails(tree):
+    path = playbook_of(tree, "service-down")
+    plays = yaml.safe_load(path.read_text())
+    del plays[0]["roles"]
+    path.write_text(yaml.safe_dump(plays, sort_keys=False))
+    assert any("'roles' must be exactly [{role: opsbook.stack.runbook}]" in p for p in check_runbooks(tree))
 
 
 def test_an_alert_pointing_at_a_missing_runbook_fails(tree):

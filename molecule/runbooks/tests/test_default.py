@@ -60,7 +60,11 @@ def address(host) -> str:
 def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, list[dict], float]:
     """One runbook through ansible_runner.run() on a private data dir; returns the run, audit records, seconds."""
     pdd = tmp_path / runbook
-    shutil.copytree(PROJECT_DIR / "playbooks" / "runbooks", pdd / "project")
+    # The playbook alone, as EDA's run_playbook copies it: it needs nothing beside it (its variables come from the
+    # installed collection's role opsbook.stack.runbook).
+    (pdd / "project").mkdir(parents=True)
+    playbook = "runbook_%s.yml" % runbook.replace("-", "_")
+    shutil.copy(PROJECT_DIR / "playbooks" / playbook, pdd / "project" / playbook)
     # Molecule's inventory (hosts, the docker connection and the scenario's group_vars) as the runner's inventory.
     shutil.copytree(INVENTORY.parent, pdd / "inventory")
     (pdd / "env").mkdir()
@@ -71,7 +75,7 @@ def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, 
         "OPSBOOK_RUNBOOK_AUDIT_FILE": str(audit_file)}))
     (pdd / "env" / "settings").write_text(yaml.safe_dump({"idle_timeout": 300, "job_timeout": 900}))
     started = time.monotonic()
-    run = ansible_runner.run(private_data_dir=str(pdd), playbook="%s.yml" % runbook, quiet=True)
+    run = ansible_runner.run(private_data_dir=str(pdd), playbook=playbook, quiet=True)
     elapsed = time.monotonic() - started
     stdout = run.stdout.read()
     assert run.status == "successful" and run.rc == 0, stdout[-6000:]
@@ -170,31 +174,49 @@ def changed_in_recap(output: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def answers_5xx_soon(address: str, within_s: float = 10.0) -> list[int]:
-    """Statuses through Nginx until it answers 502/503/504 (the watcher empties a service's name once none of its
-    containers runs, and Nginx's resolver validity is 1 s); the list ends in the 5xx, or times out."""
-    seen: list[int] = []
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        seen.append(status_through_nginx(address))
-        if seen[-1] in (502, 503, 504):
-            break
-        time.sleep(0.2)
-    return seen
+BACKEND_HOSTS = "/etc/nginx/upstreams.d/hosts.d/demo_backend"  # docs/routing.md, "The watcher"
+RESOLVER_VALID_S = 1.0  # each Nginx worker keeps the resolver's answer this long (docs/routing.md)
+
+
+def emptied_within(host, within_s: float) -> float | None:
+    """Seconds until the watcher has emptied the backend's name (no address line left), or None."""
+    began = time.monotonic()
+    while time.monotonic() - began < within_s:
+        if not re.search(r"^\d+\.\d+\.\d+\.\d+ ", host.file(BACKEND_HOSTS).content_string, re.M):
+            return time.monotonic() - began
+        time.sleep(0.1)
+    return None
+
+
+def timed_status(address: str) -> tuple[int, float]:
+    began = time.monotonic()
+    status = status_through_nginx(address)
+    return status, round(time.monotonic() - began, 2)
+
+
+def restore_backend(host, address) -> None:
+    """Leave the stack serving for the next tests: start the backend and wait until Nginx answers 200."""
+    host.run("cd /opt/demo && docker compose start backend")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and status_through_nginx(address) != 200:
+        time.sleep(0.5)
 
 
 def test_service_down_runbook_brings_the_backend_back(host, address, tmp_path):
+    """The runbook's fault: the backend stopped behind everyone's back. What the operator needs from the
+    routing is a quick 502 once the watcher has emptied the name and the workers' copies have expired, not
+    requests hanging on the stopped containers' addresses (0 is the 2 s client timeout). The first 5xx alone
+    proves nothing: another worker may still hold the old answer for a second."""
     assert status_through_nginx(address) == 200
     host.check_output("cd /opt/demo && docker compose stop backend")
     try:
-        seen = answers_5xx_soon(address)
-        # A quick 502, not requests hanging on the stopped containers' addresses (0 is a 2 s client timeout).
-        assert seen[-1] in (502, 503, 504), seen
-        began = time.monotonic()
-        assert status_through_nginx(address) in (502, 503, 504)
-        assert time.monotonic() - began < 1.0
+        emptied_s = emptied_within(host, 10.0)
+        assert emptied_s is not None, host.file(BACKEND_HOSTS).content_string
+        time.sleep(RESOLVER_VALID_S + 0.2)
+        answers = [timed_status(address) for _ in range(6)]
+        assert all(status in (502, 503, 504) and took < 1.0 for status, took in answers), answers
     except AssertionError:
-        host.run("cd /opt/demo && docker compose start backend")  # leave the stack serving for the next tests
+        restore_backend(host, address)
         raise
 
     poller = FirstHealthy(address)
@@ -207,6 +229,7 @@ def test_service_down_runbook_brings_the_backend_back(host, address, tmp_path):
     to_healthy = round(poller.healthy_at - poller.started, 2)
     by_step = {r["step"]: r for r in records}
     record("service_down", {"run_s": round(elapsed, 2), "start_to_healthy_s": to_healthy,
+                            "emptied_s": round(emptied_s, 2),
                             "steps": [[r["step"], r["status"], r["duration_s"]] for r in records]})
     assert by_step["start-services"]["changed"] is True
     assert by_step["verify-health"]["status"] == "ok"

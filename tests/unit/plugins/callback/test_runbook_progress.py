@@ -31,6 +31,7 @@ COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[
     5
 ]  # <root>/ansible_collections/opsbook/stack/plugins/callback
 RUNBOOK = "monitoring-broken"
+PLAYBOOK = "runbook_monitoring_broken.yml"  # playbooks/, opsbook.stack.runbook_monitoring_broken
 STEP_TASK = re.compile(r"^\[([a-z0-9-]+)\] ")
 
 pytestmark = pytest.mark.docker
@@ -45,7 +46,9 @@ def front_matter_steps(runbook: str) -> list[str]:
 def private_data_dir(tmp_path: Path, mon, approved: bool = True) -> Path:
     """The layout ansible-runner expects: project/, inventory/, env/ (docs/runbooks.md shows the same)."""
     pdd = tmp_path / "pdd"
-    shutil.copytree(REPO / "playbooks" / "runbooks", pdd / "project")
+    # The playbook alone, as EDA's run_playbook copies it: its variables come from the collection's runbook role.
+    (pdd / "project").mkdir(parents=True)
+    shutil.copy(REPO / "playbooks" / PLAYBOOK, pdd / "project" / PLAYBOOK)
     (pdd / "inventory").mkdir()
     (pdd / "inventory" / "hosts.yml").write_text(
         yaml.safe_dump(
@@ -109,7 +112,7 @@ def audit(tmp_path: Path) -> list[dict]:
 def test_ansible_runner_run_api(monitoring, tmp_path):  # noqa: F811
     ansible_runner = pytest.importorskip("ansible_runner")
     pdd = private_data_dir(tmp_path, monitoring)
-    run = ansible_runner.run(private_data_dir=str(pdd), playbook="%s.yml" % RUNBOOK, quiet=True)
+    run = ansible_runner.run(private_data_dir=str(pdd), playbook=PLAYBOOK, quiet=True)
     stdout = run.stdout.read()
     assert run.status == "successful" and run.rc == 0, stdout
     steps = front_matter_steps(RUNBOOK)
@@ -136,7 +139,7 @@ def test_ansible_runner_cli(monitoring, tmp_path):  # noqa: F811
         pytest.skip("ansible-runner CLI not installed")
     pdd = private_data_dir(tmp_path, monitoring)
     proc = subprocess.run(
-        [runner, "run", str(pdd), "-p", "%s.yml" % RUNBOOK, "--ident", "cli"],
+        [runner, "run", str(pdd), "-p", PLAYBOOK, "--ident", "cli"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -162,7 +165,7 @@ def test_unattended_run_without_approval_stops_before_the_change(monitoring, tmp
             str(pdd / "inventory" / "hosts.yml"),
             "-e",
             json.dumps(extravars),
-            str(pdd / "project" / ("%s.yml" % RUNBOOK)),
+            str(pdd / "project" / PLAYBOOK),
         ],
         capture_output=True,
         text=True,
