@@ -50,6 +50,11 @@ options:
         key: print_progress
 notes:
   - Every line carries C(run_id), the same for all records of one playbook run, so several runs can share a file.
+  - Every line also says what started the run, in C(trigger). A run that Event-Driven Ansible started from an
+    alert (the extra var C(ansible_eda) with the C(opsbook.stack.alertmanager) source's event) records
+    C(by=alert), the alert group, and each alert's fingerprint, labels and C(startsAt). Any other run records
+    C(by=operator). C(approved) is the run's C(runbook_approved) extra var, and C(approved_by) is
+    C(runbook_approved_by) when given. Annotations and request data are never recorded.
   - Times are UTC in ISO 8601; C(duration_s) runs from the step's start to the host's last result in the step.
 """
 
@@ -108,6 +113,35 @@ def steps_of(play) -> list[tuple[str, str]]:
     return found
 
 
+def trigger_of(extra_vars) -> dict:
+    """What started the run, from its extra vars: an alert (EDA's ansible_eda.event of the collection's
+    alertmanager source) or an operator; with the approval the run was given."""
+    trigger: dict = {"by": "operator"}
+    eda = extra_vars.get("ansible_eda") if isinstance(extra_vars, dict) else None
+    event = eda.get("event") if isinstance(eda, dict) else None
+    if isinstance(event, dict) and event.get("runbook_id"):
+        alerts = [a for a in event.get("alerts") or [] if isinstance(a, dict)]
+        trigger = {
+            "by": "alert",
+            "alert_group": str(event.get("alert_group", "")),
+            "rule": str(eda.get("rule", "")),
+            "alerts": [
+                {
+                    "fingerprint": str(a.get("fingerprint", "")),
+                    "labels": a.get("labels") if isinstance(a.get("labels"), dict) else {},
+                    "startsAt": str(a.get("startsAt", "")),
+                }
+                for a in alerts
+            ],
+        }
+    approved = extra_vars.get("runbook_approved", False) if isinstance(extra_vars, dict) else False
+    trigger["approved"] = str(approved).lower() in ("true", "yes", "1", "on")
+    approved_by = extra_vars.get("runbook_approved_by") if isinstance(extra_vars, dict) else None
+    if approved_by:
+        trigger["approved_by"] = str(approved_by)
+    return trigger
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "notification"
@@ -121,6 +155,7 @@ class CallbackModule(CallbackBase):
         self.runbook = ""
         self.steps: list[tuple[str, str]] = []
         self.current: StepRun | None = None
+        self.trigger: dict = {"by": "operator"}
 
     # -- configuration -----------------------------------------------------------------------------------
     def _audit_path(self) -> str:
@@ -146,6 +181,11 @@ class CallbackModule(CallbackBase):
         play_vars = getattr(play, "vars", None) or {}
         runbook_id = play_vars.get("runbook_id") if isinstance(play_vars, dict) else None
         self.runbook = str(runbook_id or self.playbook_name)
+        try:
+            extra = play.get_variable_manager().extra_vars or {}
+        except AttributeError:
+            extra = {}
+        self.trigger = trigger_of(extra)
 
     def v2_playbook_on_stats(self, stats):
         self._finish_step()
@@ -216,6 +256,7 @@ class CallbackModule(CallbackBase):
                         "start": _iso(step.started),
                         "duration_s": round(max(outcome.last - step.started, 0.0), 3),
                         "changed": outcome.changed,
+                        "trigger": self.trigger,
                     },
                     sort_keys=False,
                 )

@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) opsbook.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The audit says what started a runbook run (issue 18, item 4): an alert that Event-Driven Ansible turned into
+a run (its `ansible_eda` extra var, as ansible-rulebook's run_playbook passes it) or an operator, and whether the
+run was approved up front. A real ansible-playbook with the callback, on a runbook-shaped local play."""
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type  # pylint: disable=invalid-name
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ansible_collections.opsbook.stack.plugins.callback import runbook_progress
+
+COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[5]
+
+PLAY = """
+- name: Runbook trial
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    runbook_id: trial
+  tasks:
+    - name: "[look] Look around"
+      tags: [look]
+      ansible.builtin.debug:
+        msg: looking
+"""
+
+EVENT = {
+    "runbook_id": "trial",
+    "alert_group": '{}:{alertname="BackendDown"}',
+    "status": "firing",
+    "alerts": [
+        {
+            "fingerprint": "4b1b2c3d4e5f6a7b",
+            "labels": {"alertname": "BackendDown", "runbook_id": "trial", "project": "demo"},
+            "annotations": {"summary": "not recorded"},
+            "startsAt": "2026-12-02T03:00:00Z",
+            "generatorURL": "http://prometheus/graph",
+        }
+    ],
+}
+
+
+def run_play(tmp_path: Path, extra: dict | None) -> list[dict]:
+    (tmp_path / "play.yml").write_text(PLAY)
+    audit = tmp_path / "audit.jsonl"
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT),
+        ANSIBLE_CALLBACKS_ENABLED="opsbook.stack.runbook_progress",
+        OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit),
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_LOCALHOST_WARNING="false",
+    )
+    argv = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", str(tmp_path / "play.yml")]
+    if extra is not None:
+        (tmp_path / "extra.json").write_text(json.dumps(extra))
+        argv += ["-e", "@%s" % (tmp_path / "extra.json")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in audit.read_text().splitlines()]
+
+
+def test_a_run_from_an_alert_records_the_alert_and_the_approval(tmp_path):
+    records = run_play(
+        tmp_path,
+        {
+            "ansible_eda": {"ruleset": "alerts", "rule": "run the alert's runbook", "event": EVENT},
+            "runbook_approved": True,
+            "runbook_approved_by": "allow-list: trial for BackendDown",
+        },
+    )
+    assert [r["step"] for r in records] == ["look"]
+    trigger = records[0]["trigger"]
+    assert trigger == {
+        "by": "alert",
+        "alert_group": '{}:{alertname="BackendDown"}',
+        "rule": "run the alert's runbook",
+        "alerts": [
+            {
+                "fingerprint": "4b1b2c3d4e5f6a7b",
+                "labels": {"alertname": "BackendDown", "runbook_id": "trial", "project": "demo"},
+                "startsAt": "2026-12-02T03:00:00Z",
+            }
+        ],
+        "approved": True,
+        "approved_by": "allow-list: trial for BackendDown",
+    }
+    assert "not recorded" not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_a_run_by_hand_records_the_operator_and_no_approval(tmp_path):
+    records = run_play(tmp_path, None)
+    assert records[0]["trigger"] == {"by": "operator", "approved": False}
