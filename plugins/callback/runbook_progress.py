@@ -118,7 +118,8 @@ def trigger_of(extra_vars) -> dict:
     alertmanager source) or an operator; with the approval the run was given."""
     trigger: dict = {"by": "operator"}
     eda = extra_vars.get("ansible_eda") if isinstance(extra_vars, dict) else None
-    event = eda.get("event") if isinstance(eda, dict) else None
+    eda = eda if isinstance(eda, dict) else {}
+    event = eda.get("event")
     if isinstance(event, dict) and event.get("runbook_id"):
         alerts = [a for a in event.get("alerts") or [] if isinstance(a, dict)]
         trigger = {
