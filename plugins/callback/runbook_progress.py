@@ -54,7 +54,9 @@ notes:
     alert (the extra var C(ansible_eda) with the C(opsbook.stack.alertmanager) source's event) records
     C(by=alert), the alert group, and each alert's fingerprint, labels and C(startsAt). Any other run records
     C(by=operator). C(approved) is the run's C(runbook_approved) extra var, and C(approved_by) is
-    C(runbook_approved_by) when given. Annotations and request data are never recorded.
+    C(runbook_approved_by) when given. An alert's run also records C(auto_approved_steps), the changing steps the
+    runbook role's allow-list (C(runbook_auto_approve)) let run without approval, once the role has worked them
+    out. Annotations and request data are never recorded.
   - Times are UTC in ISO 8601; C(duration_s) runs from the step's start to the host's last result in the step.
 """
 
@@ -224,6 +226,13 @@ class CallbackModule(CallbackBase):
         outcome.last = time.time()
 
     def v2_runner_on_ok(self, result):
+        # The runbook role's set_fact of the steps its allow-list (runbook_auto_approve) approves for this alert.
+        facts = result._result.get("ansible_facts") or {}  # pylint: disable=protected-access
+        steps = facts.get("runbook_auto_steps") if isinstance(facts, dict) else None
+        if steps and isinstance(steps, list) and self.trigger.get("by") == "alert":
+            self.trigger["auto_approved_steps"] = sorted(
+                set(self.trigger.get("auto_approved_steps", [])) | set(map(str, steps))
+            )
         self._record(result, "ok")
 
     def v2_runner_on_failed(self, result, ignore_errors=False):

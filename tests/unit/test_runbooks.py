@@ -9,7 +9,8 @@ What a runbook is (runbooks/README.md): YAML front matter (id, title, alerts, st
 Markdown body with one `### Step <n>: <title> (`<id>`)` section per step, each naming what to look at, what it
 means, the manual command, whether it changes anything and the automated task. Its playbook has one play whose
 `tasks` hold exactly one entry per step, in the same order, named `[<id>] <title>` and tagged `<id>`; a step that
-changes something is a block that asks for approval (pause + assert, skipped when runbook_approved) before its
+changes something is a block that asks for approval (pause + assert, skipped when runbook_approved or when the
+runbook role's allow-list approves the step for the alert; the pause also skipped in a rulebook's run) before its
 action, a step that changes nothing is a plain task.
 
 The tests at the end check the checker itself on temporary copies of the tree.
@@ -129,18 +130,19 @@ def check_body(rid: str, meta: dict, body: str) -> list[str]:
     return problems
 
 
-def _is_gated_block(entry: dict) -> bool:
-    """A changing step: a block whose tasks ask (pause) and stop (assert) unless approved, then act."""
+def _is_gated_block(entry: dict, sid: str) -> bool:
+    """A changing step: a block whose tasks ask (pause) and stop (assert) unless approved (runbook_approved, or
+    the allow-list for an alert's run), then act. The pause never waits in a rulebook's run (no one answers)."""
     inner = entry.get("block") or []
     if len(inner) < 3:
         return False
     pause, stop = inner[0], inner[1]
-    approved = "not (runbook_approved | bool)"
+    unapproved = ["not (runbook_approved | bool)", "'%s' not in runbook_auto_steps" % sid]
     return (
         "ansible.builtin.pause" in pause
-        and pause.get("when") == approved
+        and pause.get("when") == unapproved + ["ansible_eda is not defined"]
         and "ansible.builtin.assert" in stop
-        and stop.get("when") == approved
+        and stop.get("when") == unapproved
     )
 
 
@@ -192,7 +194,7 @@ def check_playbook(rid: str, meta: dict, playbook: Path) -> list[str]:
             )
         if task.get("tags") != [sid]:
             problems.append("%s.yml: task of step %s must be tagged [%s], is %r" % (rid, sid, sid, task.get("tags")))
-        if step.get("changes") and not _is_gated_block(task):
+        if step.get("changes") and not _is_gated_block(task, sid):
             problems.append(
                 "%s.yml: step %s changes something but does not ask for approval "
                 "(block: pause + assert when not approved, then the action)" % (rid, sid)

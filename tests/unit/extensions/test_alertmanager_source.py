@@ -160,7 +160,7 @@ def test_firing_alerts_become_one_event_per_group_and_runbook_without_the_reques
         )
 
     events = serve({}, talk)
-    assert answers == [(200, {"events": 2, "duplicates": 0, "ignored": 3})]
+    assert answers == [(200, {"events": 2, "duplicates": 0, "limited": 0, "ignored": 3})]
     assert [event["runbook_id"] for event in events] == ["high-latency", "service-down"]
     down = events[1]
     assert down["fingerprints"] == ["f1", "f2"]
@@ -228,7 +228,27 @@ def test_a_window_of_zero_passes_every_notification_and_the_allowed_runbooks_nar
 
     events = serve({"dedup_window": 0, "runbooks": ["service-down"]}, talk)
     assert [event["runbook_id"] for event in events] == ["service-down"] * 3
-    assert counts == [{"events": 1, "duplicates": 0, "ignored": 1}] * 3
+    assert counts == [{"events": 1, "duplicates": 0, "limited": 0, "ignored": 1}] * 3
+
+
+def test_a_runbook_gets_at_most_max_runs_per_hour_events_whatever_the_group():
+    answers = []
+
+    async def talk(post, clock):
+        for number in range(5):  # five distinct groups within 50 minutes
+            payload = notification([alert("BackendDown", "service-down", "f%d" % number)], group_key="g%d" % number)
+            answers.append((await post(payload))[1])
+            clock.now += 600
+        other = notification([alert("Slow", "high-latency", "s1")], group_key="g-slow")
+        answers.append((await post(other))[1])  # another runbook has its own count
+        clock.now += 601  # the first event (t=0) is now over an hour old: room for one more
+        answers.append((await post(notification([alert("BackendDown", "service-down", "f9")], group_key="g9")))[1])
+        answers.append((await post(notification([alert("BackendDown", "service-down", "fa")], group_key="ga")))[1])
+
+    events = serve({"max_runs_per_hour": 3}, talk)
+    assert [answer["events"] for answer in answers] == [1, 1, 1, 0, 0, 1, 1, 0]
+    assert [answer["limited"] for answer in answers] == [0, 0, 0, 1, 1, 0, 0, 1]
+    assert [event["alert_group"] for event in events] == ["g0", "g1", "g2", "g-slow", "g9"]
 
 
 def test_a_body_that_is_not_a_version_4_notification_gets_400_and_a_large_one_413():
@@ -253,7 +273,7 @@ def test_the_source_serves_https_when_given_a_certificate(tls):  # noqa: F811
         answers.append(await post(notification([alert("BackendDown", "service-down", "aaaa")])))
 
     events = serve({"certfile": str(tls.server_cert), "keyfile": str(tls.server_key)}, talk, ssl=context)
-    assert answers == [(200, {"events": 1, "duplicates": 0, "ignored": 0})]
+    assert answers == [(200, {"events": 1, "duplicates": 0, "limited": 0, "ignored": 0})]
     assert len(events) == 1
 
 
@@ -270,6 +290,7 @@ def test_the_source_serves_https_when_given_a_certificate(tls):  # noqa: F811
         ({"port": 5001, "token": TOKEN, "dedup_window": -1}, "dedup_window must be a number"),
         ({"port": 5001, "token": TOKEN, "runbooks": []}, "runbooks must be a non-empty list"),
         ({"port": 5001, "token": TOKEN, "max_body": 0}, "max_body must be a number"),
+        ({"port": 5001, "token": TOKEN, "max_runs_per_hour": -1}, "max_runs_per_hour must be a number"),
     ],
 )
 def test_a_wrong_argument_is_named_before_anything_listens(args, named):

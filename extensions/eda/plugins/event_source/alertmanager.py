@@ -21,8 +21,11 @@ description:
     again.
   - Every request needs C(Authorization: Bearer <token>) (compared in constant time). Request headers are never
     copied into the event.
-  - The response is C(200) with C({"events": n, "duplicates": n, "ignored": n}), so Alertmanager does not retry;
-    C(duplicates) counts the groups held back by O(dedup_window), C(ignored) the alerts left out.
+  - A runbook that produced O(max_runs_per_hour) events within the last hour produces no new one until the
+    oldest is an hour old, whatever the group: a guard rail for a fault that keeps coming back.
+  - The response is C(200) with C({"events": n, "duplicates": n, "limited": n, "ignored": n}), so Alertmanager
+    does not retry; C(duplicates) counts the groups held back by O(dedup_window), C(limited) those held back by
+    O(max_runs_per_hour), C(ignored) the alerts left out.
   - "Errors: C(401) (missing or wrong token, with C(WWW-Authenticate: Bearer)), C(400) (body not a JSON object
     or not webhook version 4), C(405) (method other than POST), C(413) (body larger than O(max_body))."
 options:
@@ -56,6 +59,11 @@ options:
         deduplication off.
     type: float
     default: 300
+  max_runs_per_hour:
+    description:
+      - The most events one runbook produces within an hour (a sliding window). C(0) turns the limit off.
+    type: int
+    default: 6
   runbooks:
     description:
       - The runbook ids (values of the C(runbook_id) alert label) that may produce an event.
@@ -130,6 +138,8 @@ RUNBOOK_IDS: tuple[str, ...] = (
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DEDUP_WINDOW = 300.0
 DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_MAX_RUNS_PER_HOUR = 6
+HOUR = 3600.0
 MIN_TOKEN_LENGTH = 16
 WEBHOOK_VERSION = "4"
 ALERT_FIELDS = ("fingerprint", "labels", "annotations", "startsAt", "generatorURL")
@@ -150,6 +160,7 @@ class SourceConfig:
     dedup_window: float = DEFAULT_DEDUP_WINDOW
     runbooks: frozenset[str] = frozenset(RUNBOOK_IDS)
     max_body: int = DEFAULT_MAX_BODY
+    max_runs_per_hour: int = DEFAULT_MAX_RUNS_PER_HOUR
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> SourceConfig:
@@ -163,6 +174,7 @@ class SourceConfig:
             dedup_window=_number(args, "dedup_window", DEFAULT_DEDUP_WINDOW),
             runbooks=_runbooks(args.get("runbooks")),
             max_body=int(_number(args, "max_body", DEFAULT_MAX_BODY, minimum=1)),
+            max_runs_per_hour=int(_number(args, "max_runs_per_hour", DEFAULT_MAX_RUNS_PER_HOUR)),
         )._check_tls()
 
     def _check_tls(self) -> SourceConfig:
@@ -250,6 +262,8 @@ class AlertmanagerReceiver:
         self._token = config.token.encode()
         # (groupKey, runbook_id) -> clock time of its last event.
         self._last_event: dict[tuple[str, str], float] = {}
+        # runbook_id -> clock times of its events within the last hour (the rate limit).
+        self._recent: dict[str, list[float]] = {}
 
     def authorized(self, request: web.Request) -> bool:
         scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
@@ -276,13 +290,14 @@ class AlertmanagerReceiver:
         if not isinstance(payload.get("alerts"), list):
             logger.warning("400 for POST /%s: the payload has no list of alerts", endpoint)
             raise web.HTTPBadRequest(text="the payload has no list of alerts\n")
-        events, duplicates, ignored = self.events_for(payload, endpoint)
+        events, held = self.events_for(payload, endpoint)
         for event in events:
             await self.queue.put(event)
-        return web.json_response({"events": len(events), "duplicates": duplicates, "ignored": ignored})
+        return web.json_response(dict(held, events=len(events)))
 
-    def events_for(self, payload: dict[str, Any], endpoint: str) -> tuple[list[Event], int, int]:
-        """The new events of a payload, the number of groups held back as duplicates, the alerts ignored."""
+    def events_for(self, payload: dict[str, Any], endpoint: str) -> tuple[list[Event], dict[str, int]]:
+        """The new events of a payload, and what was held back: {"duplicates": groups within dedup_window,
+        "limited": groups over max_runs_per_hour, "ignored": alerts}."""
         group_key = str(payload.get("groupKey", ""))
         groups: dict[str, list[dict[str, Any]]] = {}
         ignored = 0
@@ -312,7 +327,7 @@ class AlertmanagerReceiver:
         now = self.clock()
         self._forget_before(now - self.config.dedup_window)
         events: list[Event] = []
-        duplicates = 0
+        duplicates = limited = 0
         for runbook_id, alerts in sorted(groups.items()):
             event = self._event(group_key, runbook_id, payload, endpoint, alerts)
             last = self._last_event.get((group_key, runbook_id))
@@ -327,6 +342,21 @@ class AlertmanagerReceiver:
                     ", ".join(event["fingerprints"]),
                 )
                 continue
+            recent = [at for at in self._recent.get(runbook_id, []) if now - at < HOUR]
+            if self.config.max_runs_per_hour and len(recent) >= self.config.max_runs_per_hour:
+                limited += 1
+                logger.warning(
+                    "rate limit: runbook %s had %d events in the last hour (max_runs_per_hour %d); group %s, "
+                    "fingerprints %s get no run: see to them by hand",
+                    runbook_id,
+                    len(recent),
+                    self.config.max_runs_per_hour,
+                    group_key,
+                    ", ".join(event["fingerprints"]),
+                )
+                self._recent[runbook_id] = recent
+                continue
+            self._recent[runbook_id] = recent + [now]
             self._last_event[(group_key, runbook_id)] = now
             logger.info(
                 "accepted: runbook %s for group %s; fingerprints %s",
@@ -335,7 +365,7 @@ class AlertmanagerReceiver:
                 ", ".join(event["fingerprints"]),
             )
             events.append(event)
-        return events, duplicates, ignored
+        return events, {"duplicates": duplicates, "limited": limited, "ignored": ignored}
 
     def _forget_before(self, horizon: float) -> None:
         # Keeps the state as small as the number of groups seen within the window.

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from ansible_collections.opsbook.stack.plugins.callback import runbook_progress
 
 COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[5]
@@ -50,8 +52,8 @@ EVENT = {
 }
 
 
-def run_play(tmp_path: Path, extra: dict | None) -> list[dict]:
-    (tmp_path / "play.yml").write_text(PLAY)
+def run_play(tmp_path: Path, extra: dict | None, play: str = PLAY, succeeds: bool = True) -> list[dict]:
+    (tmp_path / "play.yml").write_text(play)
     audit = tmp_path / "audit.jsonl"
     env = dict(
         os.environ,
@@ -66,7 +68,7 @@ def run_play(tmp_path: Path, extra: dict | None) -> list[dict]:
         (tmp_path / "extra.json").write_text(json.dumps(extra))
         argv += ["-e", "@%s" % (tmp_path / "extra.json")]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert (done.returncode == 0) is succeeds, done.stdout + done.stderr
     return [json.loads(line) for line in audit.read_text().splitlines()]
 
 
@@ -101,3 +103,85 @@ def test_a_run_from_an_alert_records_the_alert_and_the_approval(tmp_path):
 def test_a_run_by_hand_records_the_operator_and_no_approval(tmp_path):
     records = run_play(tmp_path, None)
     assert records[0]["trigger"] == {"by": "operator", "approved": False}
+
+
+def gated_play(runbook: str, steps: list[str]) -> str:
+    """The real approval gates (pause + assert) of a runbook playbook's changing steps, each followed by a
+    harmless action in place of the real one, in a play with the real runbook role."""
+    playbook = (
+        COLLECTIONS_ROOT
+        / "ansible_collections/opsbook/stack/playbooks"
+        / ("runbook_%s.yml" % runbook.replace("-", "_"))
+    )
+    (real,) = yaml.safe_load(playbook.read_text())
+    tasks = []
+    for entry in real["tasks"]:
+        if entry.get("tags", [None])[0] in steps:
+            sid = entry["tags"][0]
+            act = {"name": "[%s] Act" % sid, "ansible.builtin.debug": {"msg": "acting"}, "changed_when": True}
+            tasks.append(dict(entry, block=entry["block"][:2] + [act]))
+            tasks[-1].pop("always", None)
+    play = {
+        "name": real["name"],
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "roles": real["roles"],
+        "vars": real["vars"],
+        "tasks": tasks,
+    }
+    return yaml.safe_dump([play], sort_keys=False)
+
+
+def test_the_allow_list_lets_an_alerts_run_take_its_steps_and_stops_it_before_the_others(tmp_path):
+    event = dict(EVENT, runbook_id="service-down", alertnames=["BackendDown"])
+    records = run_play(
+        tmp_path,
+        {
+            "ansible_eda": {"ruleset": "alerts", "rule": "run", "event": event},
+            "runbook_approved": False,
+            "runbook_auto_approve": [
+                # Counts: every alert of the event (BackendDown) is in the entry's alerts.
+                {"runbook": "service-down", "steps": ["start-services"], "alerts": ["BackendDown", "Other"]},
+                # Do not count: another alert, another runbook.
+                {"runbook": "service-down", "steps": ["refresh-upstreams"], "alerts": ["Other"]},
+                {"runbook": "rollback", "steps": ["refresh-upstreams"], "alerts": ["BackendDown"]},
+            ],
+        },
+        play=gated_play("service-down", ["start-services", "refresh-upstreams"]),
+        succeeds=False,
+    )
+    assert [(r["step"], r["status"]) for r in records] == [
+        ("start-services", "changed"),
+        ("refresh-upstreams", "failed"),
+    ]
+    assert records[-1]["trigger"]["auto_approved_steps"] == ["start-services"]
+    assert records[-1]["trigger"]["approved"] is False
+
+
+def test_an_event_with_an_alert_outside_the_entry_gets_no_step(tmp_path):
+    event = dict(EVENT, runbook_id="service-down", alertnames=["BackendDown", "NginxDown"])
+    records = run_play(
+        tmp_path,
+        {
+            "ansible_eda": {"ruleset": "alerts", "rule": "run", "event": event},
+            "runbook_auto_approve": [
+                {"runbook": "service-down", "steps": ["start-services"], "alerts": ["BackendDown"]}
+            ],
+        },
+        play=gated_play("service-down", ["start-services"]),
+        succeeds=False,
+    )
+    assert [(r["step"], r["status"]) for r in records] == [("start-services", "failed")]
+    assert "auto_approved_steps" not in records[0]["trigger"]
+
+
+def test_the_allow_list_does_nothing_for_a_run_by_hand(tmp_path):
+    records = run_play(
+        tmp_path,
+        {"runbook_auto_approve": [{"runbook": "service-down", "steps": ["start-services"], "alerts": ["BackendDown"]}]},
+        play=gated_play("service-down", ["start-services"]),
+        succeeds=False,
+    )
+    assert [(r["step"], r["status"]) for r in records] == [("start-services", "failed")]
+    assert "auto_approved_steps" not in records[0]["trigger"]
