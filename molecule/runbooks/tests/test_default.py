@@ -1,5 +1,9 @@
 """Runbooks run through ansible-runner against a sandbox host (docker connection), as automation would run them.
 
+0. an alert: the backend is stopped; Prometheus (the monitoring role's BackendDown rule) fires, Alertmanager sends
+   its webhook to the responder (the collection's rulebook and event source under the real ansible-rulebook, on
+   the controller), which runs service-down; its allow-listed step starts the backend, the next changing step
+   waits for the operator, who approves with one command. Breakdown and run counts go to the figures.
 1. service-down: the backend is stopped; the runbook brings it back. The audit file shows every step in order,
    health through Nginx is green afterwards; the time from the start of the run to the first 200 is measured.
 2. planned-upgrade under load: silence, backup, upgrade 1.0 -> 2.0 with zero failed requests, verify, expire.
@@ -15,7 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -200,6 +208,190 @@ def restore_backend(host, address) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and status_through_nginx(address) != 200:
         time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------------------
+# 0. The alert-driven run
+# --------------------------------------------------------------------------------------------------------
+
+AM_DIR = "/etc/opsbook-test/alertmanager"
+
+
+def on_host_http(host, url: str, method: str = "GET") -> dict | list:
+    """A JSON answer from the host's loopback (Prometheus, Alertmanager), fetched inside the host."""
+    code = ("import json,sys,urllib.request; r=urllib.request.Request(%r, method=%r, data=b'' if %r == 'POST' else None);"
+            "sys.stdout.write(urllib.request.urlopen(r, timeout=5).read().decode() or 'null')" % (url, method, method))
+    return json.loads(host.check_output("python3 -c %s" % shlex.quote(code)))
+
+
+def post_to_responder(url: str, payload: dict, token: str | None) -> tuple[int, dict | None]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", "Bearer %s" % token)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except OSError:  # not listening yet
+        return 0, None
+
+
+def audit_runs(audit: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    if audit.exists():
+        for line in audit.read_text().splitlines():
+            rec = json.loads(line)
+            runs.setdefault(rec["run_id"], []).append(rec)
+    return runs
+
+
+def log_time(log: Path, needle: str, after: float = 0.0) -> float | None:
+    """The wall-clock time of ansible-rulebook's first log line holding needle (its local-time stamp) at or
+    after `after`."""
+    for line in log.read_text(errors="replace").splitlines():
+        if needle in line:
+            match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
+            if match:
+                at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(match.group(2)) / 1000
+                if at >= after:
+                    return at
+    return None
+
+
+def iso_time(value: str) -> float:
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", value.replace("Z", "+00:00"))).timestamp()
+
+
+def test_an_alert_runs_the_service_down_runbook(host, address, tmp_path):
+    """Fault -> alert -> webhook -> rulebook -> runbook -> served again; and the cases that must start no run."""
+    gateway = host.check_output("ip -4 -o route show default").split()[2]  # the controller, seen from the host
+    with socket.socket() as sock:
+        sock.bind((gateway, 0))
+        port = sock.getsockname()[1]
+    token = secrets.token_hex(16)
+    url = "http://%s:%d/alerts" % (gateway, port)
+    host.check_output("printf %%s %s > %s/responder_token && chmod 0644 %s/responder_token" % (token, AM_DIR, AM_DIR))
+    host.check_output("cat > %s/alertmanager.yml <<'EOF'\n%s\nEOF" % (AM_DIR, yaml.safe_dump({
+        # One group per alertname: BackendDown's absent() alert has no job or instance label, and the monitoring
+        # role's group_by [alertname, job, instance] would make it a second group (a second event).
+        "route": {"receiver": "responder", "group_by": ["alertname"], "group_wait": "1s",
+                  "group_interval": "5s", "repeat_interval": "1h"},
+        "receivers": [{"name": "responder", "webhook_configs": [{
+            "url": url, "send_resolved": True,
+            "http_config": {"authorization": {"credentials_file": "/etc/alertmanager-test/responder_token"}}}]}]})))
+    on_host_http(host, "http://127.0.0.1:9093/-/reload", "POST")
+
+    audit, log = tmp_path / "audit.jsonl", tmp_path / "responder.log"
+    (tmp_path / "responder.yml").write_text(yaml.safe_dump({
+        "opsbook_responder_host": gateway, "opsbook_responder_port": port, "opsbook_responder_token": token,
+        "opsbook_responder_max_runs_per_hour": 1}))
+    env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="opsbook.stack.runbook_progress",
+               OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit), TMPDIR=str(tmp_path))
+    argv = [shutil.which("ansible-rulebook") or "ansible-rulebook", "-r", "opsbook.stack.alert_runbooks",
+            "-i", str(INVENTORY.parent), "--vars", str(tmp_path / "responder.yml"), "-v"]
+    with log.open("w") as out:
+        responder = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+    figures: dict = {}
+    try:
+        deadline = time.monotonic() + 90
+        while post_to_responder(url, {}, None)[0] != 401:
+            assert responder.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+            time.sleep(0.3)
+        assert status_through_nginx(address) == 200
+
+        # The fault: no replica answers. Prometheus's BackendDown fires after its 2 s `for:`.
+        host.check_output("cd /opt/demo && docker compose stop backend")
+        stopped_at = time.time()
+        poller = FirstHealthy(address)
+        assert emptied_within(host, 10.0) is not None
+        time.sleep(RESOLVER_VALID_S + 0.2)
+        assert status_through_nginx(address) in (502, 503, 504)
+        poller.start()
+        deadline = time.monotonic() + 120
+        while not any(r["step"] == "refresh-upstreams" for rs in audit_runs(audit).values() for r in rs):
+            assert responder.poll() is None and time.monotonic() < deadline, log.read_text()[-6000:]
+            time.sleep(0.25)
+        poller.join(60)
+        assert poller.healthy_at is not None, "Nginx never answered 200 again"
+        healthy_at = time.time() - (time.monotonic() - poller.healthy_at)
+
+        runs = audit_runs(audit)
+        assert len(runs) == 1, json.dumps(runs, indent=1)
+        (records,) = runs.values()
+        by_step = {r["step"]: r for r in records}
+        trigger = records[0]["trigger"]
+        assert trigger["by"] == "alert" and trigger["approved"] is False
+        assert trigger["auto_approved_steps"] == ["start-services"]
+        assert {a["labels"]["alertname"] for a in trigger["alerts"]} == {"BackendDown"}
+        assert all(a["fingerprint"] and a["startsAt"] for a in trigger["alerts"])
+        assert by_step["start-services"]["status"] == "changed"
+        # Not allow-listed: the run stopped before refreshing the upstreams, and changed nothing there.
+        assert by_step["refresh-upstreams"]["status"] == "failed" and by_step["refresh-upstreams"]["changed"] is False
+        assert "refresh-upstreams was not approved" in flat(log.read_text())
+
+        prometheus = on_host_http(host, "http://127.0.0.1:9090/api/v1/rules?type=alert")
+        accepted_at = log_time(log, "accepted: runbook service-down")
+        first_step_at = iso_time(records[0]["start"])
+        figures["breakdown_s"] = {
+            "detection_and_for": None, "alertmanager_to_responder": None,
+            "rulebook_to_first_step": round(first_step_at - accepted_at, 2) if accepted_at else None,
+            "first_step_to_200": round(healthy_at - first_step_at, 2)}
+        for group in prometheus["data"]["groups"]:
+            for rule in group["rules"]:
+                for alert in rule.get("alerts", []):
+                    if rule["name"] == "BackendDown" and alert.get("activeAt"):
+                        fired_at = iso_time(alert["activeAt"]) + 2.0
+                        figures["breakdown_s"]["detection_and_for"] = round(fired_at - stopped_at, 2)
+                        if accepted_at:
+                            figures["breakdown_s"]["alertmanager_to_responder"] = round(accepted_at - fired_at, 2)
+        figures["fault_to_200_s"] = round(healthy_at - stopped_at, 2)
+        figures["steps"] = [[r["step"], r["status"], r["duration_s"]] for r in records]
+
+        # Cases that must start no run: no token, a burst of the same group, another group over the hourly
+        # limit (max_runs_per_hour 1), and the resolved notification Alertmanager sends once the rule clears.
+        group_key = trigger["alert_group"]
+        firing = {"version": "4", "groupKey": group_key, "status": "firing", "receiver": "responder",
+                  "alerts": [{"status": "firing", "labels": {"alertname": "BackendDown", "runbook_id": "service-down",
+                                                            "project": "demo"},
+                              "startsAt": trigger["alerts"][0]["startsAt"], "fingerprint": "burst"}]}
+        figures["unauthenticated_status"] = post_to_responder(url, firing, None)[0]
+        burst = [post_to_responder(url, firing, token)[1] for _ in range(3)]
+        other = post_to_responder(url, dict(firing, groupKey=group_key + "-other"), token)[1]
+        assert figures["unauthenticated_status"] == 401
+        assert [answer["duplicates"] for answer in burst] == [1, 1, 1], burst
+        assert other["limited"] == 1, other
+        deadline = time.monotonic() + 60
+        while log_time(log, "is resolved", after=healthy_at) is None:
+            assert time.monotonic() < deadline, "no resolved notification reached the responder:\n" + log.read_text()[-4000:]
+            time.sleep(0.5)
+        time.sleep(2)  # room for a wrong run to start
+        figures["resolved_s"] = round(log_time(log, "is resolved", after=healthy_at) - healthy_at, 2)
+        figures["runs"] = {"alert": len(audit_runs(audit)), "unauthenticated": 0, "burst_of_3": 0,
+                           "over_the_limit": 0, "resolved": 0}
+        assert len(audit_runs(audit)) == 1, json.dumps(audit_runs(audit), indent=1)
+    except AssertionError:
+        restore_backend(host, address)
+        raise
+    finally:
+        os.killpg(responder.pid, signal.SIGINT)
+        try:
+            responder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(responder.pid, signal.SIGKILL)
+        record("alert_driven", figures)
+    assert token not in log.read_text() and token not in audit.read_text()
+
+    # The operator approves the step that waited, with one command: the runbook by hand, approved.
+    _run, approved, elapsed = run_runbook(tmp_path, "service-down", {"runbook_use_monitoring": False,
+                                                                    "runbook_approved_by": "operator"})
+    figures["approved_run_s"] = round(elapsed, 2)
+    record("alert_driven", figures)
+    assert {r["step"]: r["status"] for r in approved}["refresh-upstreams"] in ("ok", "changed")
+    assert approved[0]["trigger"] == {"by": "operator", "approved": True, "approved_by": "operator"}
+    assert status_through_nginx(address) == 200
 
 
 def test_service_down_runbook_brings_the_backend_back(host, address, tmp_path):
