@@ -399,7 +399,7 @@ def build_app(receiver: AlertmanagerReceiver) -> web.Application:
 
 
 async def start(receiver: AlertmanagerReceiver) -> tuple[web.AppRunner, int]:
-    """Listen on the configured host and port (0: a free port); the runner to clean up and the bound port."""
+    """Listen on the configured host and port; the runner to clean up and the port it bound."""
     runner = web.AppRunner(build_app(receiver), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, receiver.config.host, receiver.config.port, ssl_context=receiver.config.ssl_context())
