@@ -144,7 +144,10 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
             argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        listening = lambda: _listening(port) and post(port, {}, token=None) == 401  # noqa: E731
+
+        def listening() -> bool:
+            return _listening(port) and post(port, {}, token=None) == 401
+
         wait_for(listening, 90, "the source to answer", engine, log)
         # No run: no token, a wrong token, a resolved alert, an alert of a runbook the source does not allow.
         group = '{}:{alertname="BackendDown"}'

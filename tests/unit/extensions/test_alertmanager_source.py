@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port, tls  # noqa: F401
+from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port, tls  # noqa: F401 pylint: disable=unused-import
 
 COLLECTION = Path(__file__).resolve().parents[3]
 SOURCE_FILE = COLLECTION / "extensions" / "eda" / "plugins" / "event_source" / "alertmanager.py"

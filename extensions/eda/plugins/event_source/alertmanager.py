@@ -266,7 +266,7 @@ class AlertmanagerReceiver:
         self._recent: dict[str, list[float]] = {}
 
     def authorized(self, request: web.Request) -> bool:
-        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        scheme, _space, credentials = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(credentials.strip().encode(), self._token)
