@@ -115,7 +115,7 @@ def test_rules_are_loaded(host):
     groups = api(host, f"{PROMETHEUS}/api/v1/rules")["data"]["groups"]
     alerts = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
     records = [r for g in groups for r in g["rules"] if r["type"] == "recording"]
-    assert len(alerts) == 31
+    assert len(alerts) == 33
     assert all(r["health"] == "ok" for g in groups for r in g["rules"]), [
         (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"
     ]

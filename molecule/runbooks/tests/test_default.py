@@ -22,7 +22,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
 from http_load import HttpLoad  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from processes import stop_group  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 INVENTORY = Path(os.environ.get("MOLECULE_INVENTORY_FILE", ""))
@@ -65,8 +65,10 @@ def address(host) -> str:
     return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
 
 
-def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, list[dict], float]:
-    """One runbook through ansible_runner.run() on a private data dir; returns the run, audit records, seconds."""
+def run_runbook(tmp_path: Path, runbook: str, extravars: dict,
+                metrics_file: Path | None = None) -> tuple[object, list[dict], float]:
+    """One runbook through ansible_runner.run() on a private data dir; returns the run, the audit's step records
+    (the run record last), seconds."""
     pdd = tmp_path / runbook
     # The playbook alone, as EDA's run_playbook copies it: it needs nothing beside it (its variables come from the
     # installed collection's role opsbook.stack.runbook).
@@ -80,7 +82,8 @@ def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, 
     audit_file = pdd / "audit.jsonl"
     (pdd / "env" / "envvars").write_text(yaml.safe_dump({
         "ANSIBLE_CALLBACKS_ENABLED": "opsbook.stack.runbook_progress",
-        "OPSBOOK_RUNBOOK_AUDIT_FILE": str(audit_file)}))
+        "OPSBOOK_RUNBOOK_AUDIT_FILE": str(audit_file),
+        **({"OPSBOOK_RUNBOOK_METRICS_FILE": str(metrics_file)} if metrics_file else {})}))
     (pdd / "env" / "settings").write_text(yaml.safe_dump({"idle_timeout": 300, "job_timeout": 900}))
     started = time.monotonic()
     run = ansible_runner.run(private_data_dir=str(pdd), playbook=playbook, quiet=True)
@@ -95,7 +98,9 @@ def run_runbook(tmp_path: Path, runbook: str, extravars: dict) -> tuple[object, 
                 ids.append(match.group(1))
     assert ids == steps_of(runbook), "event stream step order %s" % ids
     records = [json.loads(line) for line in audit_file.read_text().splitlines()]
-    assert [r["step"] for r in records] == steps_of(runbook)
+    assert [r.get("step") for r in records] == steps_of(runbook) + [None]
+    assert records[-1]["record"] == "run" and records[-1]["outcome"] == "succeeded", records[-1]
+    records = records[:-1]
     assert "[runbook step 1/%d]" % len(steps_of(runbook)) in stdout
     return run, records, elapsed
 
@@ -243,8 +248,16 @@ def audit_runs(audit: Path) -> dict[str, list[dict]]:
     if audit.exists():
         for line in audit.read_text().splitlines():
             rec = json.loads(line)
-            runs.setdefault(rec["run_id"], []).append(rec)
+            if rec["record"] == "step":
+                runs.setdefault(rec["run_id"], []).append(rec)
     return runs
+
+
+def run_records(audit: Path) -> list[dict]:
+    """The audit's run records (one per finished run: its outcome)."""
+    if not audit.exists():
+        return []
+    return [rec for rec in map(json.loads, audit.read_text().splitlines()) if rec["record"] == "run"]
 
 
 def log_time(log: Path, needle: str, after: float = 0.0) -> float | None:
@@ -284,11 +297,13 @@ def test_an_alert_runs_the_service_down_runbook(host, address, tmp_path):
     on_host_http(host, "http://127.0.0.1:9093/-/reload", "POST")
 
     audit, log = tmp_path / "audit.jsonl", tmp_path / "responder.log"
+    metrics = tmp_path / "textfile" / "opsbook_runbooks.prom"
     (tmp_path / "responder.yml").write_text(yaml.safe_dump({
         "opsbook_responder_host": gateway, "opsbook_responder_port": port, "opsbook_responder_token": token,
-        "opsbook_responder_max_runs_per_hour": 1}))
+        "opsbook_responder_max_runs_per_hour": 1, "opsbook_responder_metrics_file": str(metrics)}))
     env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="opsbook.stack.runbook_progress",
-               OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit), TMPDIR=str(tmp_path))
+               OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit), OPSBOOK_RUNBOOK_METRICS_FILE=str(metrics),
+               TMPDIR=str(tmp_path))
     argv = [shutil.which("ansible-rulebook") or "ansible-rulebook", "-r", "opsbook.stack.alert_runbooks",
             "-i", str(INVENTORY.parent), "--vars", str(tmp_path / "responder.yml"), "-v"]
     with log.open("w") as out:
@@ -331,6 +346,16 @@ def test_an_alert_runs_the_service_down_runbook(host, address, tmp_path):
         # Not allow-listed: the run stopped before refreshing the upstreams, and changed nothing there.
         assert by_step["refresh-upstreams"]["status"] == "failed" and by_step["refresh-upstreams"]["changed"] is False
         assert "refresh-upstreams was not approved" in flat(log.read_text())
+        # The run's outcome, in the audit and in the metrics file the RunbookAwaitingApproval alert reads.
+        deadline = time.monotonic() + 60
+        while not run_records(audit):
+            assert time.monotonic() < deadline, "the alert's run never finished"
+            time.sleep(0.25)
+        (outcome,) = run_records(audit)
+        assert outcome["outcome"] == "awaiting_approval" and outcome["awaiting_approval"] == ["refresh-upstreams"]
+        assert outcome["approve_with"].startswith("ansible-playbook opsbook.stack.runbook_service_down ")
+        assert 'opsbook_runbook_awaiting_approval{runbook="service-down",step="refresh-upstreams"} 1' in (
+            metrics.read_text())
 
         prometheus = on_host_http(host, "http://127.0.0.1:9090/api/v1/rules?type=alert")
         accepted_at = log_time(log, "accepted: runbook service-down")
@@ -376,22 +401,22 @@ def test_an_alert_runs_the_service_down_runbook(host, address, tmp_path):
         restore_backend(host, address)
         raise
     finally:
-        os.killpg(responder.pid, signal.SIGINT)
-        try:
-            responder.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(responder.pid, signal.SIGKILL)
+        stop_group(responder)
         record("alert_driven", figures)
     assert token not in log.read_text() and token not in audit.read_text()
 
     # The operator approves the step that waited, with one command: the runbook by hand, approved.
     _run, approved, elapsed = run_runbook(tmp_path, "service-down", {"runbook_use_monitoring": False,
-                                                                    "runbook_approved_by": "operator"})
+                                                                    "runbook_approved_by": "operator"},
+                                          metrics_file=metrics)
     figures["approved_run_s"] = round(elapsed, 2)
     record("alert_driven", figures)
     assert {r["step"]: r["status"] for r in approved}["refresh-upstreams"] in ("ok", "changed")
     assert approved[0]["trigger"] == {"by": "operator", "approved": True, "approved_by": "operator"}
     assert status_through_nginx(address) == 200
+    # Approved and succeeded: nothing waits for approval any more.
+    assert "opsbook_runbook_awaiting_approval{" not in metrics.read_text()
+    assert 'opsbook_runbook_consecutive_failures{runbook="service-down"} 0' in metrics.read_text()
 
 
 def test_service_down_runbook_brings_the_backend_back(host, address, tmp_path):

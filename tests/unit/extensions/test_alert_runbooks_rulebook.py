@@ -7,7 +7,9 @@ the collection's alertmanager source and the real runbook playbook opsbook.stack
 reaches a runbook run, counted from the audit file the runbook_progress callback writes (one run_id per run).
 
 The runbook runs against localhost with a project that does not exist, so it fails at its first steps and
-changes nothing; what is under test is which notifications start a run, and what the run is told."""
+changes nothing; what is under test is which notifications start a run, and what the run is told. Its two failed
+runs in a row then halt the runbook: a third alert group starts no run (the callback's metrics file, read by the
+source). A real Alertmanager (the monitoring fixture) answers the runbook role's silence check."""
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -16,7 +18,6 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,8 +29,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.opsbook.stack.tests.support.processes import stop_group
 from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port
 from ansible_collections.opsbook.stack.tests.unit.local_play import COLLECTIONS_ROOT
+from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 BIN = Path(sys.executable).parent
 TOKEN = "rulebook-token-0123456789abcdef"
@@ -86,6 +89,11 @@ def runs(audit: Path) -> dict[str, list[dict[str, t.Any]]]:
     return found
 
 
+def outcomes(audit: Path) -> list[str]:
+    """The outcomes of the finished runs in the audit."""
+    return [r["outcome"] for records in runs(audit).values() for r in records if r["record"] == "run"]
+
+
 def wait_for(check: t.Callable[[], bool], timeout: float, what: str, engine: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -97,8 +105,9 @@ def wait_for(check: t.Callable[[], bool], timeout: float, what: str, engine: sub
         time.sleep(0.2)
 
 
-def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
+def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path, monitoring):  # noqa: F811
     port = free_port()
+    metrics = tmp_path / "textfile" / "opsbook_runbooks.prom"
     audit = tmp_path / "audit.jsonl"
     log = tmp_path / "rulebook.log"
     (tmp_path / "inventory.yml").write_text(
@@ -114,6 +123,9 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
                                     "ansible_become": False,
                                     "runbook_project": "opsbook-eda-trial",
                                     "runbook_project_dir": str(tmp_path / "no-such-project"),
+                                    # The hold-off check of an alert's run: a real Alertmanager, the lock in tmp.
+                                    "runbook_alertmanager_url": monitoring.alertmanager_url,
+                                    "compose_app_journal_root": str(tmp_path / "journal"),
                                 }
                             }
                         }
@@ -124,7 +136,12 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
     )
     (tmp_path / "vars.yml").write_text(
         yaml.safe_dump(
-            {"opsbook_responder_port": port, "opsbook_responder_token": TOKEN, "opsbook_responder_dedup_window": 0}
+            {
+                "opsbook_responder_port": port,
+                "opsbook_responder_token": TOKEN,
+                "opsbook_responder_dedup_window": 0,
+                "opsbook_responder_metrics_file": str(metrics),
+            }
         )
     )
     env = dict(
@@ -133,6 +150,7 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
         ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT),
         ANSIBLE_CALLBACKS_ENABLED="opsbook.stack.runbook_progress",
         OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit),
+        OPSBOOK_RUNBOOK_METRICS_FILE=str(metrics),
         ANSIBLE_LOCALHOST_WARNING="false",
         HOME=str(tmp_path),  # caches stay in the test's directory
         TMPDIR=str(tmp_path),  # and so do run_playbook's private data dirs (removed after each run)
@@ -160,15 +178,13 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
             assert post(port, notification(fingerprint, group)) == 200
         # A second alert group is a second run.
         assert post(port, notification("b1", '{}:{project="other"}')) == 200
-        wait_for(lambda: len(runs(audit)) >= 2, 120, "two runbook runs in the audit", engine, log)
+        wait_for(lambda: len(outcomes(audit)) >= 2, 120, "two finished runbook runs in the audit", engine, log)
+        # Both failed (no such project): the runbook failed twice in a row, and a third group starts no run.
+        assert post(port, notification("c1", '{}:{project="third"}')) == 200
+        wait_for(lambda: "halted: runbook service-down" in log.read_text(), 30, "the halt", engine, log)
         time.sleep(3)  # room for a wrong third run to show
     finally:
-        os.killpg(engine.pid, signal.SIGINT)
-        try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(engine.pid, signal.SIGKILL)
-            engine.wait()
+        stop_group(engine)
 
     found = runs(audit)
     assert len(found) == 2, json.dumps(found, indent=1)
@@ -182,7 +198,8 @@ def test_alerts_start_one_runbook_run_per_group_and_nothing_else(tmp_path):
         assert [a["labels"]["alertname"] for a in trigger["alerts"]] == ["BackendDown"]
         assert all(a["startsAt"] == "2026-12-03T03:00:00Z" for a in trigger["alerts"])
         # The run failed at its read-only steps: no changing step was reached without approval.
-        assert {record["step"] for record in records} <= {"check-containers", "read-logs", "check-nginx"}
+        assert {r["step"] for r in records if r["record"] == "step"} <= {"check-containers", "read-logs", "check-nginx"}
+        assert [r["outcome"] for r in records if r["record"] == "run"] == ["failed"]
         groups.add(trigger["alert_group"])
     assert groups == {'{}:{alertname="BackendDown"}', '{}:{project="other"}'}
     # Neither the token nor a request header reached the audit or ansible-runner's artifacts.

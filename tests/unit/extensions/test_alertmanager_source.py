@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ansible_collections.opsbook.stack.plugins.callback import runbook_progress
 from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port, tls  # noqa: F401 pylint: disable=unused-import
 
 COLLECTION = Path(__file__).resolve().parents[3]
@@ -160,7 +161,7 @@ def test_firing_alerts_become_one_event_per_group_and_runbook_without_the_reques
         )
 
     events = serve({}, talk)
-    assert answers == [(200, {"events": 2, "duplicates": 0, "limited": 0, "ignored": 3})]
+    assert answers == [(200, {"events": 2, "duplicates": 0, "limited": 0, "halted": 0, "ignored": 3})]
     assert [event["runbook_id"] for event in events] == ["high-latency", "service-down"]
     down = events[1]
     assert down["fingerprints"] == ["f1", "f2"]
@@ -228,7 +229,7 @@ def test_a_window_of_zero_passes_every_notification_and_the_allowed_runbooks_nar
 
     events = serve({"dedup_window": 0, "runbooks": ["service-down"]}, talk)
     assert [event["runbook_id"] for event in events] == ["service-down"] * 3
-    assert counts == [{"events": 1, "duplicates": 0, "limited": 0, "ignored": 1}] * 3
+    assert counts == [{"events": 1, "duplicates": 0, "limited": 0, "halted": 0, "ignored": 1}] * 3
 
 
 def test_a_runbook_gets_at_most_max_runs_per_hour_events_whatever_the_group():
@@ -249,6 +250,62 @@ def test_a_runbook_gets_at_most_max_runs_per_hour_events_whatever_the_group():
     assert [answer["events"] for answer in answers] == [1, 1, 1, 0, 0, 1, 1, 0]
     assert [answer["limited"] for answer in answers] == [0, 0, 0, 1, 1, 0, 0, 1]
     assert [event["alert_group"] for event in events] == ["g0", "g1", "g2", "g-slow", "g9"]
+
+
+def test_a_runbook_that_failed_twice_in_a_row_is_halted_until_a_run_succeeds(tmp_path):
+    # The metrics file as the runbook_progress callback writes it after each run (the writer the source reads).
+    metrics = str(tmp_path / "opsbook_runbooks.prom")
+    answers = []
+
+    def post_each(post):
+        async def both():
+            down = notification([alert("BackendDown", "service-down", "f1")], group_key="g-down")
+            slow = notification([alert("Slow", "high-latency", "s1")], group_key="g-slow")
+            return (await post(down))[1], (await post(slow))[1]
+
+        return both()
+
+    async def talk(post, clock):
+        runbook_progress.update_metrics(metrics, "service-down", "failed", "alert", [], 1.0)
+        answers.append(await post_each(post))  # one failure: still runs
+        runbook_progress.update_metrics(metrics, "service-down", "failed", "alert", [], 2.0)
+        answers.append(await post_each(post))  # two in a row: halted, the other runbook is not
+        runbook_progress.update_metrics(metrics, "service-down", "awaiting_approval", "alert", ["x"], 3.0)
+        answers.append(await post_each(post))  # waiting for approval is no success
+        runbook_progress.update_metrics(metrics, "service-down", "succeeded", "operator", [], 4.0)
+        answers.append(await post_each(post))  # the operator's succeeded run resets it
+
+    events = serve({"metrics_file": metrics, "dedup_window": 0}, talk)
+    assert [(down["events"], down["halted"], slow["events"]) for down, slow in answers] == [
+        (1, 0, 1),
+        (0, 1, 1),
+        (0, 1, 1),
+        (1, 0, 1),
+    ]
+    assert [event["runbook_id"] for event in events].count("service-down") == 2
+
+
+def test_no_metrics_file_or_a_missing_one_halts_nothing(tmp_path):
+    counts = []
+
+    async def talk(post, clock):
+        counts.append((await post(notification([alert("BackendDown", "service-down", "f1")])))[1])
+
+    serve({"metrics_file": str(tmp_path / "not-there.prom")}, talk)
+    assert counts == [{"events": 1, "duplicates": 0, "limited": 0, "halted": 0, "ignored": 0}]
+
+
+def test_an_alert_labelled_automation_manual_starts_nothing():
+    counts = []
+
+    async def talk(post, clock):
+        manual = alert("RunbookAwaitingApproval", "monitoring-broken", "m1")
+        manual["labels"]["automation"] = "manual"
+        counts.append((await post(notification([manual, alert("BackendDown", "service-down", "f1")])))[1])
+
+    events = serve({}, talk)
+    assert counts == [{"events": 1, "duplicates": 0, "limited": 0, "halted": 0, "ignored": 1}]
+    assert [event["runbook_id"] for event in events] == ["service-down"]
 
 
 def test_a_body_that_is_not_a_version_4_notification_gets_400_and_a_large_one_413():
@@ -273,7 +330,7 @@ def test_the_source_serves_https_when_given_a_certificate(tls):  # noqa: F811
         answers.append(await post(notification([alert("BackendDown", "service-down", "aaaa")])))
 
     events = serve({"certfile": str(tls.server_cert), "keyfile": str(tls.server_key)}, talk, ssl=context)
-    assert answers == [(200, {"events": 1, "duplicates": 0, "limited": 0, "ignored": 0})]
+    assert answers == [(200, {"events": 1, "duplicates": 0, "limited": 0, "halted": 0, "ignored": 0})]
     assert len(events) == 1
 
 
@@ -291,6 +348,8 @@ def test_the_source_serves_https_when_given_a_certificate(tls):  # noqa: F811
         ({"port": 5001, "token": TOKEN, "runbooks": []}, "runbooks must be a non-empty list"),
         ({"port": 5001, "token": TOKEN, "max_body": 0}, "max_body must be a number"),
         ({"port": 5001, "token": TOKEN, "max_runs_per_hour": -1}, "max_runs_per_hour must be a number"),
+        ({"port": 5001, "token": TOKEN, "halt_after_failures": "two"}, "halt_after_failures must be a number"),
+        ({"port": 5001, "token": TOKEN, "metrics_file": 3}, "metrics_file must be a string"),
     ],
 )
 def test_a_wrong_argument_is_named_before_anything_listens(args, named):

@@ -23,9 +23,16 @@ description:
     copied into the event.
   - A runbook that produced O(max_runs_per_hour) events within the last hour produces no new one until the
     oldest is an hour old, whatever the group: a guard rail for a fault that keeps coming back.
-  - The response is C(200) with C({"events": n, "duplicates": n, "limited": n, "ignored": n}), so Alertmanager
-    does not retry; C(duplicates) counts the groups held back by O(dedup_window), C(limited) those held back by
-    O(max_runs_per_hour), C(ignored) the alerts left out.
+  - A runbook that failed O(halt_after_failures) times in a row produces no event (C(halted)): the
+    C(opsbook.stack.runbook_progress) callback counts its failed runs in a row in O(metrics_file), and the
+    monitoring role's C(RunbookAutomationHalted) alert pages from the same series. A succeeded run (an
+    operator's approved one) resets the count, and the runbook runs from alerts again.
+  - Alerts labelled C(automation="manual") never produce an event (the automation's own alerts, such as
+    C(RunbookAwaitingApproval), would otherwise start runs about runs).
+  - The response is C(200) with C({"events": n, "duplicates": n, "limited": n, "halted": n, "ignored": n}), so
+    Alertmanager does not retry; C(duplicates) counts the groups held back by O(dedup_window), C(limited) those
+    held back by O(max_runs_per_hour), C(halted) those held back by O(halt_after_failures), C(ignored) the
+    alerts left out.
   - "Errors: C(401) (missing or wrong token, with C(WWW-Authenticate: Bearer)), C(400) (body not a JSON object
     or not webhook version 4), C(405) (method other than POST), C(413) (body larger than O(max_body))."
 options:
@@ -77,6 +84,18 @@ options:
       - The largest request body accepted, in bytes (C(413) above it).
     type: int
     default: 1048576
+  metrics_file:
+    description:
+      - The Prometheus text file the C(opsbook.stack.runbook_progress) callback of the runs writes (its
+        C(metrics_file) option, C(OPSBOOK_RUNBOOK_METRICS_FILE)), read at every notification for
+        C(opsbook_runbook_consecutive_failures). Empty (or a file not there yet) halts nothing.
+    type: str
+    default: ""
+  halt_after_failures:
+    description:
+      - The failed runs in a row after which a runbook gets no more events from alerts. C(0) turns it off.
+    type: int
+    default: 2
 """
 
 EXAMPLES = r"""
@@ -111,6 +130,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -139,6 +159,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DEDUP_WINDOW = 300.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_MAX_RUNS_PER_HOUR = 6
+DEFAULT_HALT_AFTER_FAILURES = 2
+# The series of the runbook_progress callback's metrics file this source reads (the callback writes it).
+FAILURES_LINE = re.compile(r'^opsbook_runbook_consecutive_failures\{runbook="([a-z0-9-]+)"\} ([0-9.e+]+)$', re.M)
+MANUAL_LABEL = ("automation", "manual")
 HOUR = 3600.0
 MIN_TOKEN_LENGTH = 16
 WEBHOOK_VERSION = "4"
@@ -161,6 +185,8 @@ class SourceConfig:
     runbooks: frozenset[str] = frozenset(RUNBOOK_IDS)
     max_body: int = DEFAULT_MAX_BODY
     max_runs_per_hour: int = DEFAULT_MAX_RUNS_PER_HOUR
+    metrics_file: str | None = None
+    halt_after_failures: int = DEFAULT_HALT_AFTER_FAILURES
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> SourceConfig:
@@ -175,6 +201,8 @@ class SourceConfig:
             runbooks=_runbooks(args.get("runbooks")),
             max_body=int(_number(args, "max_body", DEFAULT_MAX_BODY, minimum=1)),
             max_runs_per_hour=int(_number(args, "max_runs_per_hour", DEFAULT_MAX_RUNS_PER_HOUR)),
+            metrics_file=_optional_str(args, "metrics_file"),
+            halt_after_failures=int(_number(args, "halt_after_failures", DEFAULT_HALT_AFTER_FAILURES)),
         )._check_tls()
 
     def _check_tls(self) -> SourceConfig:
@@ -242,6 +270,21 @@ def _runbooks(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
+def failures_in_a_row(metrics_file: str | None) -> dict[str, int]:
+    """runbook id -> failed runs in a row, from the runbook_progress callback's metrics file ({} without one)."""
+    if not metrics_file:
+        return {}
+    try:
+        with open(metrics_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        logger.warning("cannot read metrics_file %s (%s): no runbook is halted for its failures", metrics_file, exc)
+        return {}
+    return {runbook: int(float(value)) for runbook, value in FAILURES_LINE.findall(text)}
+
+
 def _group_project(alerts: Iterable[dict[str, Any]]) -> str:
     """The `project` label the alerts have in common, or "" when one lacks it or they differ."""
     values = {alert["labels"].get("project") for alert in alerts}
@@ -297,7 +340,8 @@ class AlertmanagerReceiver:
 
     def events_for(self, payload: dict[str, Any], endpoint: str) -> tuple[list[Event], dict[str, int]]:
         """The new events of a payload, and what was held back: {"duplicates": groups within dedup_window,
-        "limited": groups over max_runs_per_hour, "ignored": alerts}."""
+        "limited": groups over max_runs_per_hour, "halted": groups of a runbook that failed
+        halt_after_failures times in a row, "ignored": alerts}."""
         group_key = str(payload.get("groupKey", ""))
         groups: dict[str, list[dict[str, Any]]] = {}
         ignored = 0
@@ -310,6 +354,10 @@ class AlertmanagerReceiver:
             if alert.get("status") != "firing":
                 ignored += 1
                 logger.info("ignored in group %s: %s is %s", group_key, alert.get("fingerprint"), alert.get("status"))
+                continue
+            if labels.get(MANUAL_LABEL[0]) == MANUAL_LABEL[1]:
+                ignored += 1
+                logger.info("ignored in group %s: %s is labelled automation=manual", group_key, labels.get("alertname"))
                 continue
             runbook_id = labels.get("runbook_id")
             if runbook_id not in self.config.runbooks:
@@ -327,7 +375,8 @@ class AlertmanagerReceiver:
         now = self.clock()
         self._forget_before(now - self.config.dedup_window)
         events: list[Event] = []
-        duplicates = limited = 0
+        duplicates = limited = halted = 0
+        failed = failures_in_a_row(self.config.metrics_file) if groups and self.config.halt_after_failures else {}
         for runbook_id, alerts in sorted(groups.items()):
             event = self._event(group_key, runbook_id, payload, endpoint, alerts)
             last = self._last_event.get((group_key, runbook_id))
@@ -339,6 +388,18 @@ class AlertmanagerReceiver:
                     group_key,
                     now - last,
                     self.config.dedup_window,
+                    ", ".join(event["fingerprints"]),
+                )
+                continue
+            if self.config.halt_after_failures and failed.get(runbook_id, 0) >= self.config.halt_after_failures:
+                halted += 1
+                logger.warning(
+                    "halted: runbook %s failed %d runs in a row (halt_after_failures %d); group %s, fingerprints %s "
+                    "get no run until a run of it succeeds: see to them by hand",
+                    runbook_id,
+                    failed[runbook_id],
+                    self.config.halt_after_failures,
+                    group_key,
                     ", ".join(event["fingerprints"]),
                 )
                 continue
@@ -365,7 +426,7 @@ class AlertmanagerReceiver:
                 ", ".join(event["fingerprints"]),
             )
             events.append(event)
-        return events, {"duplicates": duplicates, "limited": limited, "ignored": ignored}
+        return events, {"duplicates": duplicates, "limited": limited, "halted": halted, "ignored": ignored}
 
     def _forget_before(self, horizon: float) -> None:
         # Keeps the state as small as the number of groups seen within the window.

@@ -105,8 +105,9 @@ def step_ids_of(events: list[dict]) -> list[str]:
     return ids
 
 
-def audit(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "audit" / "runbooks.jsonl").read_text().splitlines()]
+def audit(tmp_path: Path, record: str = "step") -> list[dict]:
+    lines = [json.loads(line) for line in (tmp_path / "audit" / "runbooks.jsonl").read_text().splitlines()]
+    return [line for line in lines if line["record"] == record]
 
 
 def test_ansible_runner_run_api(monitoring, tmp_path):  # noqa: F811

@@ -4,7 +4,8 @@
 
 """The audit says what started a runbook run (issue 18, item 4): an alert that Event-Driven Ansible turned into
 a run (its `ansible_eda` extra var, as ansible-rulebook's run_playbook passes it) or an operator, and whether the
-run was approved up front. A real ansible-playbook with the callback, on a runbook-shaped local play."""
+run was approved up front. A real ansible-playbook with the callback, on a runbook-shaped local play; the runs from
+an alert go through the runbook role's hold-off check against a real Alertmanager (the monitoring fixture)."""
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ansible_collections.opsbook.stack.plugins.callback import runbook_progress
+from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
 
 COLLECTIONS_ROOT = Path(runbook_progress.__file__).parents[5]
 
@@ -52,8 +54,21 @@ EVENT = {
 }
 
 
-def run_play(tmp_path: Path, extra: dict | None, play: str = PLAY, succeeds: bool = True) -> list[dict]:
+def run_play(
+    tmp_path: Path,
+    extra: dict | None,
+    play: str = PLAY,
+    succeeds: bool = True,
+    mon=None,
+    records: str = "step",
+    env: dict | None = None,
+) -> list[dict]:
+    """Run the play with the callback; the audit's records of the kind `records` (step, run, or all)."""
     (tmp_path / "play.yml").write_text(play)
+    if mon is not None:
+        # The runbook role's hold-off check of an alert's run: the project lock under tmp, a real Alertmanager.
+        extra = dict(extra or {}, runbook_alertmanager_url=mon.alertmanager_url)
+        extra["compose_app_journal_root"] = str(tmp_path / "journal")
     audit = tmp_path / "audit.jsonl"
     env = dict(
         os.environ,
@@ -62,6 +77,7 @@ def run_play(tmp_path: Path, extra: dict | None, play: str = PLAY, succeeds: boo
         OPSBOOK_RUNBOOK_AUDIT_FILE=str(audit),
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         ANSIBLE_LOCALHOST_WARNING="false",
+        **(env or {}),
     )
     argv = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", str(tmp_path / "play.yml")]
     if extra is not None:
@@ -69,7 +85,8 @@ def run_play(tmp_path: Path, extra: dict | None, play: str = PLAY, succeeds: boo
         argv += ["-e", "@%s" % (tmp_path / "extra.json")]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert (done.returncode == 0) is succeeds, done.stdout + done.stderr
-    return [json.loads(line) for line in audit.read_text().splitlines()]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    return [line for line in lines if records in ("all", line["record"])]
 
 
 def test_a_run_from_an_alert_records_the_alert_and_the_approval(tmp_path):
@@ -133,7 +150,7 @@ def gated_play(runbook: str, steps: list[str]) -> str:
     return yaml.safe_dump([play], sort_keys=False)
 
 
-def test_the_allow_list_lets_an_alerts_run_take_its_steps_and_stops_it_before_the_others(tmp_path):
+def test_the_allow_list_lets_an_alerts_run_take_its_steps_and_stops_it_before_the_others(tmp_path, monitoring):  # noqa: F811
     event = dict(EVENT, runbook_id="service-down", alertnames=["BackendDown"])
     records = run_play(
         tmp_path,
@@ -150,6 +167,7 @@ def test_the_allow_list_lets_an_alerts_run_take_its_steps_and_stops_it_before_th
         },
         play=gated_play("service-down", ["start-services", "refresh-upstreams"]),
         succeeds=False,
+        mon=monitoring,
     )
     assert [(r["step"], r["status"]) for r in records] == [
         ("start-services", "changed"),
@@ -159,7 +177,7 @@ def test_the_allow_list_lets_an_alerts_run_take_its_steps_and_stops_it_before_th
     assert records[-1]["trigger"]["approved"] is False
 
 
-def test_an_event_with_an_alert_outside_the_entry_gets_no_step(tmp_path):
+def test_an_event_with_an_alert_outside_the_entry_gets_no_step(tmp_path, monitoring):  # noqa: F811
     event = dict(EVENT, runbook_id="service-down", alertnames=["BackendDown", "NginxDown"])
     records = run_play(
         tmp_path,
@@ -171,6 +189,7 @@ def test_an_event_with_an_alert_outside_the_entry_gets_no_step(tmp_path):
         },
         play=gated_play("service-down", ["start-services"]),
         succeeds=False,
+        mon=monitoring,
     )
     assert [(r["step"], r["status"]) for r in records] == [("start-services", "failed")]
     assert "auto_approved_steps" not in records[0]["trigger"]

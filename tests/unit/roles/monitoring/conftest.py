@@ -8,23 +8,18 @@ When neither exists the tests fail: a checker that is missing proves nothing, so
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import jinja2
 import pytest
 import yaml
 
+from ansible_collections.opsbook.stack.tests.unit.prom_tools import Tool
+
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "monitoring"
 RULE_FILES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__monitoring_rule_files"]
-IMAGES = {
-    "promtool": os.environ.get("OPSBOOK_PROMETHEUS_IMAGE", "127.0.0.1:5000/prometheus:2.42"),
-    "amtool": os.environ.get("OPSBOOK_ALERTMANAGER_IMAGE", "127.0.0.1:5000/alertmanager:0.25"),
-}
 
 
 def defaults() -> dict:
@@ -73,53 +68,6 @@ def alert_rules(variables: dict | None = None) -> list[dict]:
         for group in doc["groups"]:
             rules += [{**rule, "group": group["name"]} for rule in group["rules"] if "alert" in rule]
     return rules
-
-
-class Tool:
-    """promtool or amtool, run in `workdir` (mounted at the same path when the tool runs in a container)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.local = shutil.which(name)
-        self.docker = shutil.which("docker")
-
-    def available(self) -> str | None:
-        if self.local:
-            return None
-        if not self.docker:
-            return f"{self.name} is not on PATH and docker is missing"
-        probe = subprocess.run(
-            [self.docker, "image", "inspect", IMAGES[self.name]], capture_output=True, text=True, check=False
-        )
-        if probe.returncode != 0:
-            return (
-                f"{self.name} is not on PATH and the image {IMAGES[self.name]} is missing: run `./dev sandbox` "
-                f"(or install the Debian package prometheus / prometheus-alertmanager)"
-            )
-        return None
-
-    def run(self, args: list[str], workdir: Path) -> subprocess.CompletedProcess:
-        if self.local:
-            argv = [self.local, *args]
-        else:
-            argv = [
-                self.docker or "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--user",
-                "0:0",
-                "-v",
-                f"{workdir}:{workdir}",
-                "-w",
-                str(workdir),
-                "--entrypoint",
-                self.name,
-                IMAGES[self.name],
-                *args,
-            ]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=300, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROLE, RULE_FILES, alert_rules, defaults, expand_annotations, render, render_rules
+from conftest import ROLE, ROOT, RULE_FILES, alert_rules, defaults, expand_annotations, render, render_rules
 
 CASES = yaml.safe_load((Path(__file__).parent / "alert_cases.yml").read_text())
 
@@ -45,7 +45,11 @@ CONTRACT = {
     "PrometheusNotificationsFailing": "monitoring-broken",
     "AlertmanagerNotificationsFailing": "monitoring-broken",
     "Watchdog": "monitoring-broken",
+    "RunbookAutomationHalted": "monitoring-broken",
+    "RunbookAwaitingApproval": "monitoring-broken",
 }
+# Alerts the EDA rulebook must never answer with a runbook run (label automation: manual): it would loop.
+MANUAL_ONLY = {"RunbookAutomationHalted", "RunbookAwaitingApproval"}
 # The Watchdog fires always, by design: it has no quiet case.
 ALWAYS_FIRING = {"Watchdog"}
 
@@ -73,6 +77,28 @@ def test_every_alert_is_actionable(rule):
     # The offline tests expand only {{ $labels.x }}; anything else would make their expectations guesses.
     for text in annotations.values():
         assert re.sub(r"\{\{ \$labels\.\w+ \}\}", "", text).count("{{") == 0, text
+
+
+def test_runbook_automation_alerts_are_never_automated():
+    rules = {r["alert"]: r for r in alert_rules()}
+    assert {name for name, r in rules.items() if r["labels"].get("automation") == "manual"} == MANUAL_ONLY
+    assert rules["RunbookAutomationHalted"]["labels"]["severity"] == "critical"  # pages: the rulebook gave up
+    assert rules["RunbookAwaitingApproval"]["labels"]["severity"] == "warning"
+    assert (
+        "-e runbook_approved=true -e runbook_approved_by=<name>"
+        in (rules["RunbookAwaitingApproval"]["annotations"]["description"])
+    )
+
+
+def test_the_approval_command_names_every_runbook_playbook():
+    """RunbookAwaitingApproval turns each - of the runbook id into _ with one label_replace per hyphen: enough of
+    them for every runbook id (playbooks/runbook_<id with _>.yml)."""
+    expr = next(r["expr"] for r in alert_rules() if r["alert"] == "RunbookAwaitingApproval")
+    replacements = expr.count('"playbook", "${1}_${2}", "playbook", "(.*)-(.*)"')
+    ids = [p.stem for p in (ROOT / "runbooks").glob("*.md") if p.name != "README.md"]
+    assert ids and max(i.count("-") for i in ids) <= replacements, (ids, replacements)
+    for rid in ids:
+        assert (ROOT / "playbooks" / f"runbook_{rid.replace('-', '_')}.yml").is_file(), rid
 
 
 @pytest.mark.parametrize("name", RULE_FILES)
