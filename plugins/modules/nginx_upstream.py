@@ -229,11 +229,13 @@ servers:
   sample: [{"address": "172.18.0.5:8000", "weight": null, "max_fails": null, "fail_timeout": null,
             "backup": false, "comment": "demo-backend-1"}]
 skipped:
-  description: Containers of the service left out of the upstream, with the reason.
+  description: Containers of the service left out of the upstream, with the reason; C(leaving) is true for a
+    container Docker has sent a stop signal (it may still run through its shutdown grace).
   returned: always
   type: list
   elements: dict
-  sample: [{"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting"}]
+  sample: [{"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting",
+            "leaving": false}]
 reloaded:
   description: Whether Nginx was reloaded (never for a service's hosts file).
   returned: always

@@ -90,13 +90,13 @@ def test_the_metrics_count_outcomes_failures_in_a_row_and_waiting_steps(tmp_path
 
 
 def _count_many(path: str, n: int) -> None:
-    for _ in range(n):
+    for _run in range(n):
         rp.update_metrics(path, "service-down", "succeeded", "alert", [], time.time())
 
 
 def test_runs_finishing_at_once_all_count(tmp_path):
     path = str(tmp_path / "opsbook_runbooks.prom")
-    workers = [multiprocessing.get_context("fork").Process(target=_count_many, args=(path, 40)) for _ in range(4)]
+    workers = [multiprocessing.get_context("fork").Process(target=_count_many, args=(path, 40)) for _worker in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:

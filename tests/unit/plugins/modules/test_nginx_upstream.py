@@ -133,7 +133,13 @@ def test_module_discovers_from_the_docker_host_of_the_environment(fake_nginx, mo
     assert result["changed"] is True and result["upstream"] == "demo_backend"
     assert [s["address"] for s in result["servers"]] == ["172.18.0.2:8000"]
     assert result["skipped"] == [
-        {"name": "demo-backend-2", "state": "running", "health": "starting", "reason": "health is starting"}
+        {
+            "name": "demo-backend-2",
+            "state": "running",
+            "health": "starting",
+            "reason": "health is starting",
+            "leaving": False,
+        }
     ]
     assert result["reloaded"] is False  # the resolver serves the hosts file: no reload (docs/routing.md)
     hosts = (conf_dir / "hosts.d" / "demo_backend").read_text()
