@@ -199,19 +199,19 @@ class CallbackModule(CallbackBase):
         self.held_off: dict[str, str] = {}  # host -> why the runbook role held the alert's run back
 
     # -- configuration -----------------------------------------------------------------------------------
-    def _audit_path(self) -> str:
+    def _file_option(self, name: str, env: str) -> str:
+        """A file option ('' for none), from the configuration, else its environment variable."""
         try:
-            path = self.get_option("audit_file")
+            path = self.get_option(name)
         except KeyError:
-            path = os.environ.get("OPSBOOK_RUNBOOK_AUDIT_FILE", "")
+            path = os.environ.get(env, "")
         return os.path.expanduser(path) if path else ""
 
+    def _audit_path(self) -> str:
+        return self._file_option("audit_file", "OPSBOOK_RUNBOOK_AUDIT_FILE")
+
     def _metrics_path(self) -> str:
-        try:
-            path = self.get_option("metrics_file")
-        except KeyError:
-            path = os.environ.get("OPSBOOK_RUNBOOK_METRICS_FILE", "")
-        return os.path.expanduser(path) if path else ""
+        return self._file_option("metrics_file", "OPSBOOK_RUNBOOK_METRICS_FILE")
 
     def _print_progress(self) -> bool:
         try:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -53,3 +54,14 @@ def run_plays(
 
 
 __all__ = ["COLLECTIONS_ROOT", "run_plays"]
+
+
+def run_each(tmp_path: Path, cases: t.Mapping[str, t.Any], run: t.Callable[[Path, t.Any], t.Any], workers: int = 4):
+    """run(tmp_path/<case>, value) for every case, `workers` at a time (each play in a directory of its own);
+    case name -> what run returned."""
+    names = sorted(cases)
+    for name in names:
+        (tmp_path / name).mkdir()
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(run, tmp_path / name, cases[name]) for name in names}
+        return {name: future.result() for name, future in futures.items()}

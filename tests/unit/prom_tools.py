@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 IMAGES = {
     "promtool": os.environ.get("OPSBOOK_PROMETHEUS_IMAGE", "127.0.0.1:5000/prometheus:2.42"),
     "amtool": os.environ.get("OPSBOOK_ALERTMANAGER_IMAGE", "127.0.0.1:5000/alertmanager:0.25"),
@@ -65,3 +67,22 @@ class Tool:
                 *args,
             ]
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=workdir, timeout=300, check=False)
+
+
+def _tool(name: str) -> Tool:
+    tool = Tool(name)
+    problem = tool.available()
+    assert problem is None, problem
+    return tool
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Tool:
+    """promtool, local or from the sandbox image (import the fixture into a test module or conftest)."""
+    return _tool("promtool")
+
+
+@pytest.fixture(scope="session")
+def amtool() -> Tool:
+    """amtool, local or from the sandbox image."""
+    return _tool("amtool")

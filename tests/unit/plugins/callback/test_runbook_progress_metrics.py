@@ -17,8 +17,6 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from ansible_collections.opsbook.stack.plugins.callback import runbook_progress as rp
 from ansible_collections.opsbook.stack.plugins.module_utils._project_lock import hold_detached, release_detached
 from ansible_collections.opsbook.stack.tests.unit.monitoring_fixtures import monitoring  # noqa: F401 pylint: disable=unused-import
@@ -27,7 +25,7 @@ from ansible_collections.opsbook.stack.tests.unit.plugins.callback.test_runbook_
     gated_play,
     run_play,
 )
-from ansible_collections.opsbook.stack.tests.unit.prom_tools import Tool
+from ansible_collections.opsbook.stack.tests.unit.prom_tools import Tool, promtool  # noqa: F401 pylint: disable=unused-import
 
 ALERT_EVENT = dict(EVENT, runbook_id="service-down", alertnames=["BackendDown"])
 
@@ -51,20 +49,12 @@ def waiting(path: Path) -> list[tuple[str, str]]:
     )
 
 
-@pytest.fixture(scope="module")
-def promtool() -> Tool:
-    tool = Tool("promtool")
-    problem = tool.available()
-    assert problem is None, problem
-    return tool
-
-
-def check_metrics(promtool: Tool, path: Path) -> None:  # pylint: disable=redefined-outer-name
+def check_metrics(promtool: Tool, path: Path) -> None:  # noqa: F811 pylint: disable=redefined-outer-name
     done = promtool.run(["check", "metrics"], path.parent, stdin=path.read_text())
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_metrics_count_outcomes_failures_in_a_row_and_waiting_steps(tmp_path, promtool):  # pylint: disable=redefined-outer-name
+def test_the_metrics_count_outcomes_failures_in_a_row_and_waiting_steps(tmp_path, promtool):  # noqa: F811 pylint: disable=redefined-outer-name
     path = tmp_path / "textfile" / "opsbook_runbooks.prom"
     rp.update_metrics(str(path), "service-down", "failed", "alert", [], 100.0)
     rp.update_metrics(str(path), "service-down", "failed", "alert", [], 200.0)
@@ -112,7 +102,7 @@ def play_env_extra(tmp_path: Path) -> dict:
 def test_an_alerts_run_that_stops_at_a_gate_awaits_approval_and_an_approved_rerun_clears_it(
     tmp_path,
     monitoring,  # noqa: F811
-    promtool,  # pylint: disable=redefined-outer-name
+    promtool,  # noqa: F811 pylint: disable=redefined-outer-name
 ):
     prom = tmp_path / "textfile" / "opsbook_runbooks.prom"
     play = gated_play("service-down", ["start-services", "refresh-upstreams"])

@@ -12,10 +12,13 @@ import re
 from pathlib import Path
 
 import jinja2
-import pytest
 import yaml
 
-from ansible_collections.opsbook.stack.tests.unit.prom_tools import Tool
+from ansible_collections.opsbook.stack.tests.unit.prom_tools import (  # noqa: F401 pylint: disable=unused-import
+    Tool,
+    amtool,
+    promtool,
+)
 
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "monitoring"
@@ -68,22 +71,6 @@ def alert_rules(variables: dict | None = None) -> list[dict]:
         for group in doc["groups"]:
             rules += [{**rule, "group": group["name"]} for rule in group["rules"] if "alert" in rule]
     return rules
-
-
-@pytest.fixture(scope="session")
-def promtool() -> Tool:
-    tool = Tool("promtool")
-    problem = tool.available()
-    assert problem is None, problem
-    return tool
-
-
-@pytest.fixture(scope="session")
-def amtool() -> Tool:
-    tool = Tool("amtool")
-    problem = tool.available()
-    assert problem is None, problem
-    return tool
 
 
 LABEL_REF = re.compile(r"\{\{ \$labels\.(\w+) \}\}")

@@ -38,6 +38,21 @@ ROUTES = [
 ]
 
 
+def assert_routes(amtool, tmp_path, variables, labels: dict, receivers: str) -> None:
+    """amtool config routes test: an alert with these labels goes to exactly these receivers."""
+    write(tmp_path, variables)
+    argv = [
+        "config",
+        "routes",
+        "test",
+        "--config.file=alertmanager.yml",
+        f"--verify.receivers={receivers}",
+        *[f"{k}={v}" for k, v in labels.items()],
+    ]
+    proc = amtool.run(argv, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def write(tmp_path, variables=None):
     text = render("alertmanager.yml.j2", variables)
     (tmp_path / "alertmanager.yml").write_text(text)
@@ -78,17 +93,7 @@ def test_every_receiver_gets_its_integrations(tmp_path):
     "labels,receivers", ROUTES, ids=[",".join(f"{k}={v}" for k, v in route[0].items()) for route in ROUTES]
 )
 def test_route_tree(amtool, tmp_path, variables, labels, receivers):
-    write(tmp_path, variables)
-    argv = [
-        "config",
-        "routes",
-        "test",
-        "--config.file=alertmanager.yml",
-        f"--verify.receivers={receivers}",
-        *[f"{k}={v}" for k, v in labels.items()],
-    ]
-    proc = amtool.run(argv, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_routes(amtool, tmp_path, variables, labels, receivers)
 
 
 def test_route_test_can_fail(amtool, tmp_path):
@@ -271,17 +276,7 @@ def test_the_token_is_only_in_the_responder_http_config(tmp_path):
     ids=[",".join(f"{k}={v}" for k, v in route[0].items()) for route in RESPONDER_ROUTES],
 )
 def test_route_tree_with_a_responder(amtool, tmp_path, variables, labels, receivers):
-    write(tmp_path, variables)
-    argv = [
-        "config",
-        "routes",
-        "test",
-        "--config.file=alertmanager.yml",
-        f"--verify.receivers={receivers}",
-        *[f"{k}={v}" for k, v in labels.items()],
-    ]
-    proc = amtool.run(argv, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_routes(amtool, tmp_path, variables, labels, receivers)
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,10 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_each, run_plays
 from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import ROLE
 
 SECRET = "Canary-responder-token-42"
@@ -46,13 +45,8 @@ def preflight(tmp_path, responder):
 
 
 def test_the_preflight_refuses_a_responder_without_url_or_token_naming_it(tmp_path):
-    names = sorted(REFUSED)
-    for name in names:
-        (tmp_path / name).mkdir()
-    with ThreadPoolExecutor(4) as pool:
-        futures = {n: pool.submit(preflight, tmp_path / n, REFUSED[n][0]) for n in names}
-        runs = {n: future.result() for n, future in futures.items()}
-    for name in names:
+    runs = run_each(tmp_path, {name: case[0] for name, case in REFUSED.items()}, preflight)
+    for name in sorted(REFUSED):
         done, named = runs[name], REFUSED[name][1]
         assert done.returncode != 0, (name, done.stdout)
         assert "Refuse a runbook responder" in done.stdout, (name, done.stdout)
