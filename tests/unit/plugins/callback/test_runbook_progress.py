@@ -199,3 +199,55 @@ def test_steps_of_reads_block_and_task_names():
     )
     play.tasks = play.block
     assert runbook_progress.steps_of(play) == [("one", "First"), ("two", "Second"), ("three", "Third")]
+
+
+CANARY = "canary-secret-4c2a9e71"
+
+
+def test_an_alerts_run_leaves_no_secret_in_the_runners_artifacts(monitoring, tmp_path):  # noqa: F811
+    """Issue 18, item 4: a run as Event-Driven Ansible starts it (ansible_eda with the source's event, no
+    approval), with a canary in the inventory's secrets; ansible-runner's artifacts (job_events, stdout) and the
+    audit do not hold the secret, and the audit holds the alert."""
+    ansible_runner = pytest.importorskip("ansible_runner")
+    pdd = private_data_dir(tmp_path, monitoring, approved=False)
+    inventory = yaml.safe_load((pdd / "inventory" / "hosts.yml").read_text())
+    host = inventory["all"]["children"]["monitoring"]["hosts"]["localhost"]
+    host.update(
+        {
+            "backup_components": {"db": {"type": "mariadb", "container": "db", "password": CANARY}},
+            "monitoring_alertmanager_responder": {"url": "http://127.0.0.1:5001/", "token": CANARY},
+            "compose_app_journal_root": str(tmp_path / "journal"),
+        }
+    )
+    (pdd / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    extravars = yaml.safe_load((pdd / "env" / "extravars").read_text())
+    event = {
+        "runbook_id": RUNBOOK,
+        "alert_group": '{}:{alertname="TargetDown"}',
+        "alertnames": ["TargetDown"],
+        "alerts": [
+            {
+                "fingerprint": "9f8e7d6c5b4a3f2e",
+                "labels": {"alertname": "TargetDown", "runbook_id": RUNBOOK},
+                "annotations": {"summary": "a target is down"},
+                "startsAt": "2026-12-03T03:00:00Z",
+            }
+        ],
+    }
+    extravars["ansible_eda"] = {"ruleset": "alerts", "rule": "run", "event": event}
+    (pdd / "env" / "extravars").write_text(yaml.safe_dump(extravars))
+    run = ansible_runner.run(private_data_dir=str(pdd), playbook=PLAYBOOK, ident="alert", quiet=True)
+    stdout = run.stdout.read()
+    assert run.rc == 2, stdout[-3000:]  # reload-prometheus waits for approval: nobody allow-listed it
+    artifacts = pdd / "artifacts" / "alert"
+    events = list((artifacts / "job_events").glob("*.json"))
+    assert len(events) > 20
+    leaked = [
+        str(p)
+        for p in [*artifacts.rglob("*"), tmp_path / "audit" / "runbooks.jsonl"]
+        if p.is_file() and CANARY in p.read_text(errors="replace")
+    ]
+    assert leaked == []
+    (run_record,) = audit(tmp_path, "run")
+    assert run_record["outcome"] == "awaiting_approval" and run_record["trigger"]["by"] == "alert"
+    assert run_record["trigger"]["alerts"][0]["fingerprint"] == "9f8e7d6c5b4a3f2e"
