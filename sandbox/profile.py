@@ -52,13 +52,22 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 
 def scenario_hosts(molecule_yml: Path, shared: Path, scenario: str, image: str = "") -> list[str]:
-    """The instance names of a scenario (its own platforms, or the shared ones), those of one image if given."""
+    """The instance names of a scenario (its own platforms, or the shared ones); with image, those made from it
+    that mount a Docker volume of their own (<name>-docker on /var/lib/docker: the volumes ./dev seeds)."""
     env = dict(os.environ, MOLECULE_SCENARIO_NAME=scenario)
     env.setdefault("OPSBOOK_MOLECULE_PREFIX", "opsbook")
     for path in (molecule_yml, shared):
         data = yaml.safe_load(interpolate(path.read_text(), env)) or {}
         if data.get("platforms"):
-            return [p["name"] for p in data["platforms"] if not image or p.get("image") == image]
+            return [
+                p["name"]
+                for p in data["platforms"]
+                if not image
+                or (
+                    p.get("image") == image
+                    and any(str(v).startswith(p["name"] + "-docker:") for v in p.get("volumes") or [])
+                )
+            ]
     return []
 
 

@@ -151,6 +151,16 @@ backup:
     pruned: []
     kept: [20261122T043947Z]
     metrics_file: /var/lib/prometheus/node-exporter/opsbook_backup_agentchat-mysql.prom
+offsite:
+  description:
+    - The off-host copy after the backup, when the job file (O(config)) names an off-host repository (the backup
+      role's C(backup_offsite)); every committed backup without a verified remote copy is copied, oldest first.
+    - When the copy fails the task fails with C(failure_class=offsite_failed), naming the target and the cause;
+      the backup itself is committed (C(evidence.backup)) and the next run copies it.
+  returned: when the job has an off-host repository
+  type: dict
+  sample: {target: "ssh://opsbook-borg@backup1/./app1", copied: [20261122T043947Z], verified: [20261122T043947Z],
+           bytes: 913, pending: 0, duration_s: 2.1}
 drill:
   description: The restore drill's report (container, table counts, checksums, duration).
   returned: when O(drill=true)
@@ -187,6 +197,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.argspec impo
     component_module_rules,
     job_from_params,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.offsite import backup_and_copy
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
 
@@ -216,7 +227,10 @@ def main() -> None:
         settings, spec = job_from_params(p)
         if module.check_mode:
             module.exit_json(changed=True, plan=plan_backup(spec, settings))
-        result: dict[str, t.Any] = {"changed": True, "backup": run_backup(spec, settings).to_dict()}
+        backup = backup_and_copy(spec, settings) if settings.offsite else run_backup(spec, settings).to_dict()
+        result: dict[str, t.Any] = {"changed": True, "backup": backup}
+        if "offsite" in backup:
+            result["offsite"] = backup.pop("offsite")
         if p["drill"]:
             result["drill"] = run_drill(spec, settings, result["backup"]["id"])
     except BackupError as exc:

@@ -77,6 +77,18 @@ options:
   project_lock:
     description: The project's lock file (the one upgrade and rollback take); held during the restore when set.
     type: path
+  source:
+    description:
+      - Where the backup comes from. V(local) is the host's own backup directory.
+      - V(offsite) is the job's off-host repository (the backup role's C(backup_offsite)), for a host that lost its
+        local backups or a new one. For O(state=restored) and O(state=verified) the archive is fetched into the
+        local backup directory first and verified against its manifest there before anything is touched (a
+        backup the directory already holds and that verifies is used as it is). For O(state=drilled) it is
+        extracted into a scratch directory, verified, and drilled from there; the metrics record it as the
+        off-host drill. In check mode nothing is fetched; the plan names the archive.
+    type: str
+    choices: [local, offsite]
+    default: local
   lock_timeout:
     description:
       - Seconds to wait for O(project_lock) when another operation (an upgrade, a rollback) holds it. When it is
@@ -135,6 +147,11 @@ drill:
   description: The drill's report (container, table counts, checksums, matches_source, duration_s).
   returned: O(state=drilled)
   type: dict
+fetch:
+  description: With O(source=offsite), the archive fetched (C(fetched) false when the local copy was used).
+  returned: O(source=offsite)
+  type: dict
+  sample: {component: mysql, backup_id: 20261122T043947Z, fetched: true, bytes: 913, target: "ssh://opsbook-borg@backup1/./app1"}
 plan:
   description: The restore plan (backup, verification result, steps).
   returned: always
@@ -167,6 +184,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.argspec impo
     component_module_rules,
     job_from_params,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.offsite import fetch, plan_fetch, run_offsite_drill
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
 STATES = ("restored", "drilled", "verified")
@@ -183,6 +201,7 @@ def main() -> None:
             age_identity=dict(type="path"),
             project_lock=dict(type="path"),
             lock_timeout=dict(type="float", default=0.0),
+            source=dict(type="str", choices=["local", "offsite"], default="local"),
         ),
         supports_check_mode=True,
         **component_module_rules(),
@@ -194,6 +213,25 @@ def main() -> None:
         settings, spec = job_from_params(p, exclude=("databases",))
         if p["age_identity"]:
             settings.age_identity = p["age_identity"]
+        if p["source"] == "offsite":
+            if module.check_mode or p["state"] == "drilled":
+                result["fetch"] = plan_fetch(spec, settings, p["backup_id"])
+            else:
+                result["fetch"] = fetch(spec, settings, p["backup_id"])
+                result["changed"] = bool(result["fetch"]["fetched"])
+            if p["state"] == "drilled" and not module.check_mode:
+                result["drill"] = run_offsite_drill(spec, settings, result["fetch"]["backup_id"])
+                result["backup_id"] = result["fetch"]["backup_id"]
+                module.exit_json(**result)
+            if module.check_mode and result["fetch"]["fetched"]:
+                result.update(changed=True, backup_id=result["fetch"]["backup_id"])
+                result["msg"] = "check mode: would fetch %s from %s, verify it and %s it" % (
+                    result["fetch"]["backup_id"],
+                    result["fetch"]["target"],
+                    {"restored": "restore", "verified": "verify", "drilled": "drill"}[p["state"]],
+                )
+                module.exit_json(**result)
+            p["backup_id"] = result["fetch"]["backup_id"]
         plan = plan_restore(spec, settings, p["backup_id"])
         result.update(plan=plan, backup_id=plan["backup_id"])
         if not plan["verified"]:

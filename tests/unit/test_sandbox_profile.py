@@ -93,7 +93,19 @@ def test_scenario_hosts_follow_the_prefix_and_the_image(monkeypatch):
         ROOT / "molecule/docker_engine/molecule.yml", shared, "docker_engine", sandbox.READY_IMAGE
     )
     assert ready == ["px-docker_engine-ready"]
-    assert profile.scenario_hosts(ROOT / "molecule/backup/molecule.yml", shared, "backup") == ["px-backup"]
+    # A scenario without platforms of its own gets the shared one.
+    assert profile.scenario_hosts(ROOT / "molecule/nginx/molecule.yml", shared, "nginx") == ["px-nginx"]
+    # The hosts ./dev seeds: those of the image that mount a Docker volume of their own (the backup scenario's
+    # repository host runs no Docker Engine).
+    assert profile.scenario_hosts(ROOT / "molecule/backup/molecule.yml", shared, "backup") == [
+        "px-backup",
+        "px-backup-new",
+        "px-backup-store",
+    ]
+    assert profile.scenario_hosts(ROOT / "molecule/backup/molecule.yml", shared, "backup", sandbox.READY_IMAGE) == [
+        "px-backup",
+        "px-backup-new",
+    ]
     monkeypatch.delenv("OPSBOOK_MOLECULE_PREFIX")
     assert (
         profile.scenario_hosts(ROOT / "molecule/upgrade_multi/molecule.yml", shared, "upgrade_multi")[0]

@@ -22,6 +22,7 @@ TEXTFILE_DIR = "/var/lib/node_exporter/textfile_collector"
 CONFIG_DIR = "/etc/opsbook/backup"
 SMALL = "/mnt/opsbook-small"
 SEEDED: dict = {}
+testinfra_hosts = ["ansible://app"]
 
 
 def run(host, command, stdin=None, expect_rc=0):

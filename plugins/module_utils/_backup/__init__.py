@@ -18,7 +18,8 @@ The package, by seam: ``errors`` (exit codes), ``spec`` (component and settings)
 ``base`` and ``sql`` (what engines share), one ``engine_<name>`` file per kind of server, ``pipeline``
 (zstd/age), ``store`` (manifests, verification, retention), ``state`` (state and metrics), ``runs`` (the phase
 of every backup and restore run), ``swap`` (replacing a directory's content by a restored copy), ``jobs``
-(backup, restore, drill under the job's lock) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and
+(backup, restore, drill under the job's lock), ``offsite`` (borg copies off the host, verified against the
+manifest) and ``cli``. Adding an engine is one ``engine_<name>.py`` file and
 one line in ``registry.py`` (docs/architecture.md).
 
 Layout: ``<dest>/<component>/<backup id>/`` holds the artifacts (``*.zst``) and ``manifest.json``. A run writes
@@ -45,6 +46,7 @@ Exit codes of the command line (and ``BackupError.exit_code``):
 10  restore failed
 11  restore drill failed
 12  retention failed (the backup itself succeeded)
+13  off-host copy failed (the local backup is committed; the next run copies every queued backup)
 ==  =================================================================================
 """
 

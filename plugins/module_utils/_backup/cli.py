@@ -28,12 +28,31 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors impor
     BackupError,
 )
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.jobs import run_backup, run_drill, run_restore
-from ansible_collections.opsbook.stack.plugins.module_utils._backup.spec import component_from_config
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.offsite import (
+    backup_and_copy,
+    fetch,
+    prune_remote,
+    run_check,
+    run_offsite,
+    run_offsite_drill,
+)
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.spec import component_from_config, load_config
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.state import load_state, save_state, write_metrics
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Store, utc_id
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerError
 
-ACTIONS = ("backup", "verify", "restore", "drill", "list", "metrics")
+ACTIONS = (
+    "backup",
+    "verify",
+    "restore",
+    "drill",
+    "list",
+    "metrics",
+    "offsite",
+    "offsite-check",
+    "fetch",
+    "offsite-prune",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("component")
     parser.add_argument("--backup-id", default=None)
+    parser.add_argument(
+        "--source",
+        choices=("local", "offsite"),
+        default="local",
+        help="drill: restore the local backup (default) or the off-host copy",
+    )
     args = parser.parse_args(argv)
     code, summary = _run_cli(args)
     if args.log:
@@ -71,6 +96,8 @@ def _log_line(path: str, line: str) -> None:
 
 
 def _act(args: argparse.Namespace) -> t.Any:
+    if args.action == "offsite-prune":  # the repository's own host: every component of the repository at once
+        return prune_remote(load_config(args.config)[0])
     settings, spec = component_from_config(args.config, args.component)
     if args.delay > 0:
         time.sleep(args.delay)
@@ -78,7 +105,13 @@ def _act(args: argparse.Namespace) -> t.Any:
         time.sleep(secrets.randbelow(int(args.jitter * 1000) + 1) / 1000.0)
     store = Store(settings.dest, spec.name)
     if args.action == "backup":
-        return run_backup(spec, settings).to_dict()
+        return backup_and_copy(spec, settings) if settings.offsite else run_backup(spec, settings).to_dict()
+    if args.action == "offsite":
+        return run_offsite(spec, settings)
+    if args.action == "offsite-check":
+        return run_check(spec, settings)
+    if args.action == "fetch":
+        return fetch(spec, settings, args.backup_id)
     if args.action == "verify":
         m = store.get(args.backup_id)
         problems = store.verify(m)
@@ -91,6 +124,8 @@ def _act(args: argparse.Namespace) -> t.Any:
     if args.action == "restore":
         return run_restore(spec, settings, args.backup_id)
     if args.action == "drill":
+        if args.source == "offsite":
+            return run_offsite_drill(spec, settings, args.backup_id)
         return run_drill(spec, settings, args.backup_id)
     if args.action == "metrics":
         return {"metrics_file": write_metrics(settings, spec, load_state(store))}

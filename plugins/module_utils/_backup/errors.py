@@ -30,6 +30,7 @@ EXIT_VERIFY = 9
 EXIT_RESTORE = 10
 EXIT_DRILL = 11
 EXIT_RETENTION = 12
+EXIT_OFFSITE = 13
 
 EXIT_CLASSES = {
     EXIT_OK: "ok",
@@ -45,6 +46,7 @@ EXIT_CLASSES = {
     EXIT_RESTORE: "restore_failed",
     EXIT_DRILL: "drill_failed",
     EXIT_RETENTION: "retention_failed",
+    EXIT_OFFSITE: "offsite_failed",
 }
 
 CHUNK = 1024 * 1024

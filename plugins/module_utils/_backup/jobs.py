@@ -297,10 +297,22 @@ def _do_backup(
     result.artifacts = [asdict(a) for a in artifacts]
     record.phase("pruning")
     try:
-        result.pruned = prune(store, spec, good.id if suspect and good else backup_id)
+        # With an off-host repository, a backup whose copy is still pending is kept: the next run copies it.
+        result.pruned = prune(
+            store,
+            spec,
+            good.id if suspect and good else backup_id,
+            also_keep=offsite_pending(store, state) if settings.offsite else (),
+        )
     except OSError as exc:
         raise BackupError(EXIT_RETENTION, "backup %s succeeded but retention failed: %s" % (backup_id, exc)) from exc
     result.kept = [m.id for m in store.manifests()]
+
+
+def offsite_pending(store: Store, state: dict[str, t.Any]) -> list[str]:
+    """Committed local backups without a verified off-host copy (offsite.py), oldest first."""
+    done = set(state.get("offsite_verified") or [])
+    return [m.id for m in store.manifests() if m.id not in done]
 
 
 def _remove_partial(directory: str) -> None:

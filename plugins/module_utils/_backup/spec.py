@@ -23,6 +23,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._docker import DEFAU
 # The type of every setting a job file may hold: the file is JSON written by the role from YAML, where "3" (quoted)
 # is a string; a wrong type is refused here with the setting's name, not met later as a traceback.
 STR, INT, BOOL, NUMBER, STRLIST = "a string", "an integer", "true or false", "a number", "a list of strings"
+MAPPING = "a mapping"
 COMPONENT_TYPES = {
     "name": STR,
     "type": STR,
@@ -57,6 +58,7 @@ SETTINGS_TYPES = {
     "age_identity": STR,
     "age": STR,
     "shrink_ratio": NUMBER,
+    "offsite": MAPPING,
 }
 NULLABLE = ("min_bytes", "stop_owners")
 
@@ -70,6 +72,8 @@ def _has_type(value: t.Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == NUMBER:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == MAPPING:
+        return isinstance(value, dict)
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
@@ -165,6 +169,9 @@ class Settings:
     # A dump below this fraction of the last good backup (uncompressed bytes, or total rows where the engine
     # counts them) is kept but flagged suspect, and retention keeps the last good one beside it; 0 turns it off.
     shrink_ratio: float = 0.5
+    # The off-host repository every committed backup is copied to (borg over SSH; _backup/offsite.py reads and
+    # checks the keys); empty: no off-host copies.
+    offsite: dict[str, t.Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_types("settings", self.__dict__, SETTINGS_TYPES)

@@ -43,6 +43,73 @@ METRICS = (
     ("opsbook_backup_restore_drill_duration_seconds", "gauge", "Duration of the last restore drill.", "drill_duration"),
     ("opsbook_backup_restore_drill_timestamp_seconds", "gauge", "Unix time of the last restore drill.", "drill_last"),
     ("opsbook_backup_count", "gauge", "Committed backups kept for the component.", "count"),
+    # Off-host copies (offsite.py): written once a job has an off-host repository.
+    (
+        "opsbook_backup_offsite_last_attempt_timestamp_seconds",
+        "gauge",
+        "Unix time the last off-host copy attempt ended.",
+        "offsite_last_attempt",
+    ),
+    (
+        "opsbook_backup_offsite_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last off-host copy run after which every committed backup had a verified remote copy.",
+        "offsite_last_success",
+    ),
+    (
+        "opsbook_backup_offsite_last_exit_code",
+        "gauge",
+        "Exit code of the last off-host copy attempt (0 = success, 13 = failed).",
+        "offsite_last_exit_code",
+    ),
+    (
+        "opsbook_backup_offsite_last_bytes",
+        "gauge",
+        "Bytes of the last off-host copy that copied data.",
+        "offsite_last_bytes",
+    ),
+    (
+        "opsbook_backup_offsite_last_duration_seconds",
+        "gauge",
+        "Duration of the last successful off-host copy run (copy and remote verification).",
+        "offsite_last_duration",
+    ),
+    (
+        "opsbook_backup_offsite_pending",
+        "gauge",
+        "Committed local backups without a verified off-host copy (queued for the next run).",
+        "offsite_pending",
+    ),
+    (
+        "opsbook_backup_offsite_check_ok",
+        "gauge",
+        "1 when the last check of the off-host repository passed.",
+        "offsite_check_ok",
+    ),
+    (
+        "opsbook_backup_offsite_check_timestamp_seconds",
+        "gauge",
+        "Unix time of the last check of the off-host repository.",
+        "offsite_check_last",
+    ),
+    (
+        "opsbook_backup_offsite_drill_ok",
+        "gauge",
+        "1 when the last restore drill from the off-host copy passed.",
+        "offsite_drill_ok",
+    ),
+    (
+        "opsbook_backup_offsite_drill_duration_seconds",
+        "gauge",
+        "Duration of the last restore drill from the off-host copy (fetch included).",
+        "offsite_drill_duration",
+    ),
+    (
+        "opsbook_backup_offsite_drill_timestamp_seconds",
+        "gauge",
+        "Unix time of the last restore drill from the off-host copy.",
+        "offsite_drill_last",
+    ),
 )
 
 
@@ -78,5 +145,9 @@ def write_metrics(settings: t.Any, spec: t.Any, state: dict[str, t.Any]) -> str 
         return None
     os.makedirs(settings.metrics_dir, exist_ok=True)
     path = os.path.join(settings.metrics_dir, "opsbook_backup_%s.prom" % spec.name)
+    if not getattr(settings, "offsite", None):
+        # A job without (or no longer with) an off-host repository publishes no off-host series: stale values
+        # would fire BackupOffsiteStale for copies nobody asked for.
+        state = {k: v for k, v in state.items() if not k.startswith("offsite_")}
     write_atomic(path, render_metrics(spec.name, spec.type, state).encode(), mode=0o644)
     return path

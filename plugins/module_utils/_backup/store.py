@@ -240,13 +240,22 @@ def shrink_reason(new: Manifest, good: Manifest | None, ratio: float) -> str:
 
 
 def select_keep(
-    manifests: list[Manifest], keep_last: int, keep_daily: int, keep_weekly: int, newest_verified: str | None
+    manifests: t.Sequence[t.Any],
+    keep_last: int,
+    keep_daily: int,
+    keep_weekly: int,
+    newest_verified: str | None,
+    keep_monthly: int = 0,
+    also_keep: t.Iterable[str] = (),
 ) -> set[str]:
-    """Ids to keep: the newest keep_last, the newest of each of the last keep_daily days and keep_weekly ISO
-    weeks that have backups, and always the newest verified backup."""
+    """Ids to keep: the newest keep_last, the newest of each of the last keep_daily days, keep_weekly ISO weeks
+    and keep_monthly months that have backups, always the newest verified backup, and also_keep (backups whose
+    off-host copy is still pending). manifests: anything with ``id`` and ``created`` (local manifests, or the
+    archives of an off-host repository)."""
     newest_first = sorted(manifests, key=lambda m: (m.created, m.id), reverse=True)
     keep = {m.id for m in newest_first[:keep_last]}
-    for count, key in ((keep_daily, "%Y-%m-%d"), (keep_weekly, "%G-W%V")):
+    keep.update(set(also_keep) & {m.id for m in manifests})
+    for count, key in ((keep_daily, "%Y-%m-%d"), (keep_weekly, "%G-W%V"), (keep_monthly, "%Y-%m")):
         seen: set[str] = set()
         for m in newest_first:
             bucket = datetime.datetime.fromtimestamp(m.created, datetime.UTC).strftime(key)
@@ -258,10 +267,11 @@ def select_keep(
     return keep
 
 
-def prune(store: Store, spec: t.Any, newest_verified: str | None) -> list[str]:
+def prune(store: Store, spec: t.Any, newest_verified: str | None, also_keep: t.Iterable[str] = ()) -> list[str]:
     """Delete the backups retention does not keep (spec: keep_last, keep_daily, keep_weekly): only files their
     manifest lists, then the empty directory; and the leftover directories of runs that never committed
-    (``<id>.partial``, listed in the result by that name). newest_verified: the id always kept (the last good one).
+    (``<id>.partial``, listed in the result by that name). newest_verified: the id always kept (the last good one);
+    also_keep: ids kept as well (backups whose off-host copy is pending: retention never drops a queued copy).
 
     The manifest is renamed to manifest.pruning.json first (uncommitted but still listing its files), so an
     interrupted prune is finished by the next one instead of leaving a backup that fails verification.
@@ -272,7 +282,9 @@ def prune(store: Store, spec: t.Any, newest_verified: str | None) -> list[str]:
             if os.path.isfile(os.path.join(store.root, entry, PRUNING)):
                 _delete_listed(store.path(entry), PRUNING)
     manifests = store.manifests()
-    keep = select_keep(manifests, spec.keep_last, spec.keep_daily, spec.keep_weekly, newest_verified)
+    keep = select_keep(
+        manifests, spec.keep_last, spec.keep_daily, spec.keep_weekly, newest_verified, also_keep=also_keep
+    )
     for m in manifests:
         if m.id in keep:
             continue
