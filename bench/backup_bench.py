@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -47,6 +48,47 @@ def sh(argv: list[str], **kw) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
 
 
+ROW_BYTES = 243  # one row of the events table is about 243 bytes of SQL dump
+
+
+def create_server(client: t.Any, name: str, password: str) -> None:
+    """The benchmark's MariaDB container (no network; its data is only what seed_events writes)."""
+    client.create_container(
+        {
+            "Image": IMAGE,
+            "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
+            "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
+            "HostConfig": {"NetworkMode": "none"},
+        },
+        name=name,
+    )
+
+
+def seed_events(mysql: list[str], mb: int) -> int:
+    """The benchmark's data: the table events, about mb MB of SQL dump, through mysql (the client's argv up to
+    -e); returns the number of rows."""
+    sh(
+        mysql
+        + [
+            "CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
+            "payload VARCHAR(400), created DATETIME, KEY (user_id))"
+        ]
+    )
+    rows = mb * 1000 * 1000 // ROW_BYTES
+    batch = 200_000
+    for start in range(0, rows, batch):
+        sh(
+            mysql
+            + [
+                "INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
+                "'logout'), MD5(seq), CONCAT(REPEAT(CONCAT('msg ', MOD(seq, 1000), ' '), 8), MD5(RAND()), "
+                "' ', SHA2(RAND(), 256)), NOW() - INTERVAL seq SECOND FROM seq_%d_to_%d"
+                % (start + 1, min(start + batch, rows))
+            ]
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=400, help="approximate uncompressed dump size to generate")
@@ -57,15 +99,7 @@ def main() -> int:
     password = secrets.token_hex(8)
     name = "opsbook-bkp-test-bench-%s" % secrets.token_hex(3)
     workdir = args.dir or tempfile.mkdtemp(prefix="opsbook-bkp-bench-", dir="/var/tmp")
-    client.create_container(
-        {
-            "Image": IMAGE,
-            "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
-            "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
-            "HostConfig": {"NetworkMode": "none"},
-        },
-        name=name,
-    )
+    create_server(client, name, password)
     try:
         client.start_container(name)
         spec = bk.ComponentSpec(
@@ -77,25 +111,7 @@ def main() -> int:
         bk.engine_for(spec, settings, client).wait_ready(name, 120, 1)
         mysql = ["docker", "exec", "-e", "MYSQL_PWD=%s" % password, name, "mariadb", "-uroot", "-D", "app", "-e"]
         t0 = time.monotonic()
-        sh(
-            mysql
-            + [
-                "CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
-                "payload VARCHAR(400), created DATETIME, KEY (user_id))"
-            ]
-        )
-        rows = args.mb * 1000 * 1000 // 243  # one row is about 243 bytes of SQL dump
-        batch = 200_000
-        for start in range(0, rows, batch):
-            sh(
-                mysql
-                + [
-                    "INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
-                    "'logout'), MD5(seq), CONCAT(REPEAT(CONCAT('msg ', MOD(seq, 1000), ' '), 8), MD5(RAND()), "
-                    "' ', SHA2(RAND(), 256)), NOW() - INTERVAL seq SECOND FROM seq_%d_to_%d"
-                    % (start + 1, min(start + batch, rows))
-                ]
-            )
+        rows = seed_events(mysql, args.mb)
         print("generated %d rows in %.1f s" % (rows, time.monotonic() - t0), flush=True)
 
         dump = [

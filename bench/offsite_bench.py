@@ -66,7 +66,7 @@ COLLECTIONS = os.environ.get("OPSBOOK_COLLECTIONS_DIR") or os.path.join(REPO, "b
 sys.path.insert(0, COLLECTIONS)
 sys.path.insert(0, HERE)
 
-from backup_bench import IMAGE, sh  # the same image and helper as the backup benchmark
+from backup_bench import IMAGE, ROW_BYTES, create_server, seed_events, sh  # the backup benchmark's server and data
 
 from ansible_collections.opsbook.stack.plugins.module_utils import _backup as bk
 from ansible_collections.opsbook.stack.plugins.module_utils import _files
@@ -80,7 +80,6 @@ from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient
 
 COMPONENT = "bench"
-ROW_BYTES = 243  # backup_bench.py: one row is about 243 bytes of SQL dump
 DRILL_PREFIX = "opsbook-bkp-test-bench-drill-"
 
 
@@ -223,15 +222,7 @@ def timed_run(argv: list[str], env: dict[str, str], cwd: str) -> float:
 def mariadb_backup(client: DockerClient, workdir: str, mb: int, name: str) -> tuple[bk.ComponentSpec, bk.Settings]:
     """backup_bench.py's container, table and rows, then one run_backup (untimed here)."""
     password = secrets.token_hex(8)
-    client.create_container(
-        {
-            "Image": IMAGE,
-            "Env": ["MARIADB_ROOT_PASSWORD=%s" % password, "MARIADB_DATABASE=app"],
-            "Cmd": ["mariadbd", "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"],
-            "HostConfig": {"NetworkMode": "none"},
-        },
-        name=name,
-    )
+    create_server(client, name, password)
     client.start_container(name)
     spec = bk.ComponentSpec(
         name=COMPONENT, type="mariadb", container=name, databases=["app"], keep_last=1, keep_daily=0, keep_weekly=0
@@ -240,25 +231,7 @@ def mariadb_backup(client: DockerClient, workdir: str, mb: int, name: str) -> tu
     bk.engine_for(spec, settings, client).wait_ready(name, 120, 1)
     mysql = ["docker", "exec", "-e", "MYSQL_PWD=%s" % password, name, "mariadb", "-uroot", "-D", "app", "-e"]
     started = time.monotonic()
-    sh(
-        mysql
-        + [
-            "CREATE TABLE events (id INT PRIMARY KEY, user_id INT, kind VARCHAR(16), token CHAR(32), "
-            "payload VARCHAR(400), created DATETIME, KEY (user_id))"
-        ]
-    )
-    rows = mb * 1000 * 1000 // ROW_BYTES
-    batch = 200_000
-    for start in range(0, rows, batch):
-        sh(
-            mysql
-            + [
-                "INSERT INTO events SELECT seq, MOD(seq, 9973), ELT(1 + MOD(seq, 4), 'login', 'chat', 'upload', "
-                "'logout'), MD5(seq), CONCAT(REPEAT(CONCAT('msg ', MOD(seq, 1000), ' '), 8), MD5(RAND()), "
-                "' ', SHA2(RAND(), 256)), NOW() - INTERVAL seq SECOND FROM seq_%d_to_%d"
-                % (start + 1, min(start + batch, rows))
-            ]
-        )
+    rows = seed_events(mysql, mb)
     generated = time.monotonic() - started
     started = time.monotonic()
     bk.run_backup(spec, settings, client)
@@ -415,6 +388,10 @@ def main() -> int:
             location = transport.new_repository(label)
             transport.rsh(location)  # sets OPSBOOK_BORG_RSH for the emulated transport
             run_settings = bk.Settings(dest=settings.dest, offsite=transport.offsite_cfg(location))
+            # A fresh repository each round: the job's state must not remember the last round's verified copy.
+            state = bk.load_state(store)
+            state["offsite_verified"] = []
+            bk.save_state(store, state)
             calls.take()
             started = time.monotonic()
             result = offsite.run_offsite(spec, run_settings)

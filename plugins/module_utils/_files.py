@@ -74,6 +74,16 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def read_json_object(path: str) -> dict[str, t.Any]:
+    """A JSON object written by write_json_atomic ({} when the file is missing, unreadable or not an object)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_atomic(path: str, data: bytes | str, mode: int = 0o640) -> None:
     """Write data to path so that readers see the old content or the new one, never a part.
 

@@ -168,8 +168,10 @@ def test_a_full_repository_disk_fails_the_copy_by_name_and_loses_nothing(host):
 def test_restore_onto_a_new_host_from_the_copy_after_the_app_host_lost_its_data_and_backups(host):
     playbook("backup.yml", "-e", "backup_only=%s" % ",".join(JOBS))
     expected = fingerprint(host)
-    # The disaster: the app host loses every local backup and its databases.
-    run(host, "rm -rf /var/backups/opsbook/mysql /var/backups/opsbook/postgres /var/backups/opsbook/redis")
+    # The disaster: the app host loses every local backup (moved aside, for the tests after this one) and its
+    # databases.
+    for job in JOBS:
+        run(host, "mv /var/backups/opsbook/%s /var/backups/opsbook/%s.lost" % (job, job))
     run(host, "cd /opt/bkp && docker compose down -v --timeout 5")
     new = new_host()
     assert run(new, "ls /var/backups/opsbook", expect_rc=None).stdout.split() in ([], [".borg"])
@@ -180,11 +182,11 @@ def test_restore_onto_a_new_host_from_the_copy_after_the_app_host_lost_its_data_
     assert fingerprint(new) == expected
     for job in JOBS:
         assert json.loads(cli(new, "list", job).stdout), job  # the fetched backup is committed there
-    # The app host gets its stack back (empty) for the tests after this one, and restores from the copy too.
+    # The app host gets its stack back (empty: the drill after this runs a throwaway container of its image) and
+    # its backups.
     run(host, "cd /opt/bkp && docker compose up -d --wait --wait-timeout 180")
-    playbook("restore.yml", "-e", "restore_component=%s" % ",".join(JOBS), "-e", "restore_confirm=true",
-             "-e", "restore_source=offsite")
-    assert fingerprint(host) == expected
+    for job in JOBS:
+        run(host, "mv /var/backups/opsbook/%s.lost /var/backups/opsbook/%s" % (job, job))
 
 
 def test_the_drill_restores_from_the_off_host_copy(host):

@@ -635,15 +635,6 @@ class RemoteArchive:
     name: str
 
 
-def _load_history(path: str) -> dict[str, t.Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _newest_verified(borg: Borg, archives: list[RemoteArchive]) -> str | None:
     """The newest archive whose files match the manifest it carries (checked from the repository's data)."""
     for arc in sorted(archives, key=lambda a: (a.created, a.id), reverse=True):
@@ -669,7 +660,7 @@ def prune_remote(settings: Settings) -> dict[str, t.Any]:
     if not cfg.history_file:
         raise BackupError(EXIT_USAGE, "offsite: prune needs history_file (the record of the archives seen)")
     borg = Borg(cfg)
-    history = _load_history(cfg.history_file)
+    history = _files.read_json_object(cfg.history_file)
     try:
         listed = borg.archives()
         names = sorted(n for n in listed if not n.endswith(".checkpoint"))

@@ -17,11 +17,11 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import json
 import os
 import time
 import typing as t
 
+from ansible_collections.opsbook.stack.plugins.module_utils import _files
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Store, write_json_atomic
 
@@ -46,12 +46,7 @@ def record_path(store: Store, operation: str) -> str:
 
 def read_record(store: Store, operation: str) -> dict[str, t.Any]:
     """The last record of operation ({} when there is none or it is unreadable)."""
-    try:
-        with open(record_path(store, operation), encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _files.read_json_object(record_path(store, operation))
 
 
 class RunRecord:

@@ -14,10 +14,10 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import json
 import os
 import typing as t
 
+from ansible_collections.opsbook.stack.plugins.module_utils import _files
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.store import Store, write_atomic, write_json_atomic
 
 STATE = "state.json"
@@ -114,11 +114,7 @@ METRICS = (
 
 
 def load_state(store: Store) -> dict[str, t.Any]:
-    try:
-        with open(os.path.join(store.root, STATE), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {}
+    return _files.read_json_object(os.path.join(store.root, STATE))
 
 
 def save_state(store: Store, state: dict[str, t.Any]) -> None:

@@ -528,3 +528,34 @@ def test_cli_offsite_exit_codes(offhost: Offhost) -> None:
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["copied"] == [IDS[0]]
     assert metrics(offhost.settings)["opsbook_backup_offsite_pending"] == 0
+
+
+def test_the_check_makes_a_copy_gone_from_the_repository_pending_and_the_next_run_copies_it(offhost: Offhost) -> None:
+    for backup_id in IDS[:2]:
+        commit_backup(offhost.backups, backup_id)
+    assert offsite.run_offsite(offhost.spec, offhost.settings)["copied"] == list(IDS[:2])
+    # A client deletes one archive through the forced command (append-only only hides it from the listing).
+    offhost.borg("delete", "%s::redis-%s" % (offhost.location, IDS[0]))
+    # A copy run does not list the repository: it trusts the job's record until the check compares it.
+    assert offsite.run_offsite(offhost.spec, offhost.settings)["copied"] == []
+
+    checked = offsite.run_check(offhost.spec, offhost.settings)
+
+    assert checked["gone_from_repository"] == [IDS[0]]
+    assert checked["pending"] == 1
+    assert metrics(offhost.settings)["opsbook_backup_offsite_pending"] == 1
+    again = offsite.run_offsite(offhost.spec, offhost.settings)
+    assert again["copied"] == [IDS[0]] and again["pending"] == 0
+    assert "redis-%s" % IDS[0] in offhost.names()
+
+
+def test_an_archive_left_unverified_by_an_earlier_run_is_verified_not_created_again(offhost: Offhost) -> None:
+    commit_backup(offhost.backups, IDS[0])
+    # An earlier run created the archive and ended before its verification (killed): the state does not list it.
+    offhost.push(offhost.backups, IDS[0])
+
+    result = offsite.run_offsite(offhost.spec, offhost.settings)
+
+    assert result["copied"] == [] and result["verified"] == [IDS[0]], result
+    assert result["pending"] == 0
+    assert offhost.names() == ["redis-%s" % IDS[0]]
