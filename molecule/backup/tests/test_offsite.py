@@ -7,8 +7,6 @@ local backup, flip a byte on the remote, and try to delete the remote history fr
 import json
 import os
 import re
-import shlex
-import subprocess
 import time
 
 import testinfra
