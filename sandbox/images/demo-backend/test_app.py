@@ -186,7 +186,16 @@ def test_metrics_format(running):
             re.M,
         )
     )
-    assert slow["0.025"] == "0" and slow["0.05"] == "1"
+    # The 30 ms request lands in the first bucket at or above its own duration (the _sum; on a loaded machine it
+    # may be well above 30 ms), in none below it, and never below 0.025.
+    summed = re.search(r'^http_request_duration_seconds_sum\{method="GET",path="/api/slow"\} ([0-9.e-]+)$', text, re.M)
+    assert summed, text
+    took = float(summed.group(1))
+    assert took >= 0.03
+    assert slow["0.025"] == "0" and slow["+Inf"] == "1"
+    for le, count in slow.items():
+        if le != "+Inf":
+            assert count == ("1" if float(le) >= took else "0"), (le, count, took)
 
 
 def _read_headers(sock: socket.socket) -> tuple[bytes, bytes]:
