@@ -496,12 +496,32 @@ def run_check(spec: ComponentSpec, settings: Settings) -> dict[str, t.Any]:
     }
 
 
+@dataclass
+class RemoteArchive:
+    id: str
+    created: float
+    name: str
+
+
+def by_component(names: t.Iterable[str]) -> dict[str, list[RemoteArchive]]:
+    """The collection's archives (<component>-<backup id>, not borg's .checkpoint ones) per component, oldest
+    first; other names are left out."""
+    found: dict[str, list[RemoteArchive]] = {}
+    for name in sorted(names):
+        match = ID_RE.match(name)
+        if not match or name.endswith(".checkpoint"):
+            continue
+        created = float(calendar.timegm(time.strptime(match.group("id"), "%Y%m%dT%H%M%SZ")))
+        found.setdefault(match.group("component"), []).append(RemoteArchive(match.group("id"), created, name))
+    return found
+
+
 def _choose(borg: Borg, cfg: Offsite, component: str, backup_id: str | None) -> str:
     try:
-        names = sorted(n for n in borg.archives(component) if ID_RE.match(n) and not n.endswith(".checkpoint"))
+        listed = borg.archives(component)
     except OffsiteError as exc:
         raise _failed(cfg, "listing the off-host archives of %s" % component, exc) from exc
-    ids = [ID_RE.match(n).group("id") for n in names if ID_RE.match(n).group("component") == component]  # type: ignore[union-attr]
+    ids = [a.id for a in by_component(listed).get(component, [])]
     if not ids:
         raise BackupError(EXIT_VERIFY, "no off-host copy of %s in %s; nothing was touched" % (component, cfg.target))
     if not backup_id or backup_id == "latest":
@@ -628,13 +648,6 @@ def run_offsite_drill(spec: ComponentSpec, settings: Settings, backup_id: str | 
         return result
 
 
-@dataclass
-class RemoteArchive:
-    id: str
-    created: float
-    name: str
-
-
 def _newest_verified(borg: Borg, archives: list[RemoteArchive]) -> str | None:
     """The newest archive whose files match the manifest it carries (checked from the repository's data)."""
     for arc in sorted(archives, key=lambda a: (a.created, a.id), reverse=True):
@@ -677,17 +690,10 @@ def prune_remote(settings: Settings) -> dict[str, t.Any]:
             % (len(missing), cfg.target, ", ".join(missing)),
             {"missing": missing, "target": cfg.target, "cause": "archives deleted by a client"},
         )
-    by_component: dict[str, list[RemoteArchive]] = {}
-    for name in names:
-        match = ID_RE.match(name)
-        if not match:
-            continue
-        created = float(calendar.timegm(time.strptime(match.group("id"), "%Y%m%dT%H%M%SZ")))
-        by_component.setdefault(match.group("component"), []).append(RemoteArchive(match.group("id"), created, name))
     deleted: list[str] = []
     kept: dict[str, str | None] = {}
     try:
-        for component, archives in sorted(by_component.items()):
+        for component, archives in sorted(by_component(names).items()):
             newest = _newest_verified(borg, archives)
             kept[component] = newest
             keep = select_keep(archives, cfg.keep_last, cfg.keep_daily, cfg.keep_weekly, newest, cfg.keep_monthly)
@@ -713,6 +719,7 @@ __all__ = [
     "OffsiteError",
     "archive_name",
     "backup_and_copy",
+    "by_component",
     "classify",
     "fetch",
     "plan_fetch",
