@@ -35,10 +35,29 @@ ROUTES = {
     ],
     "nginx_streaming_upstream": "backend",
 }
+# astron-agent's layout (inventories/astron-agent): two services stream, so the streams are routes with
+# streaming true and no nginx_streaming_upstream; the rate limit on, so a streaming route carries exactly one.
+PLATFORM_ROUTES = {
+    "nginx_upstreams": [
+        {"service": "console-hub", "port": 8080},
+        {"service": "core-workflow", "port": 7880},
+        {"service": "console-frontend", "port": 80},
+    ],
+    "nginx_routes": [
+        {"path": "/workflow/v1/chat/completions", "upstream": "core-workflow", "streaming": True},
+        {"path": "/console-api/chat-message/", "upstream": "console-hub", "streaming": True},
+        {"path": "/console-api/", "upstream": "console-hub"},
+        {"path": "/", "upstream": "console-frontend"},
+    ],
+    "nginx_streaming_upstream": "",
+    "nginx_static_upstream": "console-frontend",
+    "nginx_limit_req_enabled": True,
+}
 VARIANTS = {
     "plain": {"nginx_upstreams": [{"service": "backend", "port": 8000}]},
     "tls": {**TLS, "nginx_upstreams": [{"service": "backend", "port": 8000}]},
     "tls-routes": {**TLS, **ROUTES},
+    "platform-routes": PLATFORM_ROUTES,
 }
 
 
@@ -177,3 +196,28 @@ def test_ordinary_values_pass_the_check(tmp_path):
         nginx_extra_config="location = /robots.txt { return 200 \"User-agent: *\\nDisallow: /\\n\"; }",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_each_streaming_route_is_an_sse_location_of_its_own_upstream(tmp_path):
+    """astron-agent's two streams go to two services; each location streams and is rate limited once."""
+    if not os.path.exists("/etc/nginx/mime.types"):
+        pytest.skip("needs nginx installed (apt-get install nginx) for mime.types")
+    site = (write_tree(tmp_path, PLATFORM_ROUTES).parent / "conf.d" / "opsbook-site.conf").read_text()
+    for index, service in ((0, "core-workflow"), (1, "console-hub")):
+        location = site.split("# >>> nginx_routes[%d]" % index)[1].split("# <<< nginx_routes[%d]" % index)[0]
+        assert 'set $opsbook_upstream "demo_%s.' % service in location, location
+        assert "proxy_buffering off;" in location and "X-Accel-Buffering no" in location, location
+        assert location.count("limit_req ") == 1, location
+    ordinary = site.split("# >>> nginx_routes[2]")[1].split("# <<< nginx_routes[2]")[0]
+    assert "proxy_buffering off;" not in ordinary and ordinary.count("limit_req ") == 1, ordinary
+    assert "# >>> nginx_streaming_paths" not in site
+
+
+def test_a_route_both_websocket_and_streaming_is_refused_naming_it(tmp_path):
+    done = preflight(
+        tmp_path,
+        role_variables({})["nginx_tls_ciphers"],
+        nginx_routes=[{"path": "/chat/", "upstream": "backend", "websocket": True, "streaming": True}],
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "nginx_routes entry" in done.stdout and "not both" in done.stdout, done.stdout[-3000:]

@@ -33,6 +33,8 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Ser
 from ansible_collections.opsbook.stack.tests.unit.http_fixtures import free_port, free_ports
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "nginx"
+# An ordinary location gives up on a silent upstream after PROXY_READ_S; the test stream pauses longer.
+PROXY_READ_S, STREAM_GAP_S = 1, 2.0
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -120,11 +122,29 @@ class Backend(BaseHTTPRequestHandler):
         if self.path.startswith("/ws/") and self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
+        if "/events" in self.path:
+            self._events()
+            return
         body = ("%s %s\n" % (self.server.server_address[0], self.headers.get("Connection", "-"))).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _events(self) -> None:
+        """Two SSE events STREAM_GAP_S apart, chunked; then the end of the stream."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for number in (1, 2):
+            event = b"data: %d\n\n" % number
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+            if number == 1:
+                time.sleep(STREAM_GAP_S)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _websocket(self) -> None:
         accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
@@ -179,9 +199,11 @@ class Stack:
                 "nginx_stub_status_listen": "127.0.0.1:%d" % stub_status_port,
                 "nginx_resolver_port": self.resolver_port,
                 "nginx_compose_project": "demo",
+                "nginx_proxy_read_timeout": "%ds" % PROXY_READ_S,
                 "nginx_upstreams": [{"service": "backend", "port": self.port}],
                 "nginx_routes": [
                     {"path": "/ws/", "upstream": "backend", "websocket": True},
+                    {"path": "/chat/", "upstream": "backend", "streaming": True},
                     {"path": "/", "upstream": "backend"},
                 ],
             },
@@ -368,3 +390,34 @@ def test_a_websocket_route_completes_the_handshake_and_echoes(stack):
             echoed += sock.recv(frame[1] - len(echoed))
         assert echoed == payload
     assert "proxy_read_timeout 3600s;  # nginx_websocket_timeout" in stack.site
+
+
+def read_stream(port: int, path: str) -> tuple[bytes, str]:
+    """The body of a stream through Nginx, and how it ended: "complete" or the exception's name."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body, ended = b"", "complete"
+    try:
+        while True:
+            chunk = response.read1(64)
+            if not chunk:
+                break
+            body += chunk
+    except http.client.IncompleteRead as exc:
+        body, ended = body + exc.partial, type(exc).__name__
+    conn.close()
+    return body, ended
+
+
+def test_a_streaming_route_keeps_a_quiet_stream_that_an_ordinary_route_cuts(stack):
+    """A route with streaming true is an SSE location of its own upstream (astron-agent streams from two
+    services): a chat answer that pauses longer than the ordinary read timeout (an LLM thinking) reaches its end.
+    The same stream on an ordinary route is cut after nginx_proxy_read_timeout, which is what a chat user would
+    see without the option."""
+    body, ended = read_stream(stack.http_port, "/chat/events")
+    assert ended == "complete" and b"data: 1" in body and b"data: 2" in body, (ended, body)
+    body, ended = read_stream(stack.http_port, "/other/events")
+    assert ended != "complete" and b"data: 2" not in body, (ended, body)
+    chat = stack.site.split("# >>> nginx_routes[1]")[1].split("# <<< nginx_routes[1]")[0]
+    assert "proxy_buffering off;" in chat and "nginx_streaming_read_timeout" in chat, chat
