@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
 import re
@@ -259,7 +260,8 @@ def test_sse_streams_before_the_end(running):
 
 
 @pytest.mark.parametrize(
-    "method,path", [("POST", "/workflow/v1/chat/completions"), ("GET", "/console-api/chat-message/")]
+    "method,path",
+    [("POST", "/workflow/v1/chat/completions"), ("GET", "/console-api/chat-message/"), ("POST", "/api/chat/stream")],
 )
 def test_sse_alias_paths(running, method, path):
     r = running()
@@ -499,3 +501,364 @@ def test_sigterm_ends_a_longer_stream_with_a_final_event_and_a_websocket_with_cl
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- metric dialects and the fault knobs (docs/platform-metrics.md) ---------------------------------------
+
+# promtool from PATH or the sandbox's Prometheus image: the one helper of tests/unit (its conftest marks the test
+# `docker` when promtool is not on PATH). Loaded by path, since this directory runs without the collection layout.
+_PROM_TOOLS_SPEC = importlib.util.spec_from_file_location(
+    "demo_backend_prom_tools", HERE.parents[2] / "tests" / "unit" / "prom_tools.py"
+)
+_prom_tools = importlib.util.module_from_spec(_PROM_TOOLS_SPEC)
+_PROM_TOOLS_SPEC.loader.exec_module(_prom_tools)
+promtool = _prom_tools.promtool
+
+AGENTCHAT_GOLDEN = """\
+# HELP app_info Build information of the demo backend.
+# TYPE app_info gauge
+app_info{version="1.0\\"x"} 1
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1700000000.250
+# HELP http_requests_in_flight Requests currently being served.
+# TYPE http_requests_in_flight gauge
+http_requests_in_flight 1
+# HELP http_requests_total Total HTTP requests by method, path and status.
+# TYPE http_requests_total counter
+http_requests_total{method="GET",path="/health",status="200"} 2
+http_requests_total{method="POST",path="/api/echo",status="500"} 1
+# HELP http_request_duration_seconds HTTP request duration in seconds by method and path.
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.005"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.01"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.025"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.05"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.1"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.25"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="0.5"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="1.0"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="2.5"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="5.0"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="10.0"} 1
+http_request_duration_seconds_bucket{method="GET",path="/health",le="+Inf"} 2
+http_request_duration_seconds_sum{method="GET",path="/health"} 12.503
+http_request_duration_seconds_count{method="GET",path="/health"} 2
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.005"} 0
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.01"} 0
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.025"} 0
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.05"} 0
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.1"} 0
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.25"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="0.5"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="1.0"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="2.5"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="5.0"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="10.0"} 1
+http_request_duration_seconds_bucket{method="POST",path="/api/echo",le="+Inf"} 1
+http_request_duration_seconds_sum{method="POST",path="/api/echo"} 0.2
+http_request_duration_seconds_count{method="POST",path="/api/echo"} 1
+"""
+
+
+def test_agentchat_exposition_is_byte_for_byte_the_one_before_the_dialects():
+    # The text the app rendered before the dialects existed, for the same observations.
+    metrics = app.Metrics(app.Config(version='1.0"x'))
+    metrics.started = 1700000000.25
+    metrics.begin()  # the scrape itself, still in flight
+    for method, path, status, seconds in [
+        ("GET", "/health", 200, 0.003),
+        ("POST", "/api/echo", 500, 0.2),
+        ("GET", "/health", 200, 12.5),
+    ]:
+        metrics.begin()
+        metrics.observe(method, path, status, seconds)
+    assert metrics.render() == AGENTCHAT_GOLDEN
+
+
+def test_the_default_dialect_is_agentchat(monkeypatch):
+    monkeypatch.delenv("APP_METRICS_DIALECT", raising=False)
+    assert app.Config.from_env().dialect == "agentchat"
+    assert app.Config().dialect == "agentchat"
+    assert tuple(app.METRICS_BY_DIALECT) == app.DIALECTS
+
+
+def sample(text: str, series: str) -> float:
+    """The value of one sample line, `name{labels}` exactly as rendered (or the bare name)."""
+    found = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.rsplit(" ", 1)[0] == series]
+    assert len(found) == 1, f"{series} not exactly once in:\n{text}"
+    return float(found[0])
+
+
+def scrape(r: Running) -> str:
+    status, _, body = r.request("GET", "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def set_faults(r: Running, **knobs) -> dict:
+    query = "&".join(f"{name}={value}" for name, value in knobs.items())
+    status, _, body = r.request("POST", f"/faults?{query}")
+    assert status == 200, body
+    return json.loads(body)
+
+
+# promtool's lint wants base units; the Astron Agent contract names its times in microseconds on purpose.
+ACCEPTED_LINT = {
+    "astron-agent": {
+        'server_request_time_microseconds use base unit "seconds" instead of "microseconds"',
+        'rely_server_request_time_microseconds use base unit "seconds" instead of "microseconds"',
+    }
+}
+
+
+@pytest.mark.parametrize("dialect", app.DIALECTS)
+def test_each_dialect_passes_promtool_check_metrics(running, promtool, tmp_path, dialect):
+    r = running(dialect=dialect, version="5.0")
+    for method, path in [
+        ("GET", "/health"),
+        ("POST", "/api/echo"),
+        ("GET", "/api/version"),
+        ("GET", "/api/fail?code=503"),
+        ("GET", "/nope"),
+        ("POST", "/api/sandbox/run"),
+        ("POST", "/api/llm"),
+        ("POST", "/api/rely?server=mysql"),
+        ("GET", "/sse?events=1&interval=0"),
+        ("GET", "/faults"),
+    ]:
+        r.request(method, path, body=b"{}" if method == "POST" else None)
+    text = scrape(r)
+    result = promtool.run(["check", "metrics"], tmp_path, stdin=text)
+    problems = {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()}
+    assert problems <= ACCEPTED_LINT.get(dialect, set()), (result.returncode, problems, text)
+    assert result.returncode == (3 if problems else 0), (result.returncode, result.stdout, result.stderr)
+    assert 'app_info{version="5.0"} 1' in text
+
+
+def test_helloagents_series_move_with_requests_and_faults(running):
+    r = running(dialect="helloagents")
+    text = scrape(r)
+    assert sample(text, 'sandbox_executions_total{status="success"}') == 0
+    assert sample(text, 'sandbox_executions_total{status="failure"}') == 0
+    assert sample(text, "sandbox_pool_available") == 5
+    for _ in range(3):
+        assert r.request("POST", "/api/echo", body=b"x")[0] == 200  # one execution each, answer unchanged
+    status, _, body = r.request("POST", "/api/sandbox/run")
+    assert status == 200 and json.loads(body)["status"] == "success"
+    text = scrape(r)
+    assert sample(text, 'sandbox_executions_total{status="success"}') == 4
+    assert sample(text, "sandbox_execution_duration_seconds_count") == 4
+    assert sample(text, 'http_requests_total{method="POST",endpoint="/api/echo",status_code="200"}') == 3
+    assert sample(text, 'http_request_duration_seconds_count{method="POST",endpoint="/api/sandbox/run"}') == 1
+    assert 'le="1"' in text and 'le="60"' in text
+
+    set_faults(r, APP_SANDBOX_FAIL_RATIO=1, APP_SANDBOX_DURATION_S=0.3)
+    started = time.monotonic()
+    status, _, body = r.request("POST", "/api/sandbox/run")
+    assert status == 500 and json.loads(body)["status"] == "failure"
+    assert time.monotonic() - started >= 0.3
+    assert r.request("GET", "/api/version")[0] == 200  # the API answers; the execution behind it failed
+    text = scrape(r)
+    assert sample(text, 'sandbox_executions_total{status="failure"}') == 2
+    assert sample(text, 'sandbox_execution_duration_seconds_bucket{le="0.25"}') == 4
+    assert sample(text, 'sandbox_execution_duration_seconds_bucket{le="0.5"}') == 6
+
+    set_faults(r, reset=1, APP_SANDBOX_POOL_SIZE=0)
+    assert sample(scrape(r), "sandbox_pool_available") == 0
+    assert r.request("POST", "/api/sandbox/run")[0] == 500  # no free sandbox: the execution fails at once
+    assert sample(scrape(r), 'sandbox_executions_total{status="failure"}') == 3
+
+
+def test_helloagents_pool_empties_under_concurrent_executions(running):
+    r = running(dialect="helloagents", sandbox_pool_size=2, sandbox_duration=0.6)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(r.request("POST", "/api/sandbox/run")[0])) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.25)
+    assert sample(scrape(r), "sandbox_pool_available") == 0
+    assert r.request("POST", "/api/sandbox/run")[0] == 500  # the third finds the pool empty
+    for t in threads:
+        t.join(5)
+    assert sorted(results) == [200, 200]
+    text = scrape(r)
+    assert sample(text, "sandbox_pool_available") == 2
+    assert sample(text, 'sandbox_executions_total{status="failure"}') == 1
+
+
+def test_heartrule_series_move_with_requests_and_faults(running):
+    r = running(dialect="heartrule", cache_hit_ratio=1.0)
+    text = scrape(r)
+    assert sample(text, "db_pool_max_connections") == 10
+    assert sample(text, 'db_pool_connections{state="idle"}') == 10
+    assert sample(text, "cache_hits_total") == 0 and sample(text, "cache_misses_total") == 0
+    for _ in range(2):
+        assert r.request("GET", "/api/version")[0] == 200
+    status, _, body = r.request("POST", "/api/llm?provider=deepseek")
+    assert status == 200 and json.loads(body) == {"provider": "deepseek", "outcome": "success"}
+    text = scrape(r)
+    assert sample(text, 'llm_requests_total{provider="openai",outcome="success"}') == 2
+    assert sample(text, 'llm_requests_total{provider="deepseek",outcome="success"}') == 1
+    assert sample(text, 'llm_request_duration_seconds_count{provider="openai"}') == 2
+    assert sample(text, "cache_hits_total") == 2 and sample(text, "cache_misses_total") == 0
+    assert sample(text, 'http_requests_total{method="GET",route="/api/version",status_code="200"}') == 2
+    assert sample(text, 'http_request_duration_seconds_count{method="POST",route="/api/llm",status_code="200"}') == 1
+    assert r.request("POST", "/api/llm?provider=nobody")[0] == 400
+
+    set_faults(r, APP_LLM_ERROR_RATIO=1, APP_CACHE_HIT_RATIO=0)
+    assert r.request("POST", "/api/llm")[0] == 502
+    assert r.request("POST", "/api/echo")[0] == 200
+    set_faults(r, APP_LLM_ERROR_RATIO=0, APP_LLM_TIMEOUT_RATIO=1, APP_LLM_LATENCY_S=0.3)
+    started = time.monotonic()
+    assert r.request("POST", "/api/llm")[0] == 504
+    assert time.monotonic() - started >= 0.3
+    text = scrape(r)
+    assert sample(text, 'llm_requests_total{provider="openai",outcome="error"}') == 2
+    assert sample(text, 'llm_requests_total{provider="openai",outcome="timeout"}') == 1
+    assert sample(text, 'llm_request_duration_seconds_bucket{provider="openai",le="0.25"}') == 4
+    assert sample(text, 'llm_request_duration_seconds_bucket{provider="openai",le="0.5"}') == 5
+    assert sample(text, "cache_misses_total") == 1
+
+    set_faults(r, APP_DB_POOL_MAX=4, APP_DB_POOL_ACTIVE=6, APP_DB_POOL_WAITING=3)
+    text = scrape(r)
+    assert sample(text, "db_pool_max_connections") == 4
+    assert sample(text, 'db_pool_connections{state="active"}') == 4
+    assert sample(text, 'db_pool_connections{state="idle"}') == 0
+    assert sample(text, 'db_pool_connections{state="waiting"}') == 5  # 3 injected, 2 over the pool's size
+
+
+def test_heartrule_requests_hold_a_db_connection_while_they_work(running):
+    r = running(dialect="heartrule", llm_latency=0.6)
+    t = threading.Thread(target=r.request, args=("POST", "/api/echo"))
+    t.start()
+    time.sleep(0.25)
+    text = scrape(r)
+    assert sample(text, 'db_pool_connections{state="active"}') == 1
+    assert sample(text, 'db_pool_connections{state="idle"}') == 9
+    t.join(5)
+    assert sample(scrape(r), 'db_pool_connections{state="active"}') == 0
+
+
+def test_astron_agent_series_move_with_requests_and_faults(running):
+    r = running(dialect="astron-agent")
+    assert sample(scrape(r), 'rely_server_request_total{server="llm",code="0"}') == 0
+    assert r.request("POST", "/api/echo")[0] == 200  # one call to llm and one to mysql
+    assert r.request("GET", "/api/fail?code=500")[0] == 500
+    status, _, body = r.request("POST", "/api/rely?server=redis")
+    assert status == 200 and json.loads(body) == {"server": "redis", "code": "0"}
+    text = scrape(r)
+    assert sample(text, 'server_request_total{path="/api/echo",code="0"}') == 1
+    assert sample(text, 'server_request_total{path="/api/fail",code="10500"}') == 1
+    assert sample(text, 'server_request_time_microseconds_count{path="/api/echo"}') == 1
+    assert sample(text, 'rely_server_request_total{server="llm",code="0"}') == 2
+    assert sample(text, 'rely_server_request_total{server="mysql",code="0"}') == 2
+    assert sample(text, 'rely_server_request_total{server="redis",code="0"}') == 1
+    assert sample(text, "server_conc") == 1  # the scrape itself
+    assert r.request("POST", "/api/rely?server=nobody")[0] == 400
+
+    set_faults(r, APP_RELY_ERROR_RATIO=1, APP_RELY_LATENCY_S=0.3)
+    started = time.monotonic()
+    status, _, body = r.request("POST", "/api/rely?server=llm")
+    assert status == 502 and json.loads(body)["code"] == "10500"
+    assert time.monotonic() - started >= 0.3
+    text = scrape(r)
+    assert sample(text, 'rely_server_request_total{server="llm",code="10500"}') == 1
+    assert sample(text, 'rely_server_request_time_microseconds_bucket{server="llm",le="250000"}') == 2
+    assert sample(text, 'rely_server_request_time_microseconds_bucket{server="llm",le="500000"}') == 3
+    assert sample(text, 'server_request_total{path="/api/rely",code="10502"}') == 1
+    assert sample(text, 'server_request_time_microseconds_count{path="/api/rely"}') == 3
+    assert sample(text, 'server_request_time_microseconds_bucket{path="/api/rely",le="250000"}') == 2  # not the 0.3 s
+
+    t = threading.Thread(target=r.request, args=("GET", "/api/version"))  # two calls of 0.3 s
+    t.start()
+    time.sleep(0.2)
+    assert sample(scrape(r), "server_conc") == 2
+    t.join(5)
+
+
+def test_faults_endpoint_lists_checks_and_resets_the_knobs(running, capsys):
+    r = running(dialect="heartrule")
+    status, _, body = r.request("GET", "/faults")
+    faults = json.loads(body)
+    assert status == 200 and faults["dialect"] == "heartrule" and faults["max_delay_s"] == 60
+    assert set(faults["faults"]) == {
+        "APP_FAIL_RATIO",
+        "APP_LLM_LATENCY_S",
+        "APP_LLM_ERROR_RATIO",
+        "APP_LLM_TIMEOUT_RATIO",
+        "APP_DB_POOL_MAX",
+        "APP_DB_POOL_ACTIVE",
+        "APP_DB_POOL_WAITING",
+        "APP_CACHE_HIT_RATIO",
+    }
+    assert faults["faults"]["APP_CACHE_HIT_RATIO"] == 0.9 and faults["faults"]["APP_DB_POOL_MAX"] == 10
+
+    for query, said in [
+        ("APP_LLM_LATENCY_S=61", "APP_LLM_LATENCY_S must be a number from 0 to 60"),  # every delay is bounded
+        ("APP_LLM_ERROR_RATIO=1.5", "APP_LLM_ERROR_RATIO must be a number from 0 to 1"),
+        ("APP_DB_POOL_WAITING=2.5", "APP_DB_POOL_WAITING must be an integer"),
+        ("APP_DB_POOL_MAX=0", "APP_DB_POOL_MAX must be an integer from 1 to 1000"),
+        ("APP_CACHE_HIT_RATIO=lots", "APP_CACHE_HIT_RATIO must be a number"),
+        ("APP_SANDBOX_FAIL_RATIO=1", "APP_SANDBOX_FAIL_RATIO is a helloagents knob; this app speaks heartrule"),
+        ("APP_NOPE=1", "APP_NOPE is not a fault knob"),
+        ("APP_LLM_ERROR_RATIO=1&APP_LLM_LATENCY_S=-1", "APP_LLM_LATENCY_S"),  # all or nothing
+    ]:
+        status, _, body = r.request("POST", f"/faults?{query}")
+        assert status == 400 and said in json.loads(body)["error"], (query, body)
+    assert json.loads(r.request("GET", "/faults")[2])["faults"] == faults["faults"], "a refused change applied"
+
+    changed = set_faults(r, APP_LLM_LATENCY_S=0.5, APP_DB_POOL_WAITING=7)
+    assert changed["faults"]["APP_LLM_LATENCY_S"] == 0.5 and changed["faults"]["APP_DB_POOL_WAITING"] == 7
+    assert "faults set: APP_LLM_LATENCY_S=0.5 APP_DB_POOL_WAITING=7" in capsys.readouterr().out
+    assert set_faults(r, reset=1)["faults"] == faults["faults"]
+
+
+def test_fault_knobs_start_from_the_environment(monkeypatch):
+    monkeypatch.setenv("APP_METRICS_DIALECT", " HelloAgents ")
+    monkeypatch.setenv("APP_SANDBOX_FAIL_RATIO", "0.25")
+    monkeypatch.setenv("APP_SANDBOX_POOL_SIZE", "3")
+    monkeypatch.setenv("APP_SANDBOX_DURATION_S", "600")  # clamped like every variable: delays stay bounded
+    config = app.Config.from_env()
+    assert config.dialect == "helloagents" and config.sandbox_fail_ratio == 0.25
+    assert config.sandbox_pool_size == 3 and isinstance(config.sandbox_pool_size, int)
+    assert config.sandbox_duration == app.MAX_INJECTED_DELAY_S
+
+
+def test_fail_ratio_can_be_changed_without_a_restart(running):
+    r = running()
+    assert r.request("GET", "/api/version")[0] == 200
+    assert set_faults(r, APP_FAIL_RATIO=1)["faults"] == {"APP_FAIL_RATIO": 1.0}
+    assert r.request("GET", "/api/version")[0] == 500
+    assert r.request("GET", "/health")[0] == 200
+    set_faults(r, reset=1)
+    assert r.request("GET", "/api/version")[0] == 200
+    text = scrape(r)
+    assert 'http_requests_total{method="POST",path="/faults",status="200"} 2' in text
+    assert "sandbox_" not in text and "llm_" not in text  # agentchat speaks its own series only
+
+
+def test_the_shutdown_cut_ends_an_injected_delay(running):
+    r = running(dialect="helloagents", sandbox_duration=30)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(response=r.request("POST", "/api/sandbox/run")))
+    t.start()
+    time.sleep(0.2)
+    began = time.monotonic()
+    r.server.cut_streams()
+    t.join(5)
+    assert time.monotonic() - began < 2 and result["response"][0] in (200, 500)
+
+
+def test_an_unknown_dialect_refuses_to_start():
+    with pytest.raises(app.ConfigError, match="APP_METRICS_DIALECT='grafana' is not a metrics dialect"):
+        app.DemoServer(("127.0.0.1", 0), app.Config(dialect="grafana"))
+    env = dict(os.environ, PORT="0", HOST="127.0.0.1", APP_METRICS_DIALECT="helloagent")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "app.py")], env=env, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert proc.returncode == 2 and "listening" not in proc.stdout
+    assert "APP_METRICS_DIALECT='helloagent'" in proc.stderr
+    assert "allowed: agentchat, helloagents, astron-agent, heartrule" in proc.stderr
