@@ -206,3 +206,67 @@ def test_stop_keeps_data_and_start_finds_it(host, cfg):
     rows = host.check_output(sql % "'SELECT COUNT(*) FROM kept'")
     assert rows.split()[-1] == "3"
     print(f"start.yml to healthy: {elapsed:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Each profile's routes through Nginx (issue 16, item 1): which service answers each path, every stream to its
+# end, HeartRule's WebSocket handshake. The demo backend names the service it plays in X-Service (SERVICE_NAME);
+# the demo frontend is recognised by its page.
+# --------------------------------------------------------------------------------------------------------
+
+FRONTEND = "frontend page"
+ROUTES = {
+    "agentchat": [("/api/version", "backend"), ("/health", "backend"), ("/", FRONTEND)],
+    "astron-agent": [("/console-api/apps", "console-hub"), ("/", FRONTEND)],
+    "helloagents": [("/api/version", "backend"), ("/health", "backend"), ("/", FRONTEND)],
+    "heartrule": [("/api/version", "api"), ("/health", "api"), ("/", "api")],
+}
+STREAMS = {
+    "agentchat": [("/sse", "backend")],
+    "astron-agent": [("/workflow/v1/chat/completions", "core-workflow"), ("/console-api/chat-message/", "console-hub")],
+    "helloagents": [("/sse", "backend")],
+    "heartrule": [("/api/chat/stream", "api")],
+}
+# RFC 6455's example key and the accept value it must give.
+WS_KEY, WS_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def through_nginx(host, path, *curl):
+    """Status line, headers (lower-case names) and body of a GET through the host's Nginx."""
+    out = host.run("curl -sS -i --max-time 20 %s 'http://127.0.0.1%s'" % (" ".join(curl), path))
+    assert out.rc == 0, (path, out.stderr)
+    head, _, body = out.stdout.replace("\r\n", "\n").partition("\n\n")
+    status, *lines = head.split("\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+    return status, headers, body
+
+
+def test_every_route_reaches_its_service_through_nginx(host, profile):
+    for path, expected in ROUTES[profile]:
+        status, headers, body = through_nginx(host, path)
+        if expected == FRONTEND:
+            assert " 200" in status and "<h1>opsbook demo</h1>" in body, (path, status, body[:300])
+        else:
+            # The service's own answer (a 404 of the demo app for a path it does not serve is still its answer).
+            assert headers.get("x-service") == expected, (path, status, headers, body[:300])
+            assert " 502" not in status and " 504" not in status, (path, status)
+
+
+def test_every_stream_runs_to_its_end_through_nginx_unbuffered(host, profile):
+    for path, expected in STREAMS[profile]:
+        status, headers, body = through_nginx(host, path + "?events=5&interval=0.2", "-N")
+        assert " 200" in status and headers.get("x-service") == expected, (path, status, headers)
+        assert headers.get("content-type", "").startswith("text/event-stream"), headers
+        assert headers.get("x-accel-buffering") == "no", headers  # a streaming location, not an ordinary one
+        assert body.count("data:") >= 5 and "event: end" in body, (path, body)
+
+
+def test_the_heartrule_websocket_route_completes_the_handshake(host, profile):
+    if profile != "heartrule":
+        pytest.skip("HeartRule's route (the others have none)")
+    out = host.run(
+        "curl -sS -i -N --http1.1 --max-time 3 -H 'Connection: Upgrade' -H 'Upgrade: websocket' "
+        "-H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: %s' http://127.0.0.1/ws/echo" % WS_KEY)
+    # curl has no WebSocket client here: it prints the handshake and waits until --max-time (rc 28).
+    assert out.stdout.startswith("HTTP/1.1 101"), (out.rc, out.stdout[:500], out.stderr)
+    assert "Sec-WebSocket-Accept: %s" % WS_ACCEPT in out.stdout.replace("sec-websocket-accept", "Sec-WebSocket-Accept")

@@ -9,6 +9,7 @@ Environment:
     APP_VERSION          version reported by /health, /api/version, /metrics (baked in from build arg VERSION)
     APP_BROKEN           1: /health answers 200 for APP_BROKEN_AFTER seconds (default 3) after start, then 503
     APP_FAIL_RATIO       0..1: probability that a request to /api/* answers 500 (healthy but failing)
+    SERVICE_NAME         the Compose service this replica plays; sent back in X-Service on every answer
     APP_SHUTDOWN_GRACE   seconds in-flight requests may take to finish after SIGTERM (default 10)
     APP_KEEPALIVE_TIMEOUT  seconds an idle keep-alive connection is kept open (default 75)
     APP_METRICS_DIALECT  whose metrics /metrics speaks: agentchat (default), helloagents, astron-agent, heartrule;
@@ -149,6 +150,9 @@ class Config:
     shutdown_grace: float = 10.0
     keepalive_timeout: float = 75.0
     dialect: str = "agentchat"
+    # SERVICE_NAME: the Compose service this replica plays (astron-agent's console-hub, ...); every answer says it
+    # in X-Service, so a test can tell which service a route of Nginx reached.
+    service: str = ""
     # The platform faults (FAULT_KNOBS): none by default, a pool of 5 sandboxes, 10 database connections.
     sandbox_duration: float = 0.0
     sandbox_fail_ratio: float = 0.0
@@ -177,6 +181,7 @@ class Config:
             shutdown_grace=_env_float("APP_SHUTDOWN_GRACE", 10.0, lo=0.0),
             keepalive_timeout=_env_float("APP_KEEPALIVE_TIMEOUT", 75.0, lo=1.0),
             dialect=check_dialect(os.environ.get("APP_METRICS_DIALECT", "")),
+            service=os.environ.get("SERVICE_NAME", "").strip(),
             **knobs,
         )
 
@@ -697,6 +702,8 @@ class Handler(BaseHTTPRequestHandler):
             headers.setdefault("X-Request-ID", rid)
         if self.server.draining.is_set():
             headers["Connection"] = "close"
+        if self.server.config.service:
+            headers.setdefault("X-Service", self.server.config.service)
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()

@@ -862,3 +862,12 @@ def test_an_unknown_dialect_refuses_to_start():
     assert proc.returncode == 2 and "listening" not in proc.stdout
     assert "APP_METRICS_DIALECT='helloagent'" in proc.stderr
     assert "allowed: agentchat, helloagents, astron-agent, heartrule" in proc.stderr
+
+
+def test_every_answer_names_the_service_it_plays(running):
+    r = running(service="console-hub")
+    for path in ("/health", "/console-api/x", "/api/version"):
+        status, headers, _body = r.request("GET", path)
+        assert headers.get("X-Service") == "console-hub", (path, status, headers)
+    status, headers, _body = running().request("GET", "/health")
+    assert "X-Service" not in headers
