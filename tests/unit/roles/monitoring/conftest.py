@@ -22,7 +22,11 @@ from ansible_collections.opsbook.stack.tests.unit.prom_tools import (  # noqa: F
 
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "monitoring"
-RULE_FILES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__monitoring_rule_files"]
+ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+# The shared rule files, and each platform's own (monitoring_platform -> files), as vars/main.yml lists them.
+RULE_FILES = ROLE_VARS["__monitoring_rule_files"]
+PLATFORM_RULE_FILES: dict[str, list[str]] = ROLE_VARS["__monitoring_platform_rule_files"]
+PLATFORMS = sorted(PLATFORM_RULE_FILES)
 
 
 def defaults() -> dict:
@@ -31,6 +35,20 @@ def defaults() -> dict:
 
 def _contains(seq, item) -> bool:
     return item in (seq or [])
+
+
+def profile_variables(platform: str) -> dict:
+    """The monitoring settings of the profile inventory named like the platform (inventories/<platform>/group_vars/
+    all/monitoring.yml), or just the platform when there is no such profile (generic)."""
+    path = ROOT / "inventories" / platform / "group_vars" / "all" / "monitoring.yml"
+    found = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return {"monitoring_platform": platform, **found}
+
+
+def rule_files(variables: dict | None = None) -> list[str]:
+    """The rule files rules.yml.j2 loads for these variables: the shared ones, then the platform's."""
+    platform = {**defaults(), **(variables or {})}["monitoring_platform"]
+    return RULE_FILES + PLATFORM_RULE_FILES[platform]
 
 
 def render(template: str, variables: dict | None = None, ansible_like: bool = True) -> str:
@@ -48,15 +66,18 @@ def render(template: str, variables: dict | None = None, ansible_like: bool = Tr
     env.tests["contains"] = _contains
     # The exporters' DSNs are derived in vars/main.yml (from monitoring_*_exporter_dsn or _account): none unless given.
     derived = {"__monitoring_mysqld_dsn": "", "__monitoring_postgres_dsn": ""}
-    context = {**defaults(), **derived, "inventory_hostname": "opsbook-test", **(variables or {})}
+    internals = {
+        k: v for k, v in ROLE_VARS.items() if k.startswith("__monitoring_platform") or k == "__monitoring_rule_files"
+    }
+    context = {**defaults(), **internals, **derived, "inventory_hostname": "opsbook-test", **(variables or {})}
     return env.get_template(template).render(**context)
 
 
 def render_rules(dest: Path, variables: dict | None = None) -> list[Path]:
-    """Rule templates rendered with plain jinja2 (the contract with the runbooks) into dest/<name>.yml."""
+    """The rule templates of these variables' platform, rendered into dest/<name>.yml."""
     dest.mkdir(parents=True, exist_ok=True)
     out = []
-    for name in RULE_FILES:
+    for name in rule_files(variables):
         path = dest / f"{name}.yml"
         path.write_text(render(f"rules/{name}.yml.j2", variables))
         out.append(path)
@@ -64,13 +85,19 @@ def render_rules(dest: Path, variables: dict | None = None) -> list[Path]:
 
 
 def alert_rules(variables: dict | None = None) -> list[dict]:
-    """Every alerting rule of the role, with its group name."""
+    """Every alerting rule of the role for these variables (the shared ones and their platform's), with its group
+    name and its file."""
     rules = []
-    for name in RULE_FILES:
+    for name in rule_files(variables):
         doc = yaml.safe_load(render(f"rules/{name}.yml.j2", variables))
         for group in doc["groups"]:
-            rules += [{**rule, "group": group["name"]} for rule in group["rules"] if "alert" in rule]
+            rules += [{**rule, "group": group["name"], "file": name} for rule in group["rules"] if "alert" in rule]
     return rules
+
+
+def every_alert_rule() -> dict[str, dict]:
+    """alert name -> rule, over every platform, each rendered with its profile's settings."""
+    return {rule["alert"]: rule for platform in PLATFORMS for rule in alert_rules(profile_variables(platform))}
 
 
 LABEL_REF = re.compile(r"\{\{ \$labels\.(\w+) \}\}")
