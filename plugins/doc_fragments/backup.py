@@ -25,13 +25,22 @@ options:
   type:
     description: What the component is (what the backup holds). Required unless O(config) is given.
     type: str
-    choices: [mariadb, mysql, postgres, redis, prometheus, volume]
+    choices: [mariadb, mysql, postgres, redis, prometheus, volume, path]
   container:
-    description: The running database container (required unless O(type=volume)).
+    description: The running database container (required unless O(type=volume) or O(type=path)).
     type: str
   volume:
     description: The Docker volume (O(type=volume)).
     type: str
+  path:
+    description:
+      - O(type=path) only. An absolute directory of the managed host, typically one that containers bind-mount
+        (Grafana's data under the C(monitoring) role's C(monitoring_data_dir)), which O(type=volume) cannot reach.
+      - The host archives it itself (no helper container); the manifest records every entry's type, mode, size
+        and sha256, which the drill compares after extracting into a scratch directory. A restore creates it when
+        it is missing, extracts beside the live content, stops the containers that bind-mount it, swaps the
+        content, gives it its recorded mode and owner and starts them.
+    type: path
   api_port:
     description: O(type=prometheus) only. Port of Prometheus's HTTP API in the container (reached on the container's
       address); the snapshot of a backup needs C(--web.enable-admin-api), a restore polls it until ready.

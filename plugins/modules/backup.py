@@ -10,15 +10,16 @@ __metaclass__ = type  # pylint: disable=invalid-name
 DOCUMENTATION = r"""
 ---
 module: backup
-short_description: Take a checksummed, committed backup of a database container or a Docker volume
+short_description: Take a checksummed, committed backup of a database container, a Docker volume or a host directory
 version_added: 0.1.0
 description:
   - Dumps MariaDB/MySQL (C(mariadb-dump) or C(mysqldump) with C(--single-transaction --routines --events --triggers),
     and on MariaDB the users, grants and roles with C(mariadb-dump --system=users) into C(accounts.sql.zst);
     MySQL's C(mysqldump) cannot, which the manifest's C(accounts_skipped) says),
     PostgreSQL (C(pg_dump -Fc) per database plus C(pg_dumpall -g)), Redis (C(BGSAVE), then the RDB file), Prometheus
-    (a TSDB snapshot through the admin API, archived and then removed) or a named Docker volume (tar through the
-    archive API, for example Grafana's with Grafana stopped) through Docker exec, streams it through C(zstd) into
+    (a TSDB snapshot through the admin API, archived and then removed), a named Docker volume (tar through the
+    archive API) or a directory of the host such as a bind mount (O(type=path), a tar written on the host, for
+    example Grafana's data with Grafana stopped) through Docker exec, streams it through C(zstd) into
     C(<name>.partial), fsyncs and renames it, and writes a manifest with the sha256 and size of every artifact
     last, as the commit marker.
   - A dump whose command exits non-zero, that is empty, too small or cut off fails the task; the partial files
@@ -75,8 +76,9 @@ options:
     description: Smallest plausible uncompressed dump in bytes; smaller fails. Defaults per type.
     type: int
   stop_owners:
-    description: Stop the running containers that use O(volume) during the archive; by default only those
-      labelled C(opsbook.backup.stop=true) are stopped.
+    description: Stop the running containers that use O(volume), or bind-mount O(path) or a directory below it,
+      during the archive; by default only those labelled C(opsbook.backup.stop=true) are stopped. With O(type=path),
+      V(false) does not ask Docker at all.
     type: bool
   source_counts:
     description: Record the exact row count of every table in the manifest before the dump (MariaDB/MySQL and
@@ -125,6 +127,13 @@ EXAMPLES = r"""
     component: grafana
     type: volume
     volume: monitoring_grafana_data
+    stop_owners: true
+
+- name: Archive Grafana's bind-mounted data directory (Grafana stopped meanwhile)
+  opsbook.stack.backup:
+    component: grafana
+    type: path
+    path: /var/lib/monitoring/grafana
     stop_owners: true
 
 - name: Back up a job exactly as its cron line does, from the file the backup role wrote

@@ -27,14 +27,17 @@ description:
     passwords, root's among them, and none is dropped. Redis gets the RDB file beside its own, is stopped, the
     file is renamed over the old one, and it is started. Prometheus's snapshot and a volume's archive are extracted
     beside the live content, then the users are stopped and the content swapped (files created after the backup do
-    not survive).
+    not survive). A host directory (O(type=path)) is extracted beside its content by the host itself, the
+    containers that bind-mount it are stopped, the content swapped the same way and the directory given its
+    recorded mode and owner; a missing directory (a new host) is created.
   - Every restore writes its phase to C(<dest>/<component>/restore.run.json); a run after a killed one cleans
     up what that one left and restores from the start, and returns C(resumed).
     Stopping the application's writers and checking its health afterwards is the
     playbook's job.
   - O(state=drilled) restores into a throwaway container of the same image, checks it (row counts and
     C(CHECKSUM TABLE) and the accounts for MariaDB, C(pg_restore) and exact row counts for PostgreSQL, C(DBSIZE)
-    for Redis),
+    for Redis; for a host directory, an extraction into a scratch directory beside the backups whose every
+    entry's type, mode, size and sha256 must match the backup's record),
     removes it and records the drill's duration in the metrics.
   - O(state=verified) only verifies the checksums.
   - Takes the component's lock, so a restore never runs beside a backup of the same component.

@@ -32,6 +32,7 @@ def component_argument_spec() -> dict[str, t.Any]:
         type=dict(type="str", choices=list(TYPES)),
         container=dict(type="str"),
         volume=dict(type="str"),
+        path=dict(type="path"),
         api_port=dict(type="int", default=9090),
         user=dict(type="str", default=""),
         password=dict(type="str", default="", no_log=True),
@@ -47,7 +48,7 @@ def component_module_rules() -> dict[str, t.Any]:
     return dict(
         required_if=[("type", name, [engine.requires]) for name, engine in ENGINES.items()],
         required_one_of=[("config", "type")],
-        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume")],
+        mutually_exclusive=[("config", "type"), ("config", "container"), ("config", "volume"), ("config", "path")],
     )
 
 

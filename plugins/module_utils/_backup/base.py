@@ -272,6 +272,13 @@ class Engine:
 
     def dump_archive(self, directory: str, name: str, container: str, path: str, what: str) -> Artifact:
         """The archive API's tar of path in container through the pipeline into directory/name, checked."""
+        return self.dump_tar(directory, name, lambda sink: self.get_archive(container, path, sink), what)
+
+    def dump_tar(
+        self, directory: str, name: str, produce: t.Callable[[t.Callable[[bytes], None]], int], what: str
+    ) -> Artifact:
+        """The tar stream produce(sink) writes (returning its byte count) through the pipeline into
+        directory/name, checked: at least plausible_bytes, ending with its two zero blocks."""
         name = self.artifact_name(name)
         writer = self.writer(os.path.join(directory, name))
         tail = [b""]
@@ -281,7 +288,7 @@ class Engine:
             writer.write(data)
 
         try:
-            raw = self.get_archive(container, path, sink)
+            raw = produce(sink)
             if raw < self.plausible_bytes or plausibility("tar", b"", tail[0]):
                 raise BackupError(EXIT_IMPLAUSIBLE, "archive of %s is %d bytes or cut off" % (what, raw))
             size, digest = writer.finish()

@@ -35,6 +35,14 @@ MOUNT = "/opsbook-volume"
 STOP_LABEL = "opsbook.backup.stop"
 
 
+def stop_wanted(owner: dict[str, t.Any], stop_owners: bool | None) -> bool:
+    """Whether a backup stops this container (a Docker list entry) using the data: stop_owners when set, else
+    its label opsbook.backup.stop=true."""
+    if stop_owners is not None:
+        return stop_owners
+    return (owner.get("Labels") or {}).get(STOP_LABEL, "").lower() in ("1", "true", "yes")
+
+
 class VolumeEngine(Engine):
     min_bytes = 1024
     requires = "volume"
@@ -79,10 +87,7 @@ class VolumeEngine(Engine):
         for owner in self.owners():
             if owner.get("State") != "running":
                 continue
-            wanted = self.spec.stop_owners
-            if wanted is None:
-                wanted = (owner.get("Labels") or {}).get(STOP_LABEL, "").lower() in ("1", "true", "yes")
-            if wanted:
+            if stop_wanted(owner, self.spec.stop_owners):
                 ids.append(owner["Id"])
         return ids
 

@@ -133,6 +133,7 @@ def plan_backup(spec: ComponentSpec, settings: Settings) -> dict[str, t.Any]:
         "target": store.root,
         "container": spec.container,
         "volume": spec.volume,
+        "path": spec.path,
         "existing_backups": [m.id for m in manifests],
         "last_size": last,
         "free_bytes": free,
@@ -350,7 +351,7 @@ def plan_restore(spec: ComponentSpec, settings: Settings, backup_id: str | None 
         "created": m.created,
         "verified": not problems,
         "problems": problems,
-        "into": spec.container or spec.volume,
+        "into": spec.container or spec.volume or spec.path,
         "artifacts": [a.name for a in m.artifacts],
         "steps": ["verify sha256 and size of %d artifact(s)" % len(m.artifacts)] + engine.restore_steps(m),
     }

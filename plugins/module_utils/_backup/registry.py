@@ -15,6 +15,7 @@ import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.base import Engine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_mariadb import MariaDBEngine
+from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_path import PathEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_postgres import PostgresEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_prometheus import PrometheusEngine
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.engine_redis import RedisEngine
@@ -27,6 +28,7 @@ ENGINES: dict[str, type[Engine]] = {
     "redis": RedisEngine,
     "prometheus": PrometheusEngine,
     "volume": VolumeEngine,
+    "path": PathEngine,
 }
 # The component types, in the order the documentation and error messages list them.
 TYPES = tuple(ENGINES)

@@ -29,6 +29,7 @@ COMPONENT_TYPES = {
     "type": STR,
     "container": STR,
     "volume": STR,
+    "path": STR,
     "databases": STRLIST,
     "user": STR,
     "password": STR,
@@ -107,6 +108,7 @@ class ComponentSpec:
     type: str
     container: str = ""
     volume: str = ""
+    path: str = ""  # type path: an absolute directory of the host (a bind mount)
     databases: list[str] = field(default_factory=list)
     user: str = ""
     password: str = ""
@@ -117,7 +119,7 @@ class ComponentSpec:
     keep_daily: int = 7
     keep_weekly: int = 4
     helper_image: str = ""
-    stop_owners: bool | None = None  # volume: None = stop owners labelled opsbook.backup.stop=true
+    stop_owners: bool | None = None  # volume, path: None = stop owners labelled opsbook.backup.stop=true
     api_port: int = 9090  # prometheus: the port of its HTTP API inside the container
     # Before the dump, the exact row count of every table goes into the manifest (the drill compares them);
     # CHECKSUM TABLE is a second full scan, so it is opt-in.

@@ -18,6 +18,9 @@ busybox is enough):
    the old data was entirely aside and the restored copy complete, so the swap rolls forward; without it, the old
    entries move back (roll back). Files created after the backup do not survive a swap.
 
+A directory of the host itself (type path) goes through the same script, run by the host's ``sh``
+(``run_on_host``).
+
 Renames on one filesystem: no step copies data, and the old data is removed only once the new data is in place.
 """
 
@@ -25,6 +28,7 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import subprocess
 import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_RESTORE, BackupError
@@ -117,6 +121,22 @@ class DirectorySwap:
         remove_quiet(self.client, hid)
 
 
+def run_on_host(root: str, mode: str, content: str = "", timeout: float = 3600.0, code: int = EXIT_RESTORE) -> None:
+    """One step of the same script on a directory of this host (type path: a bind-mounted directory), run by the
+    host's sh; a non-zero exit fails with its stderr."""
+    argv = ["sh", "-c", SCRIPT, "opsbook-swap", root.rstrip("/") or "/", mode, content]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackupError(code, "restore step %s of %s: %s" % (mode, root, exc)) from exc
+    if done.returncode != 0:
+        raise BackupError(
+            code,
+            "restore step %s of %s exited with %s: %s"
+            % (mode, root, done.returncode, done.stderr.decode(errors="replace").strip()[-1000:]),
+        )
+
+
 def remove_quiet(client: DockerClient, cid: str) -> None:
     try:
         client.remove_container(cid, force=True)
@@ -138,4 +158,4 @@ def run_helper(client: DockerClient, hid: str, what: str, timeout: float, code: 
         remove_quiet(client, hid)
 
 
-__all__ = ["MARKER", "NEW", "OLD", "SCRIPT", "DirectorySwap", "remove_quiet", "run_helper"]
+__all__ = ["MARKER", "NEW", "OLD", "SCRIPT", "DirectorySwap", "remove_quiet", "run_helper", "run_on_host"]
