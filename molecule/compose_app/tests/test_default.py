@@ -270,3 +270,15 @@ def test_the_heartrule_websocket_route_completes_the_handshake(host, profile):
     # curl has no WebSocket client here: it prints the handshake and waits until --max-time (rc 28).
     assert out.stdout.startswith("HTTP/1.1 101"), (out.rc, out.stdout[:500], out.stderr)
     assert "Sec-WebSocket-Accept: %s" % WS_ACCEPT in out.stdout.replace("sec-websocket-accept", "Sec-WebSocket-Accept")
+
+
+def test_the_profiles_application_logs_rotate_by_size_on_an_hourly_timer(host, cfg):
+    """Issue 16, item 5: the profile's log paths are in the nginx role's logrotate file, which the host's own
+    logrotate accepts, and logrotate.timer runs hourly so a size limit acts within the hour."""
+    conf = host.file("/etc/logrotate.d/nginx").content_string
+    for entry in cfg["nginx_logrotate_app_logs"]:
+        assert entry["path"] in conf, entry
+    assert host.run("logrotate -d /etc/logrotate.d/nginx").rc == 0
+    calendar = host.check_output("systemctl show logrotate.timer -p TimersCalendar")
+    assert "OnCalendar=*-*-* *:00:00" in calendar, calendar
+    assert host.service("logrotate.timer").is_running
