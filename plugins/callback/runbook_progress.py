@@ -256,7 +256,8 @@ class CallbackModule(CallbackBase):
             record["approve_with"] = approve_command(self.runbook)
         if self.held_off:
             record["held_off"] = self.held_off
-        self._append([json.dumps(record)])
+        # The metrics first, the run record last: whoever sees the run's record (an operator, EDA, a test) finds
+        # the metrics of that run already written.
         path = self._metrics_path()
         if path:
             try:
@@ -270,6 +271,7 @@ class CallbackModule(CallbackBase):
                 )
             except OSError as exc:
                 self._display.warning("runbook_progress: cannot write the metrics file %s: %s" % (path, exc))
+        self._append([json.dumps(record)])
 
     # -- steps -------------------------------------------------------------------------------------------
     def v2_playbook_on_task_start(self, task, is_conditional):

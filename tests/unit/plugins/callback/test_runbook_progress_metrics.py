@@ -248,3 +248,25 @@ def test_a_run_by_hand_is_never_held_off(tmp_path):
         records="all",
     )
     assert [r["record"] for r in records] == ["step", "run"] and records[-1]["outcome"] == "succeeded"
+
+
+def test_the_run_record_is_written_after_the_metrics_of_that_run(tmp_path, monkeypatch):
+    """Whoever sees a run's record (an operator, EDA, the runbooks scenario) finds that run in the metrics: under
+    load the scenario once read the record and found no metrics file yet."""
+    audit, prom = tmp_path / "audit.jsonl", tmp_path / "textfile" / "opsbook_runbooks.prom"
+    monkeypatch.setenv("OPSBOOK_RUNBOOK_AUDIT_FILE", str(audit))
+    monkeypatch.setenv("OPSBOOK_RUNBOOK_METRICS_FILE", str(prom))
+    callback = rp.CallbackModule()
+    callback.runbook, callback.ran_steps = "service-down", True
+    seen_at_record: list[float] = []
+    append = callback._append  # pylint: disable=protected-access
+
+    def recording_append(lines: list[str]) -> None:
+        if any(json.loads(line).get("record") == "run" for line in lines):
+            seen_at_record.append(runs(prom, "service-down", "succeeded", "operator") if prom.exists() else -1)
+        append(lines)
+
+    monkeypatch.setattr(callback, "_append", recording_append)
+    callback.v2_playbook_on_stats(type("Stats", (), {"processed": {"app1": 1}, "failures": {}, "dark": {}})())
+    assert seen_at_record == [1], seen_at_record
+    assert [json.loads(line)["record"] for line in audit.read_text().splitlines()] == ["run"]
