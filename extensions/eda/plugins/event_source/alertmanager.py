@@ -76,9 +76,9 @@ options:
       - The runbook ids (values of the C(runbook_id) alert label) that may produce an event.
     type: list
     elements: str
-    default: [backup-failed, database-connection, high-error-rate, high-latency, host-resources,
-              monitoring-broken, planned-upgrade, redis-problems, restore-from-backup, rollback, service-down,
-              tls-certificate-expiry]
+    default: [backup-failed, database-connection, dependency-degraded, high-error-rate, high-latency,
+              host-resources, llm-provider-degraded, monitoring-broken, planned-upgrade, redis-problems,
+              restore-from-backup, rollback, sandbox-degraded, service-down, tls-certificate-expiry]
   max_body:
     description:
       - The largest request body accepted, in bytes (C(413) above it).
@@ -144,14 +144,17 @@ logger = logging.getLogger(__name__)
 RUNBOOK_IDS: tuple[str, ...] = (
     "backup-failed",
     "database-connection",
+    "dependency-degraded",
     "high-error-rate",
     "high-latency",
     "host-resources",
+    "llm-provider-degraded",
     "monitoring-broken",
     "planned-upgrade",
     "redis-problems",
     "restore-from-backup",
     "rollback",
+    "sandbox-degraded",
     "service-down",
     "tls-certificate-expiry",
 )
