@@ -21,7 +21,7 @@ import yaml
 
 from ansible_collections.opsbook.stack.tests.unit.local_play import run_each, run_plays
 from ansible_collections.opsbook.stack.tests.unit.roles.monitoring import conftest as monitoring
-from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import (  # noqa: F401
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import (  # noqa: F401 pylint: disable=unused-import
     PLATFORMS,
     ROLE,
     ROOT,
@@ -94,7 +94,7 @@ def test_every_component_of_the_collector_config_is_defined_and_used_in_a_pipeli
 
 
 def test_the_receivers_listen_where_the_applications_and_prometheus_look():
-    _, config = collector_config({})
+    _text, config = collector_config({})
     protocols = config["receivers"]["otlp"]["protocols"]
     assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
     assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
@@ -106,16 +106,16 @@ def test_the_receivers_listen_where_the_applications_and_prometheus_look():
 
 
 def test_the_traces_exporter_follows_the_variables_and_keeps_the_credential_in_the_environment():
-    _, tls = collector_config(TRACES["otlp-tls-auth"])
+    _text, tls = collector_config(TRACES["otlp-tls-auth"])
     assert tls["service"]["pipelines"]["traces"]["exporters"] == ["otlp/traces"]
     assert tls["exporters"]["otlp/traces"] == {
         "endpoint": "https://tempo.example.com:4317",
         "headers": {"Authorization": "${env:OTEL_COLLECTOR_TRACES_AUTH}"},
     }
-    _, plain = collector_config(TRACES["otlp-plain"])
+    _text, plain = collector_config(TRACES["otlp-plain"])
     # gRPC to an http:// endpoint needs insecure, or the exporter tries TLS; no header without a credential.
     assert plain["exporters"]["otlp/traces"] == {"endpoint": "http://jaeger.internal:4317", "tls": {"insecure": True}}
-    _, http = collector_config(TRACES["otlphttp-auth"])
+    _text, http = collector_config(TRACES["otlphttp-auth"])
     assert http["exporters"]["otlphttp/traces"] == {
         "endpoint": "https://otlp.example.com/otlp",
         "headers": {"x-api-key": "${env:OTEL_COLLECTOR_TRACES_AUTH}"},
@@ -123,7 +123,7 @@ def test_the_traces_exporter_follows_the_variables_and_keeps_the_credential_in_t
 
 
 def test_compose_runs_the_collector_only_when_enabled():
-    _, off = compose({})
+    _text, off = compose({})
     assert "otel-collector" not in off["services"]
     assert "otel_collector" not in render("compose.yaml.j2", COMPOSE)
 
@@ -146,20 +146,20 @@ def test_the_collector_publishes_on_loopback_only_and_joins_the_app_network_as_o
 
 
 def test_even_with_another_bind_address_the_receivers_stay_on_loopback():
-    _, doc = compose({**ON, "monitoring_bind_address": "0.0.0.0", "monitoring_otel_collector_grpc_port": 14317})
+    _text, doc = compose({**ON, "monitoring_bind_address": "0.0.0.0", "monitoring_otel_collector_grpc_port": 14317})
     ports = doc["services"]["otel-collector"]["ports"]
     assert ports[0] == "127.0.0.1:14317:4317"
     assert all(port.startswith("127.0.0.1:") for port in ports)
 
 
 def test_without_an_app_network_the_collector_stays_on_the_monitoring_network():
-    _, doc = compose({**ON, "monitoring_app_network": ""})
+    _text, doc = compose({**ON, "monitoring_app_network": ""})
     assert doc["services"]["otel-collector"]["networks"] == {"default": {}}
     assert "app" not in doc["networks"]
 
 
 def test_the_mounted_file_is_the_one_the_role_checks_and_promotes():
-    _, doc = compose({**ON, "monitoring_dir": "/opt/monitoring"})
+    _text, doc = compose({**ON, "monitoring_dir": "/opt/monitoring"})
     service = doc["services"]["otel-collector"]
     assert service["volumes"] == ["/opt/monitoring/otel-collector:/etc/otelcol-contrib:ro"]
     assert service["command"] == ["--config=/etc/otelcol-contrib/otel-collector.yaml"]
