@@ -19,7 +19,7 @@ import shutil
 import pytest
 import yaml
 
-from ansible_collections.opsbook.stack.tests.unit.local_play import run_each, run_plays
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_each
 from ansible_collections.opsbook.stack.tests.unit.roles.monitoring import conftest as monitoring
 from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import (  # noqa: F401 pylint: disable=unused-import
     PLATFORMS,
@@ -31,6 +31,9 @@ from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest impo
     render,
     render_rules,
 )
+
+# The role's preflight with its defaults and vars, as the platform checks run it.
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.test_monitoring_platform_preflight import preflight
 
 SECRET = "Bearer canary-otel-credential-7Qx"
 ON = {"monitoring_otel_collector_enabled": True}
@@ -228,17 +231,6 @@ def test_with_the_collector_off_the_files_render_byte_for_byte_as_without_it(tem
     monkeypatch.setattr(monitoring, "ROLE", stripped)
     for name, variables in VARIANTS.items():
         assert now[name] == monitoring.render(template, {**COMPOSE, **variables}), name
-
-
-def preflight(tmp_path, variables):
-    plays = [
-        {
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-            "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
-        }
-    ]
-    return run_plays(tmp_path, plays, {"monitoring_grafana_enabled": False, **variables})
 
 
 IMAGES_WITHOUT_COLLECTOR = {k: v for k, v in defaults()["monitoring_images"].items() if k != "otel_collector"}
