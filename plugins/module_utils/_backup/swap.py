@@ -28,11 +28,11 @@ from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import subprocess
 import typing as t
 
 from ansible_collections.opsbook.stack.plugins.module_utils._backup.errors import EXIT_RESTORE, BackupError
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerClient, DockerError
+from ansible_collections.opsbook.stack.plugins.module_utils._process import run_command
 
 NEW = ".opsbook-restore"
 OLD = ".opsbook-old"
@@ -123,17 +123,11 @@ class DirectorySwap:
 
 def run_on_host(root: str, mode: str, content: str = "", timeout: float = 3600.0, code: int = EXIT_RESTORE) -> None:
     """One step of the same script on a directory of this host (type path: a bind-mounted directory), run by the
-    host's sh; a non-zero exit fails with its stderr."""
-    argv = ["sh", "-c", SCRIPT, "opsbook-swap", root.rstrip("/") or "/", mode, content]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackupError(code, "restore step %s of %s: %s" % (mode, root, exc)) from exc
-    if done.returncode != 0:
+    host's sh through the collection's one command runner; a non-zero exit (a timeout too) fails with its stderr."""
+    done = run_command(["sh", "-c", SCRIPT, "opsbook-swap", root.rstrip("/") or "/", mode, content], timeout=timeout)
+    if not done.ok:
         raise BackupError(
-            code,
-            "restore step %s of %s exited with %s: %s"
-            % (mode, root, done.returncode, done.stderr.decode(errors="replace").strip()[-1000:]),
+            code, "restore step %s of %s exited with %s: %s" % (mode, root, done.rc, done.stderr.strip()[-1000:])
         )
 
 
