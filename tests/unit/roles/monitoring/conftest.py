@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
 from ansible_collections.opsbook.stack.tests.unit.prom_tools import (  # noqa: F401 pylint: disable=unused-import
     Tool,
     amtool,
@@ -106,3 +107,20 @@ LABEL_REF = re.compile(r"\{\{ \$labels\.(\w+) \}\}")
 def expand_annotations(annotations: dict, labels: dict) -> dict:
     """What Prometheus makes of annotations that use only {{ $labels.x }} (the role's rules use nothing else)."""
     return {k: LABEL_REF.sub(lambda m: str(labels.get(m.group(1), "")), v) for k, v in annotations.items()}
+
+
+def play(tmp_path: Path, given: dict, tasks: list):
+    """tasks of the role with its defaults and vars (Grafana off unless given), as ansible-playbook runs them."""
+    plays = [
+        {
+            "gather_facts": False,
+            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+            "tasks": tasks,
+        }
+    ]
+    return run_plays(tmp_path, plays, {"monitoring_grafana_enabled": False, **given})
+
+
+def preflight(tmp_path: Path, given: dict):
+    """The role's preflight on these variables."""
+    return play(tmp_path, given, [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}])

@@ -16,8 +16,8 @@ import json
 
 import pytest
 
-from ansible_collections.opsbook.stack.tests.unit.local_play import run_each, run_plays
-from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import ROLE
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_each
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import ROLE, play, preflight
 
 SECRET = "Canary-exporter-pw-42"
 ACCOUNT = {"container": "agentchat-mysql-1", "password": SECRET}
@@ -40,21 +40,6 @@ REFUSED = {
     "unknown-key": ({"monitoring_postgres_exporter_account": {**ACCOUNT, "superuser": True}},
                     "monitoring_postgres_exporter_account has keys"),
 }  # fmt: skip
-
-
-def play(tmp_path, given: dict, tasks: list):
-    plays = [
-        {
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-            "tasks": tasks,
-        }
-    ]
-    return run_plays(tmp_path, plays, {"monitoring_grafana_enabled": False, **given})
-
-
-def preflight(tmp_path, given: dict):
-    return play(tmp_path, given, [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}])
 
 
 def test_the_preflight_refuses_an_admin_dsn_or_a_malformed_account_naming_it(tmp_path):

@@ -26,14 +26,12 @@ from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest impo
     ROLE,
     ROOT,
     defaults,
+    preflight,
     profile_variables,
     promtool,
     render,
     render_rules,
 )
-
-# The role's preflight with its defaults and vars, as the platform checks run it.
-from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.test_monitoring_platform_preflight import preflight
 
 SECRET = "Bearer canary-otel-credential-7Qx"
 ON = {"monitoring_otel_collector_enabled": True}

@@ -10,8 +10,12 @@ from __future__ import absolute_import, annotations, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 
-from ansible_collections.opsbook.stack.tests.unit.local_play import run_each, run_plays
-from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import PLATFORMS, ROLE, profile_variables
+from ansible_collections.opsbook.stack.tests.unit.local_play import run_each
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import (
+    PLATFORMS,
+    preflight,
+    profile_variables,
+)
 
 REFUSED = {
     "unknown-platform": ({"monitoring_platform": "dify"}, 'monitoring_platform is "dify", which names no platform'),
@@ -21,17 +25,6 @@ REFUSED = {
     "quote": ({"monitoring_http_error_value": '5.."} or vector(1) or {a="'}, "monitoring_http_error_value"),
     "unit": ({"monitoring_http_duration_unit": "nanoseconds"}, "monitoring_http_duration_unit seconds"),
 }
-
-
-def preflight(tmp_path, variables):
-    plays = [
-        {
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-            "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
-        }
-    ]
-    return run_plays(tmp_path, plays, {"monitoring_grafana_enabled": False, **variables})
 
 
 def test_the_preflight_refuses_an_unknown_platform_or_malformed_metric_settings_naming_them(tmp_path):

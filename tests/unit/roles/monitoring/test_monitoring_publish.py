@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.opsbook.stack.tests.unit.http_fixtures import QuietHandler, free_ports, make_tls_files
-from ansible_collections.opsbook.stack.tests.unit.local_play import run_plays
-from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import ROLE, render
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import preflight as role_preflight
+from ansible_collections.opsbook.stack.tests.unit.roles.monitoring.conftest import render
 from ansible_collections.opsbook.stack.tests.unit.roles.nginx.test_nginx_routing import render_tree
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -242,17 +242,10 @@ def test_gixy_and_nginx_t_accept_the_site(tmp_path, variant):
 
 
 def preflight(tmp_path: Path, **given) -> subprocess.CompletedProcess:
-    play = {
-        "gather_facts": False,
-        "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-        "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks" / "preflight.yml")}],
-    }
-    base = {
-        "monitoring_grafana_enabled": False,
-        "monitoring_nginx_publish": True,
-        "monitoring_nginx_users": {USER: PASSWORD},
-    }
-    return run_plays(tmp_path, [play], {**base, **given})
+    """The role's preflight with the UIs published (their users set) and `given` on top."""
+    return role_preflight(
+        tmp_path, {"monitoring_nginx_publish": True, "monitoring_nginx_users": {USER: PASSWORD}, **given}
+    )
 
 
 @pytest.mark.parametrize(
