@@ -9,16 +9,20 @@ Private to this collection: not a public API, it may change in any release.
 Every reader of "which containers does this service have, are they healthy, which port do they publish"
 (the upstream renderer, the upgrade modules, compose_diagnose, the release journal, the probes) asks here, so
 they cannot disagree about a container that is starting, restarting or a `docker compose run` one-off.
-Standard library only.
+Standard library and _files only.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
+import hashlib
+import os
 import re
 import typing as t
 from dataclasses import dataclass
+
+from ansible_collections.opsbook.stack.plugins.module_utils._files import sha256_file
 
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
@@ -56,6 +60,45 @@ def container_number(labels: dict[str, str] | None) -> int:
 def container_labels(info: dict[str, t.Any]) -> dict[str, str]:
     """Labels of a container from either an inspect (Config.Labels) or a list item (Labels)."""
     return info.get("Labels") or (info.get("Config") or {}).get("Labels") or {}
+
+
+# An adopted project (the compose_app role with compose_app_compose_files) runs the operator's own files with the
+# collection's override last; the project's .env names them in COMPOSE_FILE, which `docker compose` run by hand in
+# the project directory reads too. A rendered project has no COMPOSE_FILE: compose.yaml alone.
+ENV_FILE = ".env"
+COMPOSE_FILE_VAR = "COMPOSE_FILE"
+
+
+def project_compose_files(project_dir: str, compose_file: str = "") -> list[str]:
+    """The project's compose files in `-f` order, the file the collection edits (compose_file, by default
+    <project_dir>/compose.yaml) last: COMPOSE_FILE of the project's .env before it, else that file alone."""
+    edited = compose_file or os.path.join(project_dir, "compose.yaml")
+    listed: list[str] = []
+    separator = ":"
+    try:
+        with open(os.path.join(project_dir, ENV_FILE), encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        value = value.strip().strip("'\"")
+        if sep and key.strip() == "COMPOSE_PATH_SEPARATOR" and value:
+            separator = value
+        elif sep and key.strip() == COMPOSE_FILE_VAR:
+            listed = [value]
+    listed = [part for entry in listed for part in entry.split(separator) if part]
+    files = [os.path.normpath(os.path.join(project_dir, f)) for f in listed]
+    base = [f for f in files if f != os.path.normpath(edited)]
+    return base + [edited]
+
+
+def compose_files_hash(files: list[str]) -> str:
+    """The journal's compose_hash: the sha256 of the one file, or of every file's name and sha256 in order."""
+    digests = [(os.path.basename(path), sha256_file(path)) for path in files]
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join("%s %s\n" % pair for pair in digests).encode("utf-8")).hexdigest()
 
 
 def container_name(info: dict[str, t.Any]) -> str:
@@ -147,6 +190,8 @@ def list_project_containers(
 
 
 __all__ = [
+    "COMPOSE_FILE_VAR",
+    "ENV_FILE",
     "HEALTHY",
     "LABEL_NUMBER",
     "LABEL_ONEOFF",
@@ -161,12 +206,14 @@ __all__ = [
     "Verdict",
     "container_labels",
     "container_name",
+    "compose_files_hash",
     "container_number",
     "docker_health",
     "health_verdict",
     "is_oneoff",
     "list_project_containers",
     "project_filter",
+    "project_compose_files",
     "published_port",
     "valid_name",
 ]

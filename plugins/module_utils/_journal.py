@@ -31,9 +31,14 @@ import time
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-from ansible_collections.opsbook.stack.plugins.module_utils._compose import LABEL_SERVICE, list_project_containers
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import (
+    LABEL_SERVICE,
+    compose_files_hash,
+    list_project_containers,
+    project_compose_files,
+)
 from ansible_collections.opsbook.stack.plugins.module_utils._docker import DockerNotFound
-from ansible_collections.opsbook.stack.plugins.module_utils._files import sha256_file, write_atomic
+from ansible_collections.opsbook.stack.plugins.module_utils._files import write_atomic
 
 DEFAULT_ROOT = "/var/lib/opsbook"
 MIN_KEEP = 5
@@ -348,7 +353,7 @@ def build_release(
 ) -> Release:
     """The one way a record is made (release_record and the upgrade modules): the compose file's hash now,
     a new sortable id unless the run already chose one, and the previous succeeded release it follows."""
-    compose_hash = sha256_file(compose_file)
+    compose_hash = compose_files_hash(project_compose_files(os.path.dirname(compose_file), compose_file))
     if release_id is None:
         release_id = new_release_id(created_ts, compose_hash, (r.id for r in journal.releases()))
     return Release(

@@ -43,7 +43,11 @@ options:
     type: str
     required: true
   compose_file:
-    description: The rendered compose file whose sha256 goes into the record.
+    description:
+      - The project's compose file (C(<project_dir>/compose.yaml)) whose sha256 goes into the record.
+      - In an adopted project (the C(COMPOSE_FILE) of the project's C(.env) names the operator's files before it),
+        the record hashes every file of the project in C(-f) order, so a change to the operator's file makes a new
+        release too.
     type: path
     required: true
   journal_root:

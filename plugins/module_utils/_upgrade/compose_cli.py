@@ -18,6 +18,7 @@ __metaclass__ = type  # pylint: disable=invalid-name
 import json
 import typing as t
 
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import project_compose_files
 from ansible_collections.opsbook.stack.plugins.module_utils._process import (
     RC_NOT_FOUND,
     RC_TIMEOUT,
@@ -68,9 +69,13 @@ class ComposeCli:
         self.project = project
         self.project_dir = project_dir
         self.compose_file = compose_file
+        # An adopted project: the operator's files come first, the collection's override (compose_file) last.
+        self.base_files = project_compose_files(project_dir, compose_file)[:-1]
         self.lock_fd: int | None = None
 
     def argv(self, *args: str, compose_file: str | None = None) -> list[str]:
+        """compose_file: a candidate in place of the edited file (the operator's files stay in front of it)."""
+        files = [*self.base_files, compose_file or self.compose_file]
         return [
             "docker",
             "compose",
@@ -78,8 +83,7 @@ class ComposeCli:
             self.project,
             "--project-directory",
             self.project_dir,
-            "--file",
-            compose_file or self.compose_file,
+            *[arg for path in files for arg in ("--file", path)],
             *args,
         ]
 

@@ -10,9 +10,12 @@ __metaclass__ = type  # pylint: disable=invalid-name
 
 import hashlib
 import os
+import shutil
+import subprocess
 
 import pytest
 
+from ansible_collections.opsbook.stack.plugins.module_utils._compose import compose_files_hash, project_compose_files
 from ansible_collections.opsbook.stack.plugins.module_utils._journal import (
     Journal,
     Release,
@@ -225,3 +228,61 @@ def test_the_edits_check_all_proved_are_written_without_a_second_compose_run(tmp
     assert len(calls) == 1 and path.read_text().count(":2") == 2
     edit.set_image("web", "reg/web:1")  # not a text check_all proved (a move back): checked again
     assert len(calls) == 3
+
+
+def adopted_dir(tmp_path):
+    """An adopted project: the operator's file, the collection's override, and .env naming both (compose_app)."""
+    (tmp_path / "docker-compose.yml").write_text(
+        "services:\n  web:\n    image: reg/web:1\n    container_name: web1\n    ports: ['8080:8080']\n"
+        "  db:\n    image: reg/db:1\n"
+    )
+    (tmp_path / "compose.yaml").write_text(
+        "name: demo\nservices:\n  web:\n    image: reg/web:1\n    container_name: !reset null\n"
+        "    ports: !override ['127.0.0.1::8080']\n  db:\n    image: reg/db:1\n"
+    )
+    (tmp_path / ".env").write_text(
+        "COMPOSE_FILE=%s/docker-compose.yml:%s/compose.yaml\nCOMPOSE_PATH_SEPARATOR=:\nSECRET='x'\n" % (tmp_path, tmp_path)
+    )
+    return tmp_path
+
+
+def test_an_adopted_project_runs_the_operators_file_before_the_override(tmp_path):
+    root = adopted_dir(tmp_path)
+    files = project_compose_files(str(root))
+    assert files == [str(root / "docker-compose.yml"), str(root / "compose.yaml")]
+    cli = ComposeCli("demo", str(root), str(root / "compose.yaml"))
+    argv = cli.argv("ps")
+    assert argv[argv.index("--file") :] == ["--file", files[0], "--file", files[1], "ps"]
+    # A candidate takes the override's place; the operator's file stays in front of it.
+    candidate = cli.argv("config", compose_file="/tmp/cand.yaml")
+    assert candidate[candidate.index("--file") :] == ["--file", files[0], "--file", "/tmp/cand.yaml", "config"]
+    # A rendered project (no COMPOSE_FILE) is compose.yaml alone, and its hash is that file's sha256.
+    (root / ".env").write_text("SECRET='x'\n")
+    assert project_compose_files(str(root)) == [str(root / "compose.yaml")]
+    assert compose_files_hash([str(root / "compose.yaml")]) == hashlib.sha256((root / "compose.yaml").read_bytes()).hexdigest()
+
+
+def test_the_journal_hash_of_an_adopted_project_covers_the_operators_file(tmp_path):
+    root = adopted_dir(tmp_path)
+    before = compose_files_hash(project_compose_files(str(root)))
+    (root / "docker-compose.yml").write_text((root / "docker-compose.yml").read_text() + "# edited\n")
+    assert compose_files_hash(project_compose_files(str(root))) != before
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="needs the docker compose plugin",
+)
+def test_an_upgrade_edits_the_override_only_checked_by_real_compose_on_the_pair(tmp_path):
+    root = adopted_dir(tmp_path)
+    given = (root / "docker-compose.yml").read_bytes()
+    cli = ComposeCli("demo", str(root), str(root / "compose.yaml"))
+    edit = ComposeFile(str(root / "compose.yaml"), lambda path: cli.config(compose_file=path))
+    edit.check_all({"web": "reg/web:2"})
+    edit.set_image("web", "reg/web:2")
+    services = cli.config()
+    assert services["web"].image == "reg/web:2" and services["db"].image == "reg/db:1"
+    assert (root / "docker-compose.yml").read_bytes() == given
+    assert "reg/web:2" in (root / "compose.yaml").read_text()
