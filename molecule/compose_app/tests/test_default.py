@@ -15,7 +15,8 @@ DEPLOY = os.path.join(SCENARIO_DIR, "deploy.yml")
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 # Instance names carry OPSBOOK_MOLECULE_PREFIX (molecule.yml), so parallel checkouts do not collide.
 HOST = os.environ.get("OPSBOOK_MOLECULE_PREFIX", "opsbook") + "-ca-"
-PROFILES = {HOST + p: p for p in ("agentchat", "astron-agent", "helloagents", "heartrule")}
+# "adopted": an operator's own docker-compose.yml adopted unchanged (issue 17; more of it in test_adopt.py).
+PROFILES = {HOST + p: p for p in ("agentchat", "astron-agent", "helloagents", "heartrule", "adopted")}
 
 
 def profile_vars(profile):
@@ -25,6 +26,18 @@ def profile_vars(profile):
         with open(os.path.join(base, name)) as fh:
             out.update(yaml.safe_load(fh) or {})
     return out
+
+
+def service_names(profile, cfg):
+    """The project's services: the inventory's, or those of the adopted compose files."""
+    if not cfg.get("compose_app_compose_files"):
+        return set(cfg["compose_app_services"])
+    names = set()
+    for entry in cfg["compose_app_compose_files"]:
+        src = entry["src"].replace("{{ opsbook_adopted_files }}", os.path.join(PROJECT_DIR, "inventories", profile, "files"))
+        with open(src) as fh:
+            names |= set(yaml.safe_load(fh)["services"])
+    return names
 
 
 def playbook(path, limit, *extra, expect_rc=0):
@@ -54,10 +67,11 @@ def containers(host, project):
     return [line for line in out.splitlines() if line]
 
 
-def test_every_container_is_running_and_healthy(host, cfg):
+def test_every_container_is_running_and_healthy(host, profile, cfg):
     project = cfg["compose_app_project"]
     names = containers(host, project)
-    expected = sum(int(s.get("replicas", 1)) for s in cfg["compose_app_services"].values())
+    hints = cfg["compose_app_services"]
+    expected = sum(int((hints.get(name) or {}).get("replicas", 1)) for name in service_names(profile, cfg))
     assert len(names) == expected
     for name in names:
         state = json.loads(host.check_output("docker inspect -f '{{json .State}}' %s" % name))
@@ -84,7 +98,7 @@ def test_env_file_is_private_and_compose_file_holds_no_secret(host, cfg):
         assert value in env.content_string
 
 
-def test_release_journal_names_images_by_digest(host, cfg):
+def test_release_journal_names_images_by_digest(host, profile, cfg):
     project = cfg["compose_app_project"]
     releases = host.file("/var/lib/opsbook/%s/releases" % project)
     assert releases.is_directory
@@ -92,8 +106,13 @@ def test_release_journal_names_images_by_digest(host, cfg):
     ok = [r for r in records if r["status"] == "succeeded"]
     assert ok, records
     newest = max(ok, key=lambda r: r["created_ts"])
-    assert set(newest["services"]) == set(cfg["compose_app_services"])
+    assert set(newest["services"]) == service_names(profile, cfg)
     for svc in newest["services"].values():
+        if svc["image"].startswith("opsbook-build/"):
+            # Built on the host from the operator's source (compose_app_build): tagged with its revision, no
+            # registry digest.
+            assert re.match(r"^opsbook-build/[a-z-]+:[0-9a-f]{12}$", svc["image"]) and svc["image_id"], svc
+            continue
         assert re.match(r"^registry:5000/[a-z-]+@sha256:[0-9a-f]{64}$", svc["digest"]), svc
 
 
@@ -220,12 +239,14 @@ ROUTES = {
     "astron-agent": [("/console-api/apps", "console-hub"), ("/", FRONTEND)],
     "helloagents": [("/api/version", "backend"), ("/health", "backend"), ("/", FRONTEND)],
     "heartrule": [("/api/version", "api"), ("/health", "api"), ("/", "api")],
+    "adopted": [("/api/version", "console-hub"), ("/", FRONTEND)],
 }
 STREAMS = {
     "agentchat": [("/sse", "backend")],
     "astron-agent": [("/workflow/v1/chat/completions", "core-workflow"), ("/console-api/chat-message/", "console-hub")],
     "helloagents": [("/sse", "backend")],
     "heartrule": [("/api/chat/stream", "api")],
+    "adopted": [("/workflow/v1/chat/completions", "core-workflow"), ("/sse", "console-hub")],
 }
 # RFC 6455's example key and the accept value it must give.
 WS_KEY, WS_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -276,7 +297,7 @@ def test_the_profiles_application_logs_rotate_by_size_on_an_hourly_timer(host, c
     """Issue 16, item 5: the profile's log paths are in the nginx role's logrotate file, which the host's own
     logrotate accepts, and logrotate.timer runs hourly so a size limit acts within the hour."""
     conf = host.file("/etc/logrotate.d/nginx").content_string
-    for entry in cfg["nginx_logrotate_app_logs"]:
+    for entry in cfg.get("nginx_logrotate_app_logs", []):
         assert entry["path"] in conf, entry
     assert host.run("logrotate -d /etc/logrotate.d/nginx").rc == 0
     calendar = host.check_output("systemctl show logrotate.timer -p TimersCalendar")

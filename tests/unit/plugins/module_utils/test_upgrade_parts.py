@@ -241,7 +241,8 @@ def adopted_dir(tmp_path):
         "    ports: !override ['127.0.0.1::8080']\n  db:\n    image: reg/db:1\n"
     )
     (tmp_path / ".env").write_text(
-        "COMPOSE_FILE=%s/docker-compose.yml:%s/compose.yaml\nCOMPOSE_PATH_SEPARATOR=:\nSECRET='x'\n" % (tmp_path, tmp_path)
+        "COMPOSE_FILE=%s/docker-compose.yml:%s/compose.yaml\nCOMPOSE_PATH_SEPARATOR=:\nSECRET='x'\n"
+        % (tmp_path, tmp_path)
     )
     return tmp_path
 
@@ -259,7 +260,8 @@ def test_an_adopted_project_runs_the_operators_file_before_the_override(tmp_path
     # A rendered project (no COMPOSE_FILE) is compose.yaml alone, and its hash is that file's sha256.
     (root / ".env").write_text("SECRET='x'\n")
     assert project_compose_files(str(root)) == [str(root / "compose.yaml")]
-    assert compose_files_hash([str(root / "compose.yaml")]) == hashlib.sha256((root / "compose.yaml").read_bytes()).hexdigest()
+    digest = hashlib.sha256((root / "compose.yaml").read_bytes()).hexdigest()
+    assert compose_files_hash([str(root / "compose.yaml")]) == digest
 
 
 def test_the_journal_hash_of_an_adopted_project_covers_the_operators_file(tmp_path):
