@@ -43,6 +43,7 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.model impor
     UndoIncomplete,
     UpgradeError,
 )
+from ansible_collections.opsbook.stack.plugins.module_utils._upgrade.traffic import GATE_HEADER
 from ansible_collections.opsbook.stack.plugins.module_utils._upstream import Server, UpstreamError
 
 # What a failed step raises; the rollout undoes itself on any of them.
@@ -166,6 +167,7 @@ class Rollout:
                 probe = HttpProbe(
                     name="gate:%s#%d" % (service, passed + 1),
                     url="http://127.0.0.1:%d%s" % (self.s.gate_port, self.s.readiness_path),
+                    headers={GATE_HEADER: service},
                     timeout=5.0,
                     use_proxy=False,
                 )

@@ -11,9 +11,10 @@ file; the one shared function (module_utils/_upstream.py) renders and writes tha
 what it should list. A switch, the gate opening and closing and the final re-read from Docker are atomic writes of
 hosts files: Nginx is not reloaded, so no keep-alive client connection is closed. The gate is a loopback server
 that proxies to the name ``<project>_<service>_gate``, which lists the new containers only, so synthetic requests
-go through Nginx to them before any user request does. Its server block is written (with nginx -t and a reload)
-only when it does not exist yet or the gated service's port changed (the nginx role renders it ahead for the
-first service of its project, so that one never needs it); closing the gate empties its name.
+go through Nginx to them before any user request does; they name their service in X-Opsbook-Gate, which the
+block's map turns into that service's gate name and port. The nginx role renders the block ahead for every
+service of its project; the module writes it (with nginx -t and a reload) only for a service or port the block
+does not map. Closing the gate empties its name.
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -45,37 +46,50 @@ from ansible_collections.opsbook.stack.plugins.module_utils._upstream import (
 GATE_LISTEN_WAIT_S = 10.0
 # Margin on top of the resolver's validity: the workers' cached answers have expired for sure after it.
 RESOLVER_MARGIN_S = 0.25
+# Synthetic requests name the service whose new containers they are for; the gate's map sends each to that
+# service's gate name and port. One server block serves every service of a project, so the nginx role renders it
+# ahead for all of them and no upgrade of any service reloads Nginx (a reload closes idle keep-alive client
+# connections, and a client that sends on one at that moment loses its request).
+GATE_HEADER = "X-Opsbook-Gate"
 _GATE_SERVER = (
     "# The gate of opsbook.stack rolling_upgrade: synthetic requests reach the new containers through Nginx\n"
     "# before any user request does. Loopback only. The name lists the new containers while a gate is open and\n"
     "# nothing otherwise (Nginx answers 502); opening and closing it writes %(hosts)s, no reload.\n"
+    "map $http_x_opsbook_gate $%(variable)s {\n"
+    '    default "%(default)s";\n'
+    '    "%(service)s" "%(host)s:%(service_port)d";\n'
+    "}\n"
     "server {\n"
     "    listen 127.0.0.1:%(port)d;\n"
     "    location / {\n"
-    '        set $opsbook_gate "%(host)s";\n'
-    "        proxy_pass http://$opsbook_gate:%(service_port)d;\n"
+    "        proxy_pass http://$%(variable)s;\n"
     "        proxy_http_version 1.1;\n"
     '        proxy_set_header Connection "";\n'
     "        proxy_set_header Host $host;\n"
+    "        proxy_set_header %(header)s \"\";\n"
     "    }\n"
     "}\n"
 )
 
 
 _GATE_LISTEN_RE = re.compile(r"^\s*listen 127\.0\.0\.1:([0-9]+);", re.M)
-_GATE_TARGET_RE = re.compile(
-    r'^\s*set \$opsbook_gate "([^"]+)";\s*$\s*proxy_pass http://\$opsbook_gate:([0-9]+);', re.M
-)
 
 
-def gate_block_serves(content: str | None, gate_port: int, host: str, service_port: int) -> bool:
-    """Whether a gate server block (this module's, or the one the nginx role renders ahead) already listens on
-    gate_port and proxies to host:service_port: then opening the gate needs no reload."""
+def gate_variable(project: str) -> str:
+    """The Nginx variable of a project's gate map (Nginx variable names have no '-')."""
+    return "opsbook_gate_" + re.sub(r"[^A-Za-z0-9_]", "_", project)
+
+
+def gate_block_serves(content: str | None, gate_port: int, host: str, service_port: int, service: str = "") -> bool:
+    """Whether a gate server block (this module's, or the one the nginx role renders ahead for every service of the
+    project) already listens on gate_port and maps the service to host:service_port: then opening the gate needs
+    no reload. service: the name the synthetic requests send in X-Opsbook-Gate (any, when empty)."""
     listen = _GATE_LISTEN_RE.search(content or "")
-    target = _GATE_TARGET_RE.search(content or "")
-    if listen is None or target is None:
+    if listen is None or int(listen.group(1)) != gate_port:
         return False
-    return (int(listen.group(1)), target.group(1), int(target.group(2))) == (gate_port, host, service_port)
+    key = re.escape(service) if service else r"[^\"]+"
+    target = re.compile(r'^\s*"%s"\s+"%s:%d";\s*$' % (key, re.escape(host), service_port), re.M)
+    return target.search(content or "") is not None
 
 
 def upstream_addresses(content: str | None) -> list[str]:
@@ -159,9 +173,13 @@ class Traffic:
             "port": self.s.gate_port,
             "host": route_host(name),
             "service_port": _port_of(servers),
+            "service": service,
+            "variable": gate_variable(self.s.project),
+            "default": route_host(upstream_name(self.s.project, "none_gate")) + ":9",
+            "header": GATE_HEADER,
         }
         if not gate_block_serves(
-            read_text(self.gate_file(service)), self.s.gate_port, route_host(name), _port_of(servers)
+            read_text(self.gate_file(service)), self.s.gate_port, route_host(name), _port_of(servers), service
         ):
             activate(self.gate_file(service), block, nginx=self.nginx)
         written = time.monotonic()
@@ -192,4 +210,4 @@ class Traffic:
             write_hosts(hosts, render_hosts(name, [], allow_empty=True))
 
 
-__all__ = ["RESOLVER_MARGIN_S", "Traffic", "gate_block_serves", "upstream_addresses"]
+__all__ = ["GATE_HEADER", "RESOLVER_MARGIN_S", "Traffic", "gate_block_serves", "gate_variable", "upstream_addresses"]

@@ -60,8 +60,9 @@ def test_the_gate_block_is_written_once_and_the_gate_name_emptied_when_closed(tr
     path, block = traffic.activations[0]
     assert path == str(tmp_path / "upstreams.d" / "demo_gate.conf")
     assert "listen 127.0.0.1:%d;" % traffic.s.gate_port in block
-    assert 'set $opsbook_gate "demo_backend_gate.opsbook.internal";' in block
-    assert "proxy_pass http://$opsbook_gate:8000;" in block
+    # The service the synthetic requests name (X-Opsbook-Gate) maps to its gate name and port.
+    assert '"backend" "demo_backend_gate.opsbook.internal:8000";' in block
+    assert "proxy_pass http://$opsbook_gate_demo;" in block
     gate_hosts = tmp_path / "upstreams.d" / "hosts.d" / "demo_backend_gate"
     assert hosts_addresses(gate_hosts.read_text()) == ["172.18.0.4:8000", "172.18.0.5:8000"]
     (tmp_path / "upstreams.d" / "demo_gate.conf").write_text(block)  # what activate would have made live

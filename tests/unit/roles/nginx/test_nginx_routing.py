@@ -301,22 +301,29 @@ def keep_alive_client(port: int, stop: threading.Event, tally: dict, lock: threa
 
 
 def test_the_role_renders_the_gate_the_upgrade_recognises(stack):
-    """The first upgrade of the project's first service opens its gate without a reload (docs/routing.md)."""
-    assert gate_block_serves(stack.gate, stack.gate_port, "demo_backend_gate.opsbook.internal", stack.port)
-    assert not gate_block_serves(stack.gate, stack.gate_port, "demo_backend_gate.opsbook.internal", stack.port + 1)
+    """An upgrade of any service of the project opens its gate without a reload (docs/routing.md): the role
+    renders the gate's map for every service, and a request without the service's X-Opsbook-Gate gets nothing."""
+    host = "demo_backend_gate.opsbook.internal"
+    assert gate_block_serves(stack.gate, stack.gate_port, host, stack.port, "backend")
+    assert not gate_block_serves(stack.gate, stack.gate_port, host, stack.port + 1, "backend")
+    assert not gate_block_serves(stack.gate, stack.gate_port, host, stack.port, "frontend")
     gate = "demo_backend_gate"
     sync_upstream(name=gate, project="demo", service="backend_gate", servers=[Server("127.0.0.3:%d" % stack.port)],
                   directory=str(stack.upstreams))  # fmt: skip
     deadline = time.monotonic() + 3
     while True:
         conn = http.client.HTTPConnection("127.0.0.1", stack.gate_port, timeout=5)
-        conn.request("GET", "/health")
+        conn.request("GET", "/health", headers={"X-Opsbook-Gate": "backend"})
         response = conn.getresponse()
         if response.status == 200:
             assert response.read().decode().startswith("127.0.0.3")
             break
         assert time.monotonic() < deadline, "the gate does not answer 3 s after its hosts file was written"
         time.sleep(0.1)
+    conn = http.client.HTTPConnection("127.0.0.1", stack.gate_port, timeout=5)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 502  # no service named: the gate sends it nowhere
+    conn.close()
 
 
 def test_switches_under_keep_alive_load_lose_no_request_and_reload_nothing(stack):
